@@ -1,0 +1,30 @@
+"""PEFT Lab: parameter-efficient fine-tuning built from scratch and measured on real models.
+
+Infrastructure lives in labs.surgery, labs.train, labs.memory, labs.models, labs.data, ...;
+each technique is one module (labs.lora, labs.adapters, ...) generated from the reference.
+Top-level names are loaded lazily so `import labs` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_model": "labs.models",
+    "save_adapter": "labs.peft_format",
+    "load_adapter": "labs.peft_format",
+    "get_preset": "labs.presets",
+    "technique": "labs.impl",
+    "check": "labs.check",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'labs' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

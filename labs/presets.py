@@ -1,0 +1,46 @@
+"""Presets: how big a run is. One switch (LABS_PRESET or --preset) picks one.
+
+quick   CI and live demos: each fine-tune under ~2 minutes on 2 CPU cores.
+laptop  a CPU for a few minutes: gains you can see.
+gpu     one consumer GPU (8-24 GB): bf16, longer sequences, more steps.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+ENV_VAR = "LABS_PRESET"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    max_steps: int          # optimizer steps per fine-tune
+    batch_size: int         # rows per micro-batch (B)
+    grad_accum: int         # micro-batches per optimizer step
+    seq_len: int            # tokens per row (T), truncated / padded
+    n_train: int            # training examples drawn from the task's train split
+    n_eval: int             # held-out examples scored before and after
+    n_probe: int            # general-knowledge probe items (forgetting)
+    lr_full: float          # learning rate for full fine-tuning (all weights move: keep it small)
+    lr_peft: float          # learning rate for PEFT methods (few new weights: larger is fine)
+    eval_every: int         # steps between held-out evaluations during training (0 = only at end)
+    bf16: bool              # autocast to bfloat16 where the device really supports it
+
+
+PRESETS = {
+    "quick": Preset("quick", max_steps=20, batch_size=8, grad_accum=1, seq_len=64, n_train=400,
+                    n_eval=64, n_probe=60, lr_full=5e-5, lr_peft=2e-3, eval_every=0, bf16=False),
+    "laptop": Preset("laptop", max_steps=120, batch_size=8, grad_accum=2, seq_len=128, n_train=4000,
+                     n_eval=256, n_probe=200, lr_full=3e-5, lr_peft=1e-3, eval_every=40, bf16=False),
+    "gpu": Preset("gpu", max_steps=600, batch_size=16, grad_accum=2, seq_len=256, n_train=20000,
+                  n_eval=1000, n_probe=400, lr_full=2e-5, lr_peft=5e-4, eval_every=100, bf16=True),
+}
+
+
+def get_preset(name: str | None = None, **overrides) -> Preset:
+    """The preset called `name` (default: $LABS_PRESET, else "quick"), with field overrides."""
+    name = name or os.environ.get(ENV_VAR, "quick")
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **overrides) if overrides else PRESETS[name]

@@ -1,0 +1,175 @@
+"""Model surgery shared by every technique: freeze, count, and swap modules.
+
+Nothing here knows about any one technique: a technique passes in *which* modules to touch
+(a predicate) and *what* to put there (a factory that wraps the old module).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+try:  # GPT-2 style models use Conv1D: a linear layer whose weight is stored transposed (in, out)
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover - transformers is a course dependency
+    Conv1D = ()
+
+LINEAR_TYPES = (nn.Linear, Conv1D) if Conv1D else (nn.Linear,)
+
+
+# ---------------------------------------------------------------------------------------------
+# Freezing and counting
+# ---------------------------------------------------------------------------------------------
+def freeze(model: nn.Module) -> nn.Module:
+    """Mark every parameter as frozen (requires_grad=False); returns the model."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def unfreeze(model: nn.Module, predicate: Callable[[str], bool] = lambda name: True) -> list[str]:
+    """Make the parameters whose full name satisfies `predicate` trainable; return their names."""
+    names = []
+    for name, p in model.named_parameters():
+        if predicate(name):
+            p.requires_grad_(True)
+            names.append(name)
+    return names
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    trainable: int
+    total: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / self.total if self.total else 0.0
+
+    def __str__(self) -> str:  # the one format every notebook uses
+        return f"trainable {self.trainable:,} / total {self.total:,} ({self.percent:.4f}%)"
+
+
+def count_parameters(model: nn.Module) -> ParamCount:
+    """Trainable and total parameter counts (shared tensors, e.g. tied embeddings, counted once)."""
+    seen, trainable, total = set(), 0, 0
+    for p in model.parameters():  # .parameters() already skips duplicates of the same tensor
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return ParamCount(trainable, total)
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters an optimizer should see: only those with requires_grad=True."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the trainable tensors, by full name: what a PEFT checkpoint needs to store."""
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear layers of both layouts
+# ---------------------------------------------------------------------------------------------
+def is_linear(module: nn.Module) -> bool:
+    return isinstance(module, LINEAR_TYPES)
+
+
+def linear_dims(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of an nn.Linear or a GPT-2 Conv1D."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if Conv1D and isinstance(module, Conv1D):
+        in_features, out_features = module.weight.shape  # Conv1D stores W as (in, out)
+        return in_features, out_features
+    raise TypeError(f"{type(module).__name__} is not a linear layer; expected nn.Linear or Conv1D")
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """The weight as (out, in), whatever the layout: a view, so in-place edits reach the module."""
+    linear_dims(module)  # type check
+    return module.weight if isinstance(module, nn.Linear) else module.weight.T
+
+
+# ---------------------------------------------------------------------------------------------
+# Replacing modules
+# ---------------------------------------------------------------------------------------------
+def get_submodule_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The parent of submodule `name` and the attribute under which it hangs."""
+    parent_name, _, child = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), child
+
+
+def replace_modules(model: nn.Module,
+                    predicate: Callable[[str, nn.Module], bool],
+                    factory: Callable[[str, nn.Module], nn.Module],
+                    *, what: str = "modules") -> list[str]:
+    """Replace every submodule for which predicate(name, module) holds by factory(name, module).
+
+    Returns the names replaced, in model order. Raises ValueError when nothing matches, naming
+    a few of the module names that do exist, so a typo in a target list is caught at once.
+    """
+    matches = [(n, m) for n, m in model.named_modules() if n and predicate(n, m)]
+    if not matches:
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and is_linear(m)})
+        raise ValueError(f"no {what} matched in {type(model).__name__}; "
+                         f"linear layers here are named: {', '.join(names) or '(none)'}")
+    for name, module in matches:
+        parent, child = get_submodule_parent(model, name)
+        setattr(parent, child, factory(name, module))
+    return [n for n, _ in matches]
+
+
+def match_names(targets: Iterable[str] | str) -> Callable[[str, nn.Module], bool]:
+    """A predicate for replace_modules: linear layers whose name ends with one of `targets`.
+
+    `targets` are short names ("q_proj", "query") or dotted suffixes ("attention.self.query");
+    "all-linear" matches every linear layer except the output head (lm_head / classifier).
+    """
+    if isinstance(targets, str):
+        targets = [targets]
+    targets = list(targets)
+    if not targets:
+        raise ValueError("target_modules is empty; name at least one module, e.g. ['q_proj', 'v_proj']")
+
+    def predicate(name: str, module: nn.Module) -> bool:
+        if not is_linear(module):
+            return False
+        if "all-linear" in targets:
+            return name.rsplit(".", 1)[-1] not in ("lm_head", "classifier", "score")
+        return any(name == t or name.endswith("." + t) for t in targets)
+
+    return predicate
+
+
+# ---------------------------------------------------------------------------------------------
+# Which adapter a model carries (read by save_adapter, and to refuse applying a technique twice)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AdapterRecord:
+    method: str        # "lora", "adapter", "bitfit", "prefix", "prompt", ...
+    config: object     # the technique's frozen config dataclass
+    module: str        # the technique module that applied it, e.g. "solutions.lora"
+
+
+def mark_adapted(model: nn.Module, method: str, config: object, module: str) -> None:
+    """Record on `model` which technique was applied; refuse a second one on the same model."""
+    existing = getattr(model, "labs_adapter", None)
+    if existing is not None:
+        raise ValueError(f"this model already carries a {existing.method!r} adapter; applying "
+                         f"{method!r} on top is not supported: load a fresh base model first")
+    model.labs_adapter = AdapterRecord(method, config, module)
+
+
+def adapter_record(model: nn.Module) -> AdapterRecord:
+    """The record left by mark_adapted, or a clear error when the model has no adapter."""
+    record = getattr(model, "labs_adapter", None)
+    if record is None:
+        raise ValueError("this model carries no adapter: apply a technique (e.g. lora.apply) first")
+    return record

@@ -1,0 +1,1 @@
+"""Reference implementations of every technique module: the single source of truth for labs/."""
