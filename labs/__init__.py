@@ -12,6 +12,9 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load_model": "labs.models",
+    "pick_device": "labs.models",
+    "supports_bf16": "labs.models",
+    "prepare_assets": "labs.assets",
     "save_adapter": "labs.peft_format",
     "load_adapter": "labs.peft_format",
     "get_preset": "labs.presets",

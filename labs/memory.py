@@ -1,0 +1,321 @@
+"""Where training memory goes: an analytic model, and measurements to hold it against.
+
+Training memory has four parts:
+  weights      every parameter of the model, at its storage precision
+  gradients    one per *trainable* parameter (frozen weights have none)
+  optimizer    AdamW keeps two fp32 moments per trainable parameter (+ an fp32 master copy
+               under mixed precision)
+  activations  what the forward pass keeps for the backward pass; grows with B x T
+
+PEFT attacks gradients and optimizer states (few trainable parameters); QLoRA also shrinks the
+weights (4-bit). Activations belong to the input, not the parameters: gradient checkpointing
+trades them for recomputation. Nothing here prints; everything returns numbers or dataclasses.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+# Bytes per parameter. NF4 stores 4 bits plus one fp32 absmax per block of 64 (0.5 + 4/64);
+# double quantization stores that absmax in 8 bits plus one fp32 per 256 blocks (Dettmers et al. 2023).
+BYTES_PER_PARAM = {
+    "fp32": 4.0, "float32": 4.0, "bf16": 2.0, "bfloat16": 2.0, "fp16": 2.0, "float16": 2.0,
+    "int8": 1.0, "nf4": 0.5 + 4 / 64, "nf4-dq": 0.5 + 1 / 64 + 4 / (64 * 256),
+}
+OPTIMIZER_BYTES = {"adamw": 8.0, "adamw8bit": 2.0, "sgd": 0.0}  # state bytes per trainable parameter
+ADDS_PARAMS = ("lora", "qlora", "adapter", "prefix", "prompt")  # trainable weights are new weights
+SUBSET_PARAMS = ("full", "bitfit")                                # trainable weights are base weights
+METHODS = SUBSET_PARAMS + ADDS_PARAMS
+# Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models":
+# one transformer layer keeps about T*B*D*(34 + 5*H*T/D) bytes in 16-bit. The 5*H*T/D term is the
+# attention-score matrix, which fused (flash) attention never stores, so we keep the 34. With full
+# recomputation (checkpointing) a layer keeps only its 16-bit input: 2*B*T*D bytes.
+ACTIVATION_CONSTANT = 34.0
+CHECKPOINT_CONSTANT = 2.0
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights: float       # bytes of parameters (base + any new trainable ones)
+    gradients: float     # bytes of gradients, trainable parameters only
+    optimizer: float     # bytes of optimizer states (and master weights when counted)
+    activations: float   # bytes kept by the forward pass for the backward pass
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+    def gb(self, part: str = "total") -> float:
+        """One part ("weights", "gradients", "optimizer", "activations" or "total") in GB (1e9 B)."""
+        if part not in ("weights", "gradients", "optimizer", "activations", "total"):
+            raise ValueError(f"part {part!r} is not valid; use weights, gradients, optimizer, activations or total")
+        return getattr(self, part) / GB
+
+
+def _bytes_per_param(value, what: str) -> float:
+    if isinstance(value, str):
+        if value not in BYTES_PER_PARAM:
+            raise ValueError(f"{what} {value!r} is not known; use a number or one of {', '.join(BYTES_PER_PARAM)}")
+        return BYTES_PER_PARAM[value]
+    if not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"{what} must be a positive number of bytes or a precision name, not {value!r}")
+    return float(value)
+
+
+def _trainable(n_params: int, method: str, trainable_params: int | None) -> int:
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is not valid; use one of {', '.join(METHODS)}")
+    if trainable_params is None:
+        if method != "full":
+            raise ValueError(f"method {method!r} needs trainable_params (the count of parameters it trains)")
+        return n_params
+    if trainable_params < 0 or (method in SUBSET_PARAMS and trainable_params > n_params):
+        raise ValueError(f"trainable_params={trainable_params} is not valid for {method!r} with n_params={n_params}")
+    return trainable_params
+
+
+def activation_bytes(batch_size: int, seq_len: int, hidden: int, layers: int, *,
+                     checkpointing: bool = False, vocab: int | None = None,
+                     bytes_per_value: float = 2.0) -> float:
+    """Activation memory of a decoder stack after Korthikanti et al. (no attention scores stored).
+
+    Without checkpointing: 34*B*T*D bytes per layer (16-bit). With checkpointing every layer keeps
+    its input (2*B*T*D bytes) and one layer at a time is recomputed in full during the backward.
+    `vocab` adds the fp32 logits the loss keeps (4*B*T*V bytes), large for small models.
+    """
+    btd = batch_size * seq_len * hidden * bytes_per_value / 2.0   # the constants assume 2 bytes
+    if checkpointing:
+        total = CHECKPOINT_CONSTANT * btd * layers + ACTIVATION_CONSTANT * btd
+    else:
+        total = ACTIVATION_CONSTANT * btd * layers
+    return total + (4.0 * batch_size * seq_len * vocab if vocab else 0.0)
+
+
+def estimate_memory(n_params: int, method: str = "full", *, trainable_params: int | None = None,
+                    weight_bytes: float | str | None = None, grad_bytes: float | str | None = None,
+                    optimizer: str = "adamw", master_weights: bool = False, batch_size: int = 1,
+                    seq_len: int = 512, hidden: int | None = None, layers: int | None = None,
+                    vocab: int | None = None, checkpointing: bool = False,
+                    activation_bytes_per_value: float = 2.0) -> MemoryEstimate:
+    """Bytes to train a model of `n_params` parameters with `method`; a rough, honest model.
+
+    n_params          parameters of the base model
+    trainable_params  what the method trains (required except for "full"). For lora, qlora,
+                      adapter, prefix and prompt these are NEW weights added to the model; for
+                      full and bitfit they are a subset of the base.
+    weight_bytes      base precision, bytes or a name: default 2 (16-bit), "nf4-dq" for qlora
+    grad_bytes        bytes per gradient (and per new trainable weight): default 4 for fp32
+                      bases, else 2
+    optimizer         "adamw" (two fp32 moments: 8 B/param), "adamw8bit" (2), "sgd" (0, no momentum)
+    master_weights    add the fp32 master copy mixed precision keeps (4 B per trainable param;
+                      with AdamW this gives ZeRO's 2+2+12 bytes per parameter)
+    hidden, layers    D and L: activations are 0 unless both are given (see activation_bytes)
+
+    Not modelled: framework overhead, temporary buffers, fragmentation, frozen layers that skip
+    saving their inputs (PEFT activations are a little lower), prefix tokens lengthening T.
+    """
+    trainable = _trainable(n_params, method, trainable_params)
+    default_w = "nf4-dq" if method == "qlora" else 2.0
+    wb = _bytes_per_param(default_w if weight_bytes is None else weight_bytes, "weight_bytes")
+    gb = _bytes_per_param((4.0 if wb >= 4 else 2.0) if grad_bytes is None else grad_bytes, "grad_bytes")
+    if optimizer not in OPTIMIZER_BYTES:
+        raise ValueError(f"optimizer {optimizer!r} is not valid; use one of {', '.join(OPTIMIZER_BYTES)}")
+    new = trainable if method in ADDS_PARAMS else 0
+    opt = trainable * (OPTIMIZER_BYTES[optimizer] + (4.0 if master_weights else 0.0))
+    acts = 0.0
+    if hidden and layers:
+        acts = activation_bytes(batch_size, seq_len, hidden, layers, checkpointing=checkpointing,
+                                vocab=vocab, bytes_per_value=activation_bytes_per_value)
+    return MemoryEstimate(weights=n_params * wb + new * gb, gradients=trainable * gb,
+                          optimizer=opt, activations=acts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage: one fine-tuned copy per task, or one base plus one small adapter per task
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StorageEstimate:
+    n_tasks: int               # how many fine-tuned tasks are kept
+    full_copies: float         # bytes: one whole model per task
+    base_plus_adapters: float  # bytes: one shared base + one adapter per task
+
+    @property
+    def ratio(self) -> float:
+        """How many times smaller base + adapters is than full copies."""
+        return self.full_copies / self.base_plus_adapters
+
+
+def storage_bytes(n_params: int, bytes_per_param: float | str = 2) -> float:
+    """Bytes on disk for `n_params` parameters (70e9 at 2 bytes = 140e9 = 140 GB)."""
+    return n_params * _bytes_per_param(bytes_per_param, "bytes_per_param")
+
+
+def storage_for_tasks(base_params: int, adapter_params: int, n_tasks: int,
+                      bytes_per_param: float | str = 2) -> StorageEstimate:
+    """Full copies vs one base + adapters: 70B, 10 tasks, 16-bit -> 1.4 TB vs ~141 GB."""
+    if n_tasks < 1:
+        raise ValueError(f"n_tasks must be at least 1, not {n_tasks}")
+    base = storage_bytes(base_params, bytes_per_param)
+    adapter = storage_bytes(adapter_params, bytes_per_param)
+    return StorageEstimate(n_tasks, full_copies=n_tasks * base, base_plus_adapters=base + n_tasks * adapter)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement: real tensors, in process (cheap, deterministic)
+# ---------------------------------------------------------------------------------------------
+def _unique_bytes(tensors) -> int:
+    """Bytes of distinct storages: tied weights and views are counted once."""
+    seen = {}
+    for t in tensors:
+        if t is not None and t.device.type != "meta":
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer):
+    for state in optimizer.state.values():
+        yield from (v for v in state.values() if torch.is_tensor(v))
+
+
+def measure_activations(model: nn.Module, batch: dict) -> int:
+    """Bytes the forward pass of `model(**batch)` saves for backward, parameters excluded.
+
+    Counts every distinct storage autograd keeps (saved-tensor hooks). Only what trainable
+    parameters need is saved, so a frozen model saves nothing. Non-reentrant gradient
+    checkpointing keeps each checkpointed block's input outside these hooks: add B*T*D bytes
+    per block for the full picture.
+    """
+    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in param_ptrs:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(**batch)
+    return sum(kept.values())
+
+
+def measure_components(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+                       batch: dict | None = None) -> MemoryEstimate:
+    """Real bytes held by parameters, gradients, optimizer states (and activations for `batch`).
+
+    Weights are parameters only (buffers such as rotary tables are left out); gradients are the
+    .grad tensors that exist now (call after backward); optimizer states exist after the first
+    step. Activations are counted only when `batch` is given (see measure_activations).
+    """
+    params = list(model.parameters())
+    return MemoryEstimate(
+        weights=_unique_bytes(params),
+        gradients=_unique_bytes(p.grad for p in params),
+        optimizer=_unique_bytes(_optimizer_tensors(optimizer)) if optimizer is not None else 0,
+        activations=measure_activations(model, batch) if batch is not None else 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement: peak memory of a whole run
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MemoryMeasurement:
+    peak_bytes: int                    # highest memory seen while `fn` ran
+    device: str                        # "cpu" or "cuda:N"
+    how: str                           # what was read, so a reader can judge the number
+    baseline_bytes: int | None = None  # same reading for a run that does nothing (CPU: Python + torch)
+
+    @property
+    def above_baseline(self) -> int | None:
+        """peak - baseline: the memory `fn` itself added (None without a baseline)."""
+        return None if self.baseline_bytes is None else self.peak_bytes - self.baseline_bytes
+
+    @property
+    def gb(self) -> float:
+        return self.peak_bytes / GB
+
+
+def idle() -> None:
+    """Does nothing: a child process running it shows the Python + torch baseline."""
+
+
+def _peak_rss() -> int:
+    """Peak resident memory of this process: VmHWM on Linux, ru_maxrss elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource  # not on Windows
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
+
+
+def _child(conn, fn, args, kwargs, threads):
+    try:
+        torch.set_num_threads(threads)
+        fn(*args, **kwargs)
+        conn.send(("ok", _peak_rss()))
+    except BaseException:  # the parent re-raises it with the child's traceback
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def _run_in_child(fn: Callable, args, kwargs) -> int:
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no memory inherited
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(send, fn, args, kwargs, torch.get_num_threads()))
+    proc.start()
+    send.close()
+    try:
+        status, value = receive.recv()
+    except EOFError:
+        proc.join()
+        raise RuntimeError(f"the measuring process died (exit code {proc.exitcode}); out of memory?") from None
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(f"{getattr(fn, '__name__', fn)} failed in the measuring process:\n{value}")
+    return value
+
+
+def _measure_cuda(fn: Callable, args, kwargs, device: torch.device) -> MemoryMeasurement:
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn(*args, **kwargs)
+    torch.cuda.synchronize(device)
+    return MemoryMeasurement(torch.cuda.max_memory_allocated(device), str(device),
+                             "torch.cuda.max_memory_allocated (tensors only)", before)
+
+
+def measure_peak(fn: Callable, *args, device: str | torch.device | None = None,
+                 baseline: Callable | None = idle, **kwargs) -> MemoryMeasurement:
+    """Peak memory while `fn(*args, **kwargs)` runs.
+
+    CUDA: the allocator's peak in this process; baseline = memory already allocated before.
+    CPU (default): `fn` runs in a fresh child process and its peak resident memory is read.
+    That peak includes the interpreter and torch (a few hundred MB), so `baseline` (a function
+    run the same way; default `idle`) is measured too: pass e.g. a function that only loads the
+    model to isolate what training adds, or None to skip. `fn`, `baseline` and the arguments
+    must be picklable: module-level functions, not lambdas or notebook-defined functions.
+    """
+    device = torch.device(device or "cpu")
+    if device.type == "cuda":
+        return _measure_cuda(fn, args, kwargs, device)
+    if device.type != "cpu":
+        raise ValueError(f"device {str(device)!r} is not supported for peak memory; use 'cpu' or 'cuda'")
+    peak = _run_in_child(fn, args, kwargs)
+    base = _run_in_child(baseline, (), {}) if baseline is not None else None
+    return MemoryMeasurement(peak, "cpu", "peak resident memory (VmHWM) of a child process", base)
