@@ -1,0 +1,88 @@
+# GENERATED from solutions/freezing.py by tools/make_stubs.py: the reference lives there.
+# Your exercises: replace each `raise NotImplementedError(...)` below with your code.
+"""Freeze and add: which weights train, how many there are, and what the optimizer sees.
+
+Every parameter-efficient technique in this course starts the same way: freeze the pretrained
+model, add (or unfreeze) a few parameters, and give the optimizer only those. This module builds
+each of those steps by hand, once. From notebook 03 on, the course uses the infrastructure
+versions in `labs/surgery.py` (`freeze`, `count_parameters`, `trainable_parameters`), which do
+the same thing.
+
+Exercises (notebook 02):
+    2.1 freeze_all          every parameter stops receiving gradients
+    2.2 count_trainable     (trainable, total), a tensor shared by two modules counted once
+    2.3 make_optimizer      AdamW over the trainable parameters only
+    2.4 add_trainable_head  freeze the body, hang a new trainable module on it
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from labs.surgery import get_submodule_parent
+
+NOTEBOOK = "notebooks/02_freeze_and_add.ipynb"
+
+
+def freeze_all(model: nn.Module) -> nn.Module:
+    """Set requires_grad=False on every parameter of `model` and return the same model.
+
+    A frozen parameter receives no .grad in backward, so autograd keeps no gradient for it
+    and an optimizer has nothing to update. Buffers (e.g. rotary frequencies) are not
+    parameters and never train, so there is nothing to do for them.
+    """
+    raise NotImplementedError("Exercise 2.1: freeze_all - see notebooks/02_freeze_and_add.ipynb")
+
+
+def count_trainable(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) numbers of parameter elements in `model`.
+
+    A tensor shared by two modules (tied input embedding and output head) is one tensor in
+    memory, so it counts once. Buffers are not parameters and do not count.
+    """
+    raise NotImplementedError("Exercise 2.2: count_trainable - see notebooks/02_freeze_and_add.ipynb")
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01) -> torch.optim.AdamW:
+    """An AdamW optimizer over the parameters of `model` that require gradients, and no others.
+
+    Why only those: AdamW skips a parameter whose .grad is None, but a parameter frozen after
+    it received a gradient still holds one (stale, or zeroed rather than set to None), and the
+    optimizer would go on applying it, with weight decay and momentum. An optimizer that never
+    sees a frozen tensor cannot move it, and keeps no moment buffers for it.
+    Raises ValueError when nothing is trainable.
+    """
+    if not lr > 0:
+        raise ValueError(f"lr must be a positive learning rate, got {lr!r}")
+    raise NotImplementedError("Exercise 2.3: make_optimizer - see notebooks/02_freeze_and_add.ipynb")
+
+
+def _place_like(model: nn.Module, name: str, head: nn.Module) -> nn.Module:
+    """Move `head` to the device and floating dtype of the module it replaces (or of the model)."""
+    try:
+        reference = next(model.get_submodule(name).parameters())
+    except (AttributeError, StopIteration):
+        reference = next(model.parameters(), None)
+    if reference is None or not reference.is_floating_point():
+        return head
+    return head.to(device=reference.device, dtype=reference.dtype)
+
+
+def add_trainable_head(model: nn.Module, name: str, head: nn.Module) -> list[nn.Parameter]:
+    """Freeze `model`, hang `head` at the dotted submodule path `name`, and return its parameters.
+
+    `name` usually replaces an existing output layer ("classifier" of a BERT classifier,
+    "score" of a Llama classifier) so the model's own forward uses the new module. After the
+    call only the head's parameters require gradients: the frozen body plus a small trainable
+    addition is the shape of every technique that follows.
+    """
+    if not isinstance(head, nn.Module) or not list(head.parameters()):
+        raise ValueError(f"head must be an nn.Module with at least one parameter, got {type(head).__name__}")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a submodule path such as 'classifier', got {name!r}")
+    parent_name = name.rpartition(".")[0]
+    if parent_name and parent_name not in dict(model.named_modules()):
+        raise ValueError(f"no submodule {parent_name!r} in {type(model).__name__} to attach "
+                         f"{name!r} to; give a dotted path such as 'classifier' or 'bert.pooler.dense'")
+    head = _place_like(model, name, head)
+    raise NotImplementedError("Exercise 2.4: add_trainable_head - see notebooks/02_freeze_and_add.ipynb")
