@@ -1,0 +1,312 @@
+# GENERATED from solutions/lora.py by tools/make_stubs.py: the reference lives there.
+# Your exercises: replace each `raise NotImplementedError(...)` below with your code.
+"""LoRA: low-rank adaptation of a frozen linear layer (Hu et al., 2021), all of it in one file.
+
+A pretrained weight W (out, in) stays frozen. Beside it we learn two thin matrices,
+A (r, in) and B (out, r), and the layer computes
+
+    h = W x + (alpha / r) * B A x
+
+B starts at zero, so the adapted model is exactly the base model at step 0, and training
+moves only r * (in + out) numbers per layer instead of in * out. Because B A has the shape of W,
+it can be added into W after training ("merge"), leaving no extra work at inference time.
+
+Read top to bottom: the config, the wrapping layer, `apply` (inject into a model), merging,
+and the PEFT-format glue (`to_peft` / `from_peft`) that makes our adapters load in
+Hugging Face peft and theirs load here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import nn
+
+from labs.surgery import (adapter_record, freeze, get_submodule_parent, is_linear, linear_dims,
+                          linear_weight, mark_adapted, match_names, replace_modules, unfreeze)
+
+NOTEBOOK = "notebooks/05_lora.ipynb"
+METHOD = "lora"
+PEFT_TYPE = "LORA"
+PEFT_PREFIX = "base_model.model."  # peft stores every tensor under the wrapped model's name
+
+# The usual targets per model family: attention query and value projections, as in the paper.
+DEFAULT_TARGETS = {"q_proj": ("q_proj", "v_proj"),   # Llama, Mistral, Qwen, Gemma, ...
+                   "query": ("query", "value"),       # BERT and its relatives
+                   "c_attn": ("c_attn",)}             # GPT-2: q, k and v share one Conv1D
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    r: int = 8                        # rank of the update B A: trainable numbers per layer = r * (in + out)
+    alpha: float = 16                 # update scale numerator: the update is multiplied by alpha / r
+    dropout: float = 0.0              # dropout on the input of the LoRA path only (0 = none, and cheaper)
+    target_modules: tuple[str, ...] | None = None  # layer names to adapt; None = usual choice for the family
+    use_rslora: bool = False          # rank-stabilised LoRA: scale by alpha / sqrt(r) instead of alpha / r
+    bias: str = "none"                # which biases train: only "none" (biases stay frozen, as in peft's default)
+    modules_to_save: tuple[str, ...] = ()  # whole modules trained and saved too, e.g. a new "classifier" head
+
+    def __post_init__(self):
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            raise ValueError(f"r={self.r!r} is not valid; the rank must be a positive integer such as 8")
+        if not self.alpha > 0:
+            raise ValueError(f"alpha={self.alpha!r} is not valid; use a positive number such as 2 * r")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout!r} is not valid; use a probability in [0, 1)")
+        if self.bias != "none":
+            raise ValueError(f"bias={self.bias!r} is not supported; only 'none' is (BitFit trains biases)")
+        for name in ("target_modules", "modules_to_save"):
+            value = getattr(self, name)
+            if isinstance(value, str):  # "q_proj,v_proj" or "all-linear" -> a tuple of names
+                value = tuple(t.strip() for t in value.split(",") if t.strip())
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+        if self.target_modules is not None and not self.target_modules:
+            raise ValueError(f"target_modules={self.target_modules!r} is empty; name at least one layer, "
+                             "e.g. ('q_proj', 'v_proj'), or 'all-linear'")
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
+
+
+def adapter_dtype(layer: nn.Module) -> torch.dtype:
+    """LoRA factors train in float32 unless the base already uses float32/64 (bf16 and 4-bit bases too)."""
+    dtype = layer.weight.dtype
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+class LoRALinear(nn.Module):
+    """A frozen linear layer (nn.Linear or GPT-2 Conv1D) plus a trainable low-rank update.
+
+    Merging: `merge()` adds the update into the base weight and the forward then skips the
+    LoRA path; `unmerge()` subtracts it again. Both are idempotent: merging a merged layer (or
+    unmerging an unmerged one) does nothing, so the update can never be added twice.
+    """
+
+    def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float = 0.0,
+                 use_rslora: bool = False):
+        """Keep `base_layer`; set self.scaling; create lora_A (r, in), Kaiming-uniform(a=sqrt(5)),
+        and lora_B (out, r), zeros, as nn.Parameters with the dtype and device in `factory`."""
+        super().__init__()
+        in_features, out_features = linear_dims(base_layer)  # TypeError for anything but a linear layer
+        self.base_layer = base_layer
+        self.r, self.alpha, self.use_rslora = r, alpha, use_rslora
+        # Dropout of 0 is skipped entirely: an Identity costs nothing, nn.Dropout(0) still copies x.
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+        factory = dict(dtype=adapter_dtype(base_layer), device=base_layer.weight.device)
+        raise NotImplementedError("Exercise 5.1: LoRALinear.__init__ - see notebooks/05_lora.ipynb")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """base_layer(x) + (dropout(x) @ A^T @ B^T) * scaling; only base_layer(x) while merged."""
+        raise NotImplementedError("Exercise 5.2: LoRALinear.forward - see notebooks/05_lora.ipynb")
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update this adapter adds to the base weight: scaling * B @ A, shape (out, in)."""
+        raise NotImplementedError("Exercise 5.3: LoRALinear.delta_weight - see notebooks/05_lora.ipynb")
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add delta_weight() into the base weight (in place) and set `merged`; no-op if merged."""
+        raise NotImplementedError("Exercise 5.4: LoRALinear.merge - see notebooks/05_lora.ipynb")
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract delta_weight() from the base weight again and clear `merged`; no-op if not merged."""
+        raise NotImplementedError("Exercise 5.5: LoRALinear.unmerge - see notebooks/05_lora.ipynb")
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:g}, merged={self.merged}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Injecting LoRA into a model
+# ---------------------------------------------------------------------------------------------
+def default_targets(model: nn.Module) -> tuple[str, ...]:
+    """The usual target layers for this model's family (see DEFAULT_TARGETS)."""
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if is_linear(m)}
+    for marker, targets in DEFAULT_TARGETS.items():
+        if marker in names:
+            return targets
+    raise ValueError(f"no default LoRA targets for {type(model).__name__}; pass target_modules, "
+                     f"choosing among its linear layers: {', '.join(sorted(names)) or '(none)'}")
+
+
+def lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
+    """Every LoRALinear in the model, with its name, in model order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+def mark_only_lora_as_trainable(model: nn.Module, modules_to_save: tuple[str, ...] = ()) -> list[str]:
+    """Freeze everything, then unfreeze lora_A / lora_B and the modules_to_save; return trainable names."""
+    def saved(name: str, module: str) -> bool:  # "classifier" matches classifier.weight, x.classifier.bias
+        return name.startswith(module + ".") or f".{module}." in name
+
+    freeze(model)
+    names = unfreeze(model, lambda n: "lora_A" in n or "lora_B" in n
+                     or any(saved(n, m) for m in modules_to_save))
+    for module in modules_to_save:
+        if not any(saved(n, module) for n in names):
+            raise ValueError(f"modules_to_save names {module!r}, which matches no module of this model")
+    return names
+
+
+def apply(model: nn.Module, config: LoRAConfig) -> nn.Module:
+    """Wrap every target layer of `model` in a LoRALinear and train only the LoRA factors.
+
+    replace_modules(model, match_names(config.target_modules), factory) swaps the layers,
+    mark_only_lora_as_trainable freezes everything else, mark_adapted(model, METHOD, config,
+    __name__) records what was done. Returns the model.
+    """
+    record = getattr(model, "labs_adapter", None)  # refuse before touching the model
+    if record is not None:
+        raise ValueError(f"this model already carries a {record.method!r} adapter; load a fresh base "
+                         "model to apply LoRA (or call merge_and_unload first)")
+    if config.target_modules is None:
+        config = replace(config, target_modules=default_targets(model))
+    raise NotImplementedError("Exercise 5.6: apply - see notebooks/05_lora.ipynb")
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Merge every LoRA layer: same outputs, no extra inference cost (the model keeps its adapters)."""
+    for _, layer in lora_layers(model):
+        layer.merge()
+    return model
+
+
+def unmerge(model: nn.Module) -> nn.Module:
+    """Undo `merge` on every LoRA layer, so training can go on."""
+    for _, layer in lora_layers(model):
+        layer.unmerge()
+    return model
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Merge, then put the plain base layers back: a base-shaped model with the update baked in."""
+    for name, layer in lora_layers(merge(model)):
+        parent, child = get_submodule_parent(model, name)
+        setattr(parent, child, layer.base_layer)
+    model.__dict__.pop("labs_adapter", None)  # no adapter left to save; it may be adapted afresh
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# The PEFT two-file format (adapter_config.json + adapter_model.safetensors)
+# ---------------------------------------------------------------------------------------------
+def peft_task_type(model: nn.Module) -> str | None:
+    """peft's task_type, which picks the PeftModel class: from the model's class name."""
+    kinds = {"ForCausalLM": "CAUSAL_LM", "LMHeadModel": "CAUSAL_LM", "ForSequenceClassification": "SEQ_CLS"}
+    return next((t for suffix, t in kinds.items() if type(model).__name__.endswith(suffix)), None)
+
+
+def to_peft(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(adapter_config dict, tensors under peft's key names) for the LoRA adapter on `model`.
+
+    peft names a factor `<layer>.lora_A.default.weight` in memory and `<layer>.lora_A.weight`
+    on disk; other trained modules (e.g. a new classifier head) keep their plain names.
+    """
+    config = adapter_record(model).config
+    state = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            key = PEFT_PREFIX + name + (".weight" if name.endswith((".lora_A", ".lora_B")) else "")
+            state[key] = param.detach().clone()
+    saved = sorted({n.rsplit(".", 1)[0] for n in state if ".lora_" not in n})
+    conv1d = any(not isinstance(layer.base_layer, nn.Linear) for _, layer in lora_layers(model))
+    config_dict = {
+        "peft_type": PEFT_TYPE, "task_type": peft_task_type(model),
+        "base_model_name_or_path": getattr(getattr(model, "config", None), "name_or_path", None) or None,
+        "r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
+        "target_modules": list(config.target_modules), "use_rslora": config.use_rslora,
+        "bias": config.bias, "modules_to_save": [n[len(PEFT_PREFIX):] for n in saved] or None,
+        "fan_in_fan_out": conv1d,  # peft's flag for weights stored (in, out), as in GPT-2's Conv1D
+        "init_lora_weights": True, "inference_mode": True, "use_dora": False,
+    }
+    return config_dict, state
+
+
+UNSUPPORTED = {"use_dora": False, "rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
+               "target_parameters": None, "lora_bias": False, "layer_replication": None}
+
+
+def config_from_peft(config_dict: dict, state_dict: dict, model: nn.Module) -> LoRAConfig:
+    """Our LoRAConfig from peft's adapter_config fields (refusing features this module lacks)."""
+    if config_dict.get("peft_type") != PEFT_TYPE:
+        raise ValueError(f"this is a {config_dict.get('peft_type')!r} adapter, not a {PEFT_TYPE!r} one")
+    for key, plain in UNSUPPORTED.items():
+        if config_dict.get(key, plain) not in (plain, None):
+            raise ValueError(f"adapter_config has {key}={config_dict[key]!r}; only plain LoRA "
+                             f"({key}={plain!r}) is supported here")
+    plain_keys = [k[len(PEFT_PREFIX):] for k in state_dict]
+    odd = [k for k in plain_keys if ".lora_" in k and not k.endswith((".lora_A.weight", ".lora_B.weight"))]
+    if odd:
+        raise ValueError(f"adapter tensor {odd[0]!r} is not a plain LoRA factor (lora_A / lora_B of a linear layer)")
+    adapted = sorted({k.rsplit(".lora_", 1)[0] for k in plain_keys if ".lora_" in k})
+    saved = sorted({k.rsplit(".", 1)[0] for k in plain_keys if ".lora_" not in k})
+    # The tensors say exactly which layers were adapted; keep the file's short names if they agree.
+    targets = config_dict.get("target_modules")
+    if not (isinstance(targets, list) and targets and adapted == sorted(
+            n for n, m in model.named_modules() if match_names(targets)(n, m))):
+        targets = adapted
+    return LoRAConfig(r=config_dict.get("r", 8), alpha=config_dict.get("lora_alpha", 8),  # peft's defaults
+                      dropout=config_dict.get("lora_dropout") or 0.0, target_modules=tuple(targets),
+                      use_rslora=bool(config_dict.get("use_rslora")), bias=config_dict.get("bias", "none"),
+                      modules_to_save=tuple(saved))
+
+
+def expected_shape(model: nn.Module, key: str, r: int) -> tuple[int, ...]:
+    """The shape `model` needs for peft tensor `key` (ValueError if it names no such layer)."""
+    path = key[len(PEFT_PREFIX):]
+    module_name, _, tensor = path.rpartition(".lora_")
+    try:
+        if tensor in ("A.weight", "B.weight"):
+            in_features, out_features = linear_dims(model.get_submodule(module_name))
+            return (r, in_features) if tensor == "A.weight" else (out_features, r)
+        return tuple(model.get_parameter(path).shape)
+    except (AttributeError, TypeError) as err:
+        raise ValueError(f"the adapter was made for another base model: it has {key!r}, "
+                         f"which names no matching layer in {type(model).__name__}") from err
+
+
+def from_peft(model: nn.Module, config_dict: dict, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """Apply the LoRA adapter described by peft's config and tensors to the base `model`."""
+    bad = [k for k in state_dict if not k.startswith(PEFT_PREFIX)]
+    if bad:
+        raise ValueError(f"tensor {bad[0]!r} does not start with {PEFT_PREFIX!r}: not a peft adapter file")
+    config = config_from_peft(config_dict, state_dict, model)
+    for key, tensor in state_dict.items():  # check every shape before changing the model
+        want = expected_shape(model, key, config.r)
+        if tuple(tensor.shape) != want:
+            raise ValueError(f"the adapter was made for another base model: {key} has shape "
+                             f"{tuple(tensor.shape)}, this model needs {want}")
+    apply(model, config)
+    ours = {PEFT_PREFIX + n + (".weight" if ".lora_" in n else ""): p
+            for n, p in model.named_parameters() if p.requires_grad}
+    if set(ours) != set(state_dict):
+        missing = sorted(set(ours) ^ set(state_dict))[:3]
+        raise ValueError(f"the adapter and this model disagree on tensors, e.g. {missing}")
+    with torch.no_grad():
+        for key, param in ours.items():
+            param.copy_(state_dict[key])
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# What `labs finetune --method lora` calls
+# ---------------------------------------------------------------------------------------------
+def prepare_for_finetune(model: nn.Module, task, options: dict | None = None) -> nn.Module:
+    """LoRA with r=8, alpha=16 on the family's usual targets; `options` override LoRAConfig fields.
+
+    The task does not change the choice (labs.methods unfreezes a new classification head).
+    """
+    options = dict(options or {})
+    known = [f.name for f in fields(LoRAConfig)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"unknown LoRA option(s) {unknown}; accepted: {', '.join(known)}")
+    casts = {"r": int, "alpha": float, "dropout": float,
+             "use_rslora": lambda v: str(v).lower() in ("1", "true", "yes")}
+    return apply(model, LoRAConfig(**{k: casts.get(k, str)(v) if isinstance(v, str) else v
+                                      for k, v in options.items()}))

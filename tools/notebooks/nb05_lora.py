@@ -1,0 +1,353 @@
+"""Build notebooks/05_lora.ipynb (committed without outputs).
+
+    python tools/notebooks/nb05_lora.py
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "notebooks" / "05_lora.ipynb"
+
+CELLS = [
+    ("md", r"""
+# 05 · LoRA: learn a low-rank change
+
+Bottleneck adapters (notebook 04) trained well, but they put new layers *in the path* of every
+token: the fine-tuned model is slower than the base, forever. Can we adapt a model and pay
+**nothing** at inference time?
+
+Hu et al. (2021) noticed that the change fine-tuning makes to a weight matrix has a low
+*intrinsic rank*: most of it lies in a few directions. So instead of learning the full change
+$\Delta W$ (out × in numbers), learn it as a product of two thin matrices:
+
+$$h = W x + \frac{\alpha}{r}\, B A\, x, \qquad A \in \mathbb{R}^{r \times \text{in}},\quad B \in \mathbb{R}^{\text{out} \times r},\quad r \ll \min(\text{in}, \text{out})$$
+
+$W$ stays frozen. Only $A$ and $B$ train: $r(\text{in} + \text{out})$ numbers instead of
+$\text{in} \times \text{out}$. For one of SmolLM2's 576 × 576 attention projections at $r = 8$ that is
+9,216 instead of 331,776 (2.8 %). And since $\frac{\alpha}{r} B A$ has the shape of $W$, it can be
+**added into** $W$ after training: the same model, no extra layer, no extra latency.
+
+In this notebook you build LoRA in `labs/lora.py` (six short exercises), fine-tune SmolLM2-135M to
+define words, measure the latency of the merged model, and sweep the rank and the adapted layers."""),
+    ("code", r"""
+import copy
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from labs import viz
+from labs.check import check
+from labs.data import batches, get_task, load_examples
+from labs.evaluate import eval_loss, generate
+from labs.impl import technique
+from labs.models import load_model
+from labs.presets import get_preset
+from labs.surgery import count_parameters
+from labs.train import TrainConfig, train
+
+lora = technique("lora")  # your labs/lora.py (or the reference, with LABS_IMPL=solutions)
+preset = get_preset()
+print(f"preset {preset.name}: batch {preset.batch_size} x {preset.seq_len} tokens, {preset.max_steps} steps")"""),
+    ("md", r"""
+## 1. The layer: wrap, never subclass
+
+`LoRALinear` *holds* the frozen layer (`self.base_layer`) and adds the two factors beside it. It
+works for `nn.Linear` (weight stored out × in) and for GPT-2's `Conv1D` (weight stored in × out):
+`labs.surgery.linear_dims(layer)` gives `(in, out)` for both.
+
+Three choices in the constructor, each with a reason:
+
+- **B = 0.** Then $BA = 0$ and the wrapped layer computes exactly what the base did: training starts
+  from the pretrained model, not from a perturbed one.
+- **A random** (Kaiming-uniform with `a=sqrt(5)`, the default init of `nn.Linear`, as peft does). If
+  $A$ were zero too, both gradients would be zero forever: $\partial L/\partial B$ needs $Ax \neq 0$
+  and $\partial L/\partial A$ needs $B \neq 0$. One random, one zero: the first step moves $B$,
+  and from then on both learn.
+- **scaling = α / r.** The update $BAx$ is a sum of $r$ rank-one terms, so with no scale the same
+  learning rate moves the output further as $r$ grows, and every rank would need its own learning
+  rate. Dividing by $r$ takes that growth out, so α and the learning rate can stay fixed while you
+  sweep $r$: the paper set α once and never tuned it. rsLoRA (Kalajdzievski, 2023) showed that
+  α/r over-corrects, and that α/√r is the exact compensation, which lets large ranks learn as fast
+  as small ones (`use_rslora=True`). The measurement below shows all three.
+
+**Exercise 5.1.** In `LoRALinear.__init__`, set `self.scaling` (α/r, or α/√r with `use_rslora`),
+create `self.lora_A` (r, in) with Kaiming-uniform init and `self.lora_B` (out, r) of zeros, both as
+`nn.Parameter` with the `factory` dtype and device."""),
+    ("code", r"""check("5.1")"""),
+    ("md", r"""
+**Exercise 5.2.** Write `LoRALinear.forward(x)`: `base_layer(x)` plus the low-rank path
+`(dropout(x) @ A^T @ B^T) * scaling`. Multiply `x` by $A^T$ first: $(x A^T) B^T$ costs
+$r(\text{in}+\text{out})$ per token, while building $BA$ would cost in × out. Dropout, when set, acts
+on the input of the LoRA path only. While `self.merged` is true, return `base_layer(x)` alone (the
+update is then inside $W$ already)."""),
+    ("code", r"""check("5.2")"""),
+    ("md", r"""
+The claims of the constructor, checked on a layer of SmolLM2's width: the new layer equals the base
+layer exactly, and in the first backward pass only $B$ gets a gradient."""),
+    ("code", r"""
+torch.manual_seed(0)
+layer = lora.LoRALinear(nn.Linear(576, 576), r=8, alpha=16)
+x = torch.randn(4, 576)                                   # (B, D)
+print("equal to the base layer at init:", torch.equal(layer(x), layer.base_layer(x)))
+layer(x).pow(2).mean().backward()
+print(f"largest |grad| of A: {layer.lora_A.grad.abs().max():.2e}   (B = 0 blocks it)")
+print(f"largest |grad| of B: {layer.lora_B.grad.abs().max():.2e}")"""),
+    ("md", r"""
+And the scale, measured: one Adam step on a fresh LoRA layer (only $B$ moves in it, since $B = 0$
+blocks $A$'s gradient), for several ranks, and how far it moves the layer's output. A flat line
+means a learning rate that suits one rank suits them all."""),
+    ("code", r"""
+def first_step_change(r, alpha, use_rslora=False, lr=1e-3):
+    torch.manual_seed(0)
+    layer = lora.LoRALinear(nn.Linear(576, 576), r=r, alpha=alpha, use_rslora=use_rslora)
+    x, target = torch.randn(64, 576), torch.randn(64, 576)    # (B, D)
+    before = layer(x).detach()
+    opt = torch.optim.Adam([layer.lora_A, layer.lora_B], lr=lr)
+    (layer(x) - target).pow(2).mean().backward()
+    opt.step()
+    return (layer(x) - before).norm().item() / before.norm().item()
+
+ranks = [1, 2, 4, 8, 16, 32, 64]
+fig = viz.sweep({"no scale (scale 1)": (ranks, [first_step_change(r, r) for r in ranks]),
+                 "alpha / r (LoRA)": (ranks, [first_step_change(r, 16) for r in ranks]),
+                 "alpha / sqrt(r) (rsLoRA)": (ranks, [first_step_change(r, 16, True) for r in ranks])},
+                x_label="rank r", y_label="relative change of the output", logx=True,
+                title="How far one Adam step moves the layer (alpha = 16)")
+fig.axes[0].set_yscale("log")
+fig"""),
+    ("md", r"""
+Read the slopes. Without a scale the step grows with the rank, roughly like √r (the $r$ terms add
+up like a random walk); α/r shrinks it at about the same pace, 1/√r; α/√r keeps it level. So α/r
+does keep one learning rate in the right range for every rank (nothing blows up as $r$ grows), at the
+price that large ranks start slower: that is rsLoRA's point, and `use_rslora=True` is the remedy when
+you sweep to large ranks."""),
+    ("md", r"""
+## 2. The update as a matrix, and merging it away
+
+**Exercise 5.3.** Write `LoRALinear.delta_weight()`: the matrix the adapter adds to the base weight,
+`(B @ A) * scaling`, shape (out, in), for either layer type.
+
+**Exercise 5.4.** Write `LoRALinear.merge()`: add `delta_weight()` into the base weight, in place,
+and set `self.merged = True`. `labs.surgery.linear_weight(self.base_layer)` is an (out, in) *view* of
+the stored weight, so an in-place `+=` on it reaches a `Conv1D`'s transposed storage too. Merging a
+merged layer must do nothing (the update must never be added twice).
+
+**Exercise 5.5.** Write `LoRALinear.unmerge()`: the inverse, a no-op on an unmerged layer."""),
+    ("code", r"""check("5.3")"""),
+    ("code", r"""check("5.4")"""),
+    ("code", r"""check("5.5")"""),
+    ("code", r"""
+with torch.no_grad():
+    layer.lora_B.normal_(std=0.02)                    # pretend training moved B
+delta = layer.delta_weight()                          # (out, in)
+print("delta_weight:", tuple(delta.shape), " rank:", torch.linalg.matrix_rank(delta).item())
+unmerged = layer(x)
+layer.merge()
+print("merged output equals unmerged:", torch.allclose(layer(x), unmerged, atol=1e-5))
+layer.unmerge()"""),
+    ("md", r"""
+## 3. Into a model: `apply`
+
+`apply(model, config)` finds the target layers by name with `labs.surgery.match_names`, swaps
+each for a `LoRALinear` around it with `labs.surgery.replace_modules`, leaves only `lora_A` /
+`lora_B` trainable (`mark_only_lora_as_trainable`), and records what it did with
+`labs.surgery.mark_adapted` (which also refuses a second adapter on the same model). Without
+`target_modules`, the config picks the usual targets of the family: `q_proj, v_proj` in Llama-style
+models (the paper adapted the query and value projections), `query, value` in BERT, `c_attn` in GPT-2.
+
+**Exercise 5.6.** Write the body of `apply` (after the lines that resolve the default targets)."""),
+    ("code", r"""check("5.6")"""),
+    ("code", r"""
+model, tok = load_model("smollm2-135m")
+task = get_task("define")
+train_ex = load_examples("define", "train", n=preset.n_train)
+eval_ex = load_examples("define", "validation", n=preset.n_eval)
+prompt_ids = tok(" ".join(e["response"] for e in eval_ex), return_tensors="pt").input_ids[:, :64]  # (1, T)
+
+base = copy.deepcopy(model)                 # an untouched copy, for comparisons and sweeps
+with torch.no_grad():
+    base_logits = model(prompt_ids).logits
+lora.apply(model, lora.LoRAConfig(r=8, alpha=16))
+print(count_parameters(model))
+with torch.no_grad():
+    print("adapted model equals the base at init:", torch.equal(model(prompt_ids).logits, base_logits))
+print(model.model.layers[0].self_attn)"""),
+    ("md", r"""
+## 4. A real fine-tune: teaching SmolLM2 to define words
+
+The `define` task: `Define the word "X".` → the first WordNet gloss of X. The instruct model can
+already talk about words, but not in WordNet's terse style. We measure the held-out loss (per
+response token, prompt masked out) and look at a few answers, before and after."""),
+    ("code", r"""
+def heldout(m):
+    return eval_loss(m, tok, task, eval_ex, preset.seq_len, preset.batch_size)
+
+shown = eval_ex[:3]
+before = {"loss": heldout(base)}
+before_text = generate(base, tok, [e["prompt"] for e in shown], max_new_tokens=24)
+cfg = TrainConfig(lr=preset.lr_peft, max_steps=preset.max_steps, grad_accum=preset.grad_accum)
+history = train(model, batches(train_ex, tok, task, preset.seq_len, preset.batch_size, epochs=None), cfg)
+after = {"loss": heldout(model)}
+after_text = generate(model, tok, [e["prompt"] for e in shown], max_new_tokens=24)
+print(f"held-out loss {before['loss']:.3f} -> {after['loss']:.3f}; "
+      f"{history.step_time_median:.2f} s per step (median)")"""),
+    ("code", r"""viz.loss_curves({"LoRA r=8, q and v": history}, smooth=3)"""),
+    ("code", r"""
+for e, b, a in zip(shown, before_text, after_text):
+    print(f"{e['prompt']}\n  WordNet: {e['response']}\n  before:  {b}\n  after:   {a}\n")"""),
+    ("md", r"""
+## 5. Merge: zero added latency
+
+Unmerged, every adapted layer does two extra small matrix products per token. Merged, the update
+lives inside $W$ and the model is the base architecture again: `merge_and_unload` even puts the
+plain `nn.Linear` layers back. We time one forward pass of a 64-token prompt at batch 1, the three
+models in turns, and report the median CPU time of this process (steadier than wall-clock time
+on a shared machine)."""),
+    ("code", r"""
+merged = lora.merge_and_unload(copy.deepcopy(model))
+with torch.no_grad():
+    print("merged logits equal unmerged:", torch.allclose(merged(prompt_ids).logits, model(prompt_ids).logits, atol=1e-4))
+print("plain layers again:", type(merged.model.layers[0].self_attn.q_proj).__name__)
+
+def latencies(models, reps=10):
+    times = {name: [] for name in models}
+    with torch.inference_mode():
+        for m in models.values():
+            m.eval()(prompt_ids)                      # warm-up
+        for _ in range(reps):
+            for name, m in models.items():
+                start = time.process_time()
+                m(prompt_ids)
+                times[name].append(time.process_time() - start)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+ms = latencies({"base": base, "LoRA unmerged": model, "LoRA merged": merged})
+for name, t in ms.items():
+    print(f"{name:>14}: {t:6.1f} ms  ({t / ms['base']:.2f}x base)")"""),
+    ("md", r"""
+## 6. How much rank? Which layers?
+
+Two sweeps, each run a fresh copy of the base model trained with the same learning rate, data and
+number of steps (fewer than above: the point is the comparison). α stays 16 throughout: the α/r
+scale is what lets every rank use the same learning rate."""),
+    ("code", r"""
+sweep_steps = max(5, preset.max_steps // 4)  # quick: 5 steps per run, enough to rank the settings
+
+def lora_run(config, steps=sweep_steps):
+    torch.manual_seed(0)
+    m = lora.apply(copy.deepcopy(base), config)
+    train(m, batches(train_ex, tok, task, preset.seq_len, preset.batch_size, epochs=None),
+          TrainConfig(lr=preset.lr_peft, max_steps=steps), progress=False)
+    return {"loss": heldout(m), "trainable": count_parameters(m).trainable}
+
+sweep_ranks = [1, 4, 16] if preset.name == "quick" else [1, 2, 4, 8, 16, 32, 64]
+by_rank = {r: lora_run(lora.LoRAConfig(r=r, alpha=16)) for r in sweep_ranks}
+for r, res in by_rank.items():
+    print(f"r = {r:>2}: {res['trainable']:>9,} trainable, held-out loss {res['loss']:.3f}")"""),
+    ("code", r"""
+fig = viz.sweep({"LoRA on q, v (alpha = 16)": (sweep_ranks, [by_rank[r]["loss"] for r in sweep_ranks])},
+                x_label="rank r", y_label="held-out loss", logx=True,
+                title=f"Rank sweep, {sweep_steps} steps")
+fig.axes[0].axhline(before["loss"], color="grey", linestyle="--", label="base model")
+fig.axes[0].legend()
+fig"""),
+    ("code", r"""
+target_sets = {"q, v": ("q_proj", "v_proj"),
+               "q, k, v, o": ("q_proj", "k_proj", "v_proj", "o_proj"),
+               "all linear": ("all-linear",)}
+by_target = {name: lora_run(lora.LoRAConfig(r=8, alpha=16, target_modules=t)) for name, t in target_sets.items()}
+for name, res in by_target.items():
+    print(f"{name:>10}: {res['trainable']:>9,} trainable, held-out loss {res['loss']:.3f}")
+
+fig, (ax,) = viz.new_figure()
+ax.bar(list(by_target), [res["loss"] for res in by_target.values()], color="#4c72b0")
+for i, res in enumerate(by_target.values()):
+    ax.annotate(f"{res['trainable'] / 1e6:.2f} M trainable", (i, res["loss"]), ha="center", va="bottom")
+ax.axhline(before["loss"], color="grey", linestyle="--", label="base model")
+ax.set(ylabel="held-out loss", title=f"Which layers to adapt (r = 8, {sweep_steps} steps)")
+ax.legend()
+fig"""),
+    ("md", r"""
+What to read from the sweeps, and what not to. The rank matters less than one might expect: that
+is the low-intrinsic-rank observation again, and the reason small ranks such as 8 are the usual
+default. Hu et al. found that adapting more kinds of layers at a low rank beats a high rank on a
+few of them, for the same parameter budget: compare the bars with the rank line. And with a
+handful of steps, differences of a few hundredths are within the noise of the data order and the
+initialisation; the `laptop` preset runs longer sweeps over more ranks.
+
+## 7. Ours against peft, measured
+
+`benchmarks/lora_vs_peft.py` runs our `LoRALinear` and Hugging Face peft's LoRA on SmolLM2-135M
+with the same rank, α, targets (q, k, v, o), batch and initial factors, timing the variants in turns.
+Recorded on a shared 2-core CPU machine, 1 thread, batch 8 × 128, r = 8, 6 repetitions
+(`python benchmarks/lora_vs_peft.py --threads 1 --reps 6`):
+
+| training, SmolLM2-135M, r = 8 on q, k, v, o | ours | peft | ours / peft |
+|---|---|---|---|
+| step time, median CPU time | 8.34 s | 8.38 s | 0.99 |
+| step time, median wall time | 28.2 s | 26.2 s | 1.07 |
+| peak memory added by training (above the loaded model, 503 MiB) | 2,665 MiB | 2,700 MiB | 0.99 |
+
+| inference at batch 1, median CPU time | forward, 64 tokens | generate 8 tokens |
+|---|---|---|
+| base model | 306 ms (1.00x) | 763 ms (1.00x) |
+| LoRA, unmerged | 312 ms (1.02x) | 862 ms (1.13x) |
+| LoRA, merged | 297 ms (0.97x) | 743 ms (0.97x) |
+| peft LoRA, unmerged | 331 ms (1.09x) | 803 ms (1.05x) |
+| bottleneck adapters (notebook 04) | 316 ms (1.03x) | 806 ms (1.06x) |
+
+The machine was shared (wall time ran three times the CPU time), so read the CPU-time rows, and
+take differences of a few percent as noise: the two LoRAs train at the same speed and memory, the
+merged model runs like the base, and the unmerged adapters cost a few percent, mostly when
+generating token by token, where each extra small matrix product weighs most.
+
+The tests (`tests/test_ex_lora.py`) check the other half of the comparison: adapters saved here
+load in peft with the same logits and back, and one training step gives the same loss and gradients.
+
+## Summary
+
+| idea | where |
+|---|---|
+| $h = Wx + \frac{\alpha}{r} BAx$, $W$ frozen | `LoRALinear.forward` (5.2) |
+| B = 0, A random: starts as the base model, and both factors learn | `LoRALinear.__init__` (5.1) |
+| α/r: compare ranks without retuning the learning rate | `scaling` (5.1), the first-step plot |
+| merge: $W \leftarrow W + \frac{\alpha}{r} BA$, zero added latency | `delta_weight`, `merge`, `unmerge` (5.3-5.5) |
+| inject by name, train only the factors | `apply` (5.6) |
+| the PEFT file format, both ways | `lora.to_peft` / `from_peft`, `labs.save_adapter` / `load_adapter` (notebook 10) |
+
+Next, notebook 06 leaves the weights alone and adapts the *activations*: prefix tuning."""),
+]
+
+
+def build() -> nbformat.NotebookNode:
+    cells = [new_markdown_cell(src.strip()) if kind == "md" else new_code_cell(src.strip()) for kind, src in CELLS]
+    for i, cell in enumerate(cells):  # fixed ids: rebuilding an unchanged notebook changes nothing
+        cell.id = f"lora-{i:02d}"
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    return nb
+
+
+def write(nb: nbformat.NotebookNode, path: Path = OUT) -> None:
+    """Validate, then write atomically (a temporary file in the same folder, then a rename)."""
+    nbformat.validate(nb)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".ipynb.tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        nbformat.write(nb, f)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; a notebook is an ordinary readable file
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    write(build())
+    print(f"wrote {OUT.relative_to(ROOT)}", file=sys.stderr)
