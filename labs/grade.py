@@ -1,0 +1,380 @@
+"""`labs grade`: grade a class of submissions fairly, fast and safely.
+
+    labs grade submissions/*.zip --out grades            every zip (or folder) given
+    labs grade submissions/ --out grades --jobs 2        a folder of zips or folders
+    labs grade /autograder/submission --out /autograder/results --gradescope-single
+
+For each submission only `labs/<technique>.py` is taken, screened (labs/screen.py), and dropped
+into a fresh grading tree built from the instructor's own files: infrastructure, tests (the
+hidden ones too), conftest. The tests run in forked children with resource limits
+(labs/sandbox.py), one technique module per child, and report over a pipe; scores are computed
+here from what the trusted collection declared (points per test, from the exercise markers).
+
+Out, in --out DIR:
+    DIR/<student>/results.json   Gradescope format: one entry per test, hidden ones "after_published"
+    DIR/<student>/feedback.md    per exercise: status, points, a hint
+    DIR/<student>/output.txt     what the student's code printed (for the instructor)
+    DIR/grades.csv               one row per submission: a column per exercise, total, status
+status: ok (everything graded), partial (a module was refused, missing or did not finish: see
+feedback.md), error:<reason> (nothing could be graded, e.g. a corrupt zip).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labs import screen
+from labs.gradebook import ExerciseScore, Graded, grades_csv, write_atomic, write_reports
+from labs.submissions import Submission, expand, read_submission, student_id
+
+ROOT = Path(__file__).resolve().parent.parent
+INSTRUCTOR_ONLY = ("grade.py", "gradebook.py", "release.py", "sandbox.py", "sandbox_child.py", "screen.py",
+                   "submissions.py")
+GENERATED = "# GENERATED from solutions/"
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout: float = 300.0      # wall-clock seconds for one technique module's tests (one child)
+    test_timeout: float = 20.0  # seconds for one test before it fails as an endless loop
+    memory_mb: int = 4096       # address space of one child (torch alone maps about 1 GB)
+    file_mb: int = 64           # largest file a child may write
+    nproc: int = 512            # processes and threads of the grading user (not enforced for root)
+
+    def __post_init__(self):
+        for name in ("timeout", "test_timeout", "memory_mb", "file_mb", "nproc"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.memory_mb < 1024:
+            raise ValueError(f"memory_mb={self.memory_mb} is too small: torch alone needs about 1024 MB")
+
+
+# ---------------------------------------------------------------------------------------------
+# The course as the instructor's checkout defines it
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Course:
+    root: Path
+    stubs: dict[str, str]              # technique -> generated stub source
+    exercises: dict[str, str]          # exercise id -> technique
+    qualnames: dict[str, str]          # exercise id -> function it lives in
+    items: list[dict] = field(default_factory=list)  # collected graded tests: nodeid, exercise, points
+
+    @classmethod
+    def load(cls, root: Path = ROOT) -> "Course":
+        stubs = {p.stem: p.read_text() for p in sorted((root / "labs").glob("*.py"))
+                 if p.read_text().startswith(GENERATED)}
+        if not stubs:
+            raise FileNotFoundError(f"no generated technique modules in {root / 'labs'}")
+        exercises, qualnames = {}, {}
+        for name, text in stubs.items():
+            for qualname, ex in screen.stub_exercises(text).items():
+                exercises[ex], qualnames[ex] = name, qualname
+        return cls(root, stubs, exercises, qualnames)
+
+    def test_files(self) -> list[str]:
+        """Graded test files (public and hidden), relative to the root."""
+        found = [*(self.root / "tests").glob("test_*.py"), *(self.root / "tests" / "hidden").rglob("test_*.py")]
+        graded = [str(p.relative_to(self.root)) for p in found if is_graded_test(p)]
+        return sorted(graded, key=lambda f: (self.is_hidden(f), f))  # public tests first
+
+    def policy(self) -> dict:
+        """What the children enforce while student modules run (see labs/sandbox.py)."""
+        imports, infra = set(screen.ALLOWED_IMPORTS) | {"peft", "labs"}, set(screen.LABS_INFRA)
+        for text in self.stubs.values():
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                    imports.add(node.module.split(".")[0])
+                    infra.update(node.module.split(".")[1:2] if node.module.startswith("labs.") else ())
+                elif isinstance(node, ast.Import):
+                    imports.update(a.name.split(".")[0] for a in node.names)
+        return {"techniques": sorted(self.stubs), "refused_names": sorted(screen.REFUSED_NAMES),
+                "refused_attrs": sorted(screen.DANGEROUS_ATTRS | screen.MODULE_ATTRS),
+                "allowed_dunders": sorted(screen.ALLOWED_DUNDERS), "allowed_imports": sorted(imports),
+                "labs_infra": sorted(infra), "instructor_only": list(INSTRUCTOR_ONLY)}
+
+    def is_hidden(self, nodeid: str) -> bool:
+        return nodeid.startswith("tests/hidden/")
+
+
+def is_graded_test(path: Path) -> bool:
+    """A test file with at least one function or class decorated @pytest.mark.exercise(...)."""
+    try:
+        tree = ast.parse(path.read_text())
+    except SyntaxError:
+        return False
+    return any(isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "exercise"
+               for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+               for d in node.decorator_list)
+
+
+# ---------------------------------------------------------------------------------------------
+# One submission: screening, staging, and its score
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare(sub: Submission, course: Course, staging: Path, screened: bool = True) -> Graded:
+    """Screen each technique module; stage what may run (a refused module is replaced by the stub).
+
+    screened=False skips the static screen: tests use it to check the process walls on their own."""
+    graded = Graded(sub, dict(sub.notes))
+    if sub.error:
+        return graded
+    labs = staging / "labs"
+    labs.mkdir(parents=True)
+    for name, stub in course.stubs.items():
+        text = _decode(sub.files.get(name), name, graded)
+        if text is not None and _same_code(text, stub):
+            graded.untouched.add(name)
+        elif text is not None:
+            findings = screen.screen_module(text, stub, frozenset(course.stubs)) if screened else []
+            refused = [f for f in findings if f.exercise is None]
+            if refused:
+                graded.module_notes[name] = f"labs/{name}.py was not run: " + "; ".join(map(str, refused[:3]))
+                text = None
+            for finding in findings:
+                if finding.exercise:
+                    graded.exercise_notes[finding.exercise] = str(finding)
+        (labs / f"{name}.py").write_text(stub if text is None else text)
+    return graded
+
+
+def _decode(data: bytes | None, name: str, graded: Graded) -> str | None:
+    if data is None:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        graded.module_notes[name] = f"labs/{name}.py is not UTF-8 text ({err.reason} at byte {err.start})"
+        return None
+
+
+def _same_code(text: str, stub: str) -> bool:
+    try:
+        return ast.dump(ast.parse(text)) == ast.dump(ast.parse(stub))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+
+
+def runnable(graded: Graded, course: Course) -> list[str]:
+    """Technique modules whose tests must run: present, accepted, and changed from the stub."""
+    if graded.sub.error:
+        return []
+    return [n for n in course.stubs if n not in graded.module_notes and n not in graded.untouched]
+
+
+# ---------------------------------------------------------------------------------------------
+# The fork server, seen from here
+# ---------------------------------------------------------------------------------------------
+class Runner:
+    """labs/sandbox.py as a child process: tasks go in as JSON lines, events come back."""
+
+    def __init__(self, course: Course, jobs: int, workdir: Path):
+        read_end, write_end = os.pipe()
+        trees = workdir / "trees"
+        trees.mkdir(parents=True, exist_ok=True)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": str(workdir),
+               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
+               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+               "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "MPLBACKEND": "Agg", "HF_HOME": str(workdir / "hf")}
+        cmd = [sys.executable, "-I", str(course.root / "labs" / "sandbox.py"), "--events", str(write_end),
+               "--jobs", str(jobs), "--workdir", str(trees)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, pass_fds=(write_end,), env=env, cwd=workdir,
+                                     start_new_session=True)
+        os.close(write_end)
+        self.events = os.fdopen(read_end, "rb")
+        self.stderr: list[bytes] = []
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+
+    def _drain_stderr(self) -> None:
+        for line in self.proc.stderr:
+            self.stderr = (self.stderr + [line])[-40:]
+
+    def send(self, tasks: list[dict], close: bool = False) -> None:
+        def write():
+            try:
+                for task in tasks:
+                    self.proc.stdin.write((json.dumps(task) + "\n").encode())
+                self.proc.stdin.flush()
+                if close:
+                    self.proc.stdin.close()
+            except (BrokenPipeError, ValueError):
+                pass
+        threading.Thread(target=write, daemon=True).start()
+
+    def next_event(self) -> dict | None:
+        line = self.events.readline()
+        return json.loads(line) if line else None
+
+    def collect(self, course: Course, limits: Limits, policy: dict) -> list[dict]:
+        """The graded tests, their exercises and points, collected on the instructor's stubs."""
+        files = course.test_files()
+        if not files:
+            raise FileNotFoundError(f"no graded tests (files with @pytest.mark.exercise) under {course.root / 'tests'}")
+        self.send([{"id": "collect", "base": str(course.root), "labs": str(course.root / "labs"),
+                    "tests": files, "exercises": sorted(course.exercises), "collect_only": True,
+                    "policy": policy, "limits": vars(limits)}])
+        items, errors = None, []
+        while (event := self.next_event()) is not None:
+            if event.get("event") == "items":
+                items = event["items"]
+            elif event.get("event") == "collect_error":
+                errors.append(f"{event.get('where')}: {event.get('message', '')[-1500:]}")
+            elif event.get("event") == "done":
+                break
+        if errors:
+            raise RuntimeError("the graded tests do not collect in a grading tree:\n" + "\n".join(errors))
+        if not items:
+            tail = (event or {}).get("output", "") or b"".join(self.stderr).decode(errors="replace")
+            raise RuntimeError("could not collect the graded tests:\n" + tail[-3000:])
+        return items
+
+    def close(self) -> None:
+        for stream in (self.proc.stdin, self.events):
+            try:
+                stream.close()
+            except (BrokenPipeError, OSError, ValueError):
+                pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def tasks_for(graded: Graded, course: Course, staging: Path, limits: Limits, policy: dict) -> list[dict]:
+    tasks = []
+    for module in runnable(graded, course):
+        ids = sorted(ex for ex, m in course.exercises.items() if m == module)
+        files = sorted({i["nodeid"].split("::")[0] for i in course.items if i["exercise"] in ids})
+        if not files:
+            continue
+        tasks.append({"id": f"{graded.sub.student}/{module}", "base": str(course.root), "labs": str(staging / "labs"),
+                      "tests": files, "hidden": [f for f in files if course.is_hidden(f)], "exercises": ids,
+                      "policy": policy, "limits": vars(limits)})
+    graded.pending = {t["id"] for t in tasks}
+    return tasks
+
+
+def on_event(event: dict, by_student: dict[str, Graded]) -> Graded | None:
+    """Fold one event into its submission; return the submission when its last task is done."""
+    student, _, module = str(event.get("task", "")).partition("/")
+    graded = by_student.get(student)
+    if graded is None:
+        return None
+    if event.get("event") == "result":
+        graded.results[event["nodeid"]] = event
+    elif event.get("event") == "done":
+        graded.pending.discard(event["task"])
+        graded.seconds += float(event.get("seconds", 0))
+        if event.get("output"):
+            graded.output.append(f"===== labs/{module}.py =====\n{event['output']}\n")
+        if event.get("reason"):
+            graded.problems.append(f"labs/{module}.py: the test process {event['reason']}")
+        return graded if not graded.pending else None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------
+def grade(paths: list[Path], out: Path, limits: Limits, jobs: int, single: bool = False,
+          course: Course | None = None, progress=print, screened: bool = True
+          ) -> list[tuple[str, list[ExerciseScore], str]]:
+    """Grade every submission in `paths`; write the reports under `out`; return the grades.csv rows."""
+    course = course or Course.load()
+    policy = course.policy()
+    workdir = Path(tempfile.mkdtemp(prefix="labs-grade-"))
+    started = time.monotonic()
+    runner = Runner(course, jobs, workdir)
+    try:
+        course.items = runner.collect(course, limits, policy)
+        progress(f"ready: {len(course.items)} graded tests collected, test runner up in "
+                 f"{time.monotonic() - started:.1f} s")
+        return _grade_all(expand(paths), out, limits, course, policy, runner, workdir, single, progress, screened)
+    finally:
+        runner.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _grade_all(paths, out, limits, course, policy, runner, workdir, single, progress, screened):
+    taken: set[str] = set()
+    subs = [read_submission(p, student_id(p, taken), list(course.stubs)) for p in paths]
+    if single and len(subs) != 1:
+        raise ValueError(f"--gradescope-single grades exactly one submission, got {len(subs)}")
+    by_student = {s.student: prepare(s, course, workdir / "staged" / s.student, screened) for s in subs}
+    tasks = [t for g in by_student.values()
+             for t in tasks_for(g, course, workdir / "staged" / g.sub.student, limits, policy)]
+    rows: dict[str, tuple] = {}
+
+    def finish(graded: Graded) -> None:
+        folder = out if single else out / graded.sub.student
+        scores, status = write_reports(graded, course, folder)
+        rows[graded.sub.student] = (graded.sub.student, scores, status)
+        total, top = sum(s.points for s in scores), sum(s.max_points for s in scores)
+        progress(f"[{len(rows)}/{len(by_student)}] {graded.sub.student}: {total:g}/{top:g} {status} "
+                 f"({graded.seconds:.1f} s)")
+        shutil.rmtree(workdir / "staged" / graded.sub.student, ignore_errors=True)
+
+    for graded in by_student.values():
+        if not graded.pending:
+            finish(graded)
+    runner.send(tasks, close=True)
+    while len(rows) < len(by_student) and (event := runner.next_event()) is not None:
+        done = on_event(event, by_student)
+        if done is not None:
+            finish(done)
+    for graded in by_student.values():  # the runner stopped early: nothing is lost, it is reported
+        if graded.sub.student not in rows:
+            graded.problems.append("the grader's test runner stopped before these tests finished")
+            finish(graded)
+    ordered = [rows[s] for s in by_student]
+    write_atomic(out / "grades.csv", grades_csv(ordered, course))
+    return ordered
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="labs grade", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("submissions", nargs="+", type=Path, help="submission folders or .zip files, "
+                        "or a folder holding them")
+    parser.add_argument("--out", type=Path, required=True, help="where reports and grades.csv go")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="children at once (default: cores)")
+    parser.add_argument("--timeout", type=float, default=Limits.timeout,
+                        help="wall-clock seconds for one technique module's tests (default: %(default)s)")
+    parser.add_argument("--test-timeout", type=float, default=Limits.test_timeout,
+                        help="seconds for one test (default: %(default)s)")
+    parser.add_argument("--memory-mb", type=int, default=Limits.memory_mb,
+                        help="address-space limit of one child in MB (default: %(default)s)")
+    parser.add_argument("--gradescope-single", action="store_true",
+                        help="one submission; write results.json straight into --out (Gradescope)")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    limits = Limits(timeout=args.timeout, test_timeout=min(args.test_timeout, args.timeout),
+                    memory_mb=args.memory_mb)
+    if not hasattr(os, "fork"):
+        raise ValueError("labs grade needs Linux or macOS: it forks and sets resource limits")
+    if os.geteuid() == 0:
+        print("labs grade: running as root, so the process-count limit is not enforced; "
+              "an unprivileged user is safer", file=sys.stderr)
+    started = time.monotonic()
+    try:
+        rows = grade(args.submissions, args.out, limits, args.jobs, args.gradescope_single,
+                     progress=lambda line: print(line, file=sys.stderr))
+    except RuntimeError as err:  # the course's own tests or test runner failed: not the students' fault
+        print(f"labs grade: {err}", file=sys.stderr)
+        return 1
+    print(f"graded {len(rows)} submission(s) in {time.monotonic() - started:.1f} s: {args.out / 'grades.csv'}")
+    return 0

@@ -1,0 +1,194 @@
+"""Scores and reports for one graded submission: per test, per exercise, and the files.
+
+    results.json   Gradescope's format: one entry per test (hidden ones "after_published")
+    feedback.md    per exercise: status, points and a hint, for the student
+    grades.csv     one row per submission: a column per exercise, total, status
+
+Points come from the graded tests' exercise markers as the trusted collection read them (see
+labs/grade.py); the tests' outcomes come from the grading children. Partial credit falls out of
+the sum: an exercise earns the points of its tests that passed.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from labs.submissions import Submission
+
+if TYPE_CHECKING:
+    from labs.grade import Course
+
+
+@dataclass
+class Graded:
+    sub: Submission
+    module_notes: dict[str, str] = field(default_factory=dict)     # technique -> why it was not run
+    exercise_notes: dict[str, str] = field(default_factory=dict)   # exercise -> why it scores zero
+    untouched: set[str] = field(default_factory=set)               # techniques identical to the stub
+    results: dict[str, dict] = field(default_factory=dict)         # nodeid -> result event
+    problems: list[str] = field(default_factory=list)              # children that did not finish
+    output: list[str] = field(default_factory=list)
+    pending: set[str] = field(default_factory=set)                 # task ids still running
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class TestScore:
+    nodeid: str
+    exercise: str
+    max_score: float
+    score: float
+    hidden: bool
+    message: str      # "" when passed
+
+
+def score_tests(graded: Graded, course: Course) -> list[TestScore]:
+    out = []
+    for item in course.items:
+        nodeid, ex, points = item["nodeid"], item["exercise"], float(item["points"])
+        module = course.exercises[ex]
+        result = graded.results.get(nodeid)
+        passed = result is not None and result["outcome"] == "passed"
+        message = _why_not(graded, module, ex, result)
+        earned = points if passed and ex not in graded.exercise_notes and not graded.sub.error else 0.0
+        out.append(TestScore(nodeid, ex, points, earned, course.is_hidden(nodeid), "" if earned else message))
+    return out
+
+
+def _why_not(graded: Graded, module: str, ex: str, result: dict | None) -> str:
+    if graded.sub.error:
+        return graded.sub.error
+    if module in graded.module_notes:
+        return graded.module_notes[module]
+    if ex in graded.exercise_notes:
+        return f"scored zero: {graded.exercise_notes[ex]}"
+    if module in graded.untouched:
+        return f"NotImplementedError: exercise {ex} is not done yet"
+    if result is None:
+        return "did not run: " + ("; ".join(graded.problems) or "no result was reported")
+    return result.get("message") or result["outcome"]
+
+
+def status_of(graded: Graded) -> str:
+    if graded.sub.error:
+        return f"error:{graded.sub.error}"
+    broken = graded.module_notes or graded.exercise_notes or graded.problems
+    return "partial" if broken else "ok"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports: results.json (Gradescope), feedback.md, grades.csv
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExerciseScore:
+    exercise: str
+    points: float
+    max_points: float
+    status: str       # passed / partial / failing / not started / zero
+    hint: str
+
+
+def exercise_scores(tests: list[TestScore], graded: Graded, course: Course) -> list[ExerciseScore]:
+    by_id: dict[str, list[TestScore]] = {}
+    for t in tests:
+        by_id.setdefault(t.exercise, []).append(t)
+    out = []
+    for ex in sorted(course.exercises, key=_id_key):
+        rows = by_id.get(ex, [])
+        points, top = sum(t.score for t in rows), sum(t.max_score for t in rows)
+        failed = [t for t in rows if not t.score]
+        visible = [t for t in failed if not t.hidden]
+        hint = (visible[0].message if visible else "a hidden test did not pass" if failed else "")
+        out.append(ExerciseScore(ex, points, top, _exercise_status(points, top, failed, ex, graded), hint))
+    return out
+
+
+def _exercise_status(points: float, top: float, failed: list[TestScore], ex: str, graded: Graded) -> str:
+    if ex in graded.exercise_notes:
+        return "zero"
+    if not top:
+        return "no tests"
+    if not failed:
+        return "passed"
+    if points > 0:
+        return "partial"
+    return "not started" if all(t.message.startswith("NotImplementedError") for t in failed) else "failing"
+
+
+def _id_key(ex: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in ex.split("."))
+
+
+def results_json(tests: list[TestScore], graded: Graded, course: Course) -> dict:
+    total = sum(t.score for t in tests)
+    entries = [{"name": f"Exercise {t.exercise}: {t.nodeid.split('::', 1)[-1]}", "number": t.exercise,
+                "score": t.score, "max_score": t.max_score, "status": "passed" if t.score else "failed",
+                "output": t.message, "visibility": "after_published" if t.hidden else "visible"}
+               for t in tests]
+    notes = _notes(graded)
+    return {"score": total, "execution_time": round(graded.seconds, 2), "tests": entries,
+            "output": (f"{total:g} of {sum(t.max_score for t in tests):g} points."
+                       + ("\n" + "\n".join(notes) if notes else "")), "stdout_visibility": "hidden"}
+
+
+def _notes(graded: Graded) -> list[str]:
+    notes = [graded.sub.error] if graded.sub.error else []
+    notes += [graded.module_notes[k] for k in sorted(graded.module_notes)]
+    notes += [f"exercise {ex}: {graded.exercise_notes[ex]}" for ex in sorted(graded.exercise_notes, key=_id_key)]
+    return notes + graded.problems + graded.sub.warnings
+
+
+def feedback_md(scores: list[ExerciseScore], graded: Graded) -> str:
+    total, top = sum(s.points for s in scores), sum(s.max_points for s in scores)
+    lines = [f"# Feedback for {graded.sub.student}", "", f"**{total:g} of {top:g} points.**", ""]
+    notes = _notes(graded)
+    if notes:
+        lines += ["Before the table, what stopped part of the grading:", ""] + [f"- {n}" for n in notes] + [""]
+    lines += ["| exercise | status | points | hint |", "|---|---|---|---|"]
+    said = set(notes)
+    for s in scores:
+        hint = s.hint.removeprefix("scored zero: ")
+        hint = "see the note above" if hint in said or f"exercise {s.exercise}: {hint}" in said else hint
+        hint = hint.replace("|", "\\|").replace("\n", " ") or ("well done" if s.status == "passed" else "")
+        lines.append(f"| {s.exercise} | {s.status} | {s.points:g} / {s.max_points:g} | {hint} |")
+    lines += ["", "Hints come from the first failing visible test; run `labs check N.k` to see it yourself."]
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def grades_csv(rows: list[tuple[str, list[ExerciseScore], str]], course: Course) -> str:
+    exercises = sorted(course.exercises, key=_id_key)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["student", *exercises, "total", "status"])
+    for student, scores, status in rows:
+        points = {s.exercise: s.points for s in scores}
+        writer.writerow([student, *(f"{points.get(ex, 0):g}" for ex in exercises),
+                         f"{sum(points.values()):g}", status])
+    return out.getvalue()
+
+
+def write_reports(graded: Graded, course: Course, folder: Path) -> tuple[list[ExerciseScore], str]:
+    tests = score_tests(graded, course)
+    scores = exercise_scores(tests, graded, course)
+    write_atomic(folder / "results.json", json.dumps(results_json(tests, graded, course), indent=1))
+    write_atomic(folder / "feedback.md", feedback_md(scores, graded))
+    write_atomic(folder / "output.txt", "".join(graded.output))
+    return scores, status_of(graded)

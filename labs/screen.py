@@ -1,0 +1,455 @@
+"""Read a student's technique module before any of it runs, and refuse what reaches outside it.
+
+Grading runs student code in the same process as the tests that judge it, so this screen is the
+first of several walls (see labs/sandbox.py for the others). It reads the syntax tree only:
+
+- Code identical to the generated stub (the instructor's own file) is trusted as it stands: whole
+  functions, module and class statements, and the opening statements of an exercise function
+  that come before the student's part. Everything else is the student's and is screened.
+- Refused (the whole module is not run; its exercises score zero with the reason): imports
+  outside a short allowlist, exec/eval/open/globals and friends, dunder attributes and names,
+  private attributes of other objects, getattr/setattr with a name built by an expression (a
+  plain variable is allowed: its value is checked while the module runs), defining dunder methods
+  such as __eq__ or __torch_function__, metaclasses, and assigning into imported modules or classes.
+- From scratch (the module runs, but that one exercise scores zero): an exercise whose code
+  imports or calls peft or the reference solutions, directly or through a helper it calls.
+
+The screen is a fence, not a proof: Python cannot be fully sandboxed by reading it, so the
+grader also isolates the process and watches for tampering while the tests run.
+"""
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+
+MAX_SOURCE_BYTES = 400_000  # a technique module is a few hundred lines; more is not a submission
+ALLOWED_IMPORTS = frozenset({"__future__", "torch", "math", "typing", "dataclasses", "functools",
+                             "itertools", "collections", "transformers", "copy", "re", "enum",
+                             "abc", "numbers"})
+# Infrastructure a student module may import (besides what its stub imports); the rest read or
+# write files (data, models, peft_format), start processes (check, memory) or import by name (impl).
+LABS_INFRA = frozenset({"surgery", "presets"})
+REFERENCE = frozenset({"peft", "solutions"})  # what the from-scratch policy keeps out of exercises
+REFUSED_NAMES = frozenset({"exec", "eval", "compile", "open", "globals", "locals", "vars",
+                           "breakpoint", "input", "exit", "quit", "help", "memoryview"})
+ATTR_BUILTINS = frozenset({"getattr", "setattr", "delattr", "hasattr"})
+ALLOWED_DUNDERS = frozenset({"__init__", "__name__", "__qualname__", "__doc__", "__post_init__"})
+DEFINABLE_DUNDERS = frozenset({"__init__", "__post_init__", "__repr__", "__str__"})
+# Attribute names that lead to files, processes, code loading, interpreter internals or global
+# hooks, whatever object they hang from (torch.os, torch.load, gen.gi_frame, ...).
+MODULE_ATTRS = frozenset({
+    "os", "sys", "subprocess", "builtins", "importlib", "inspect", "gc", "ctypes", "atexit",
+    "signal", "threading", "_thread", "multiprocessing", "socket", "pathlib", "io", "shutil",
+    "pickle", "pytest", "_pytest", "peft", "solutions", "types", "tempfile", "glob", "runpy",
+    "code", "codeop", "pdb", "posix", "platform", "sysconfig", "site", "zipimport", "marshal",
+    "traceback", "linecache", "tokenize", "ast", "dis", "faulthandler", "resource", "select",
+    "selectors", "asyncio", "concurrent", "urllib", "http", "fcntl", "mmap", "pty", "termios",
+    "copyreg", "operator", "string", "weakref", "zipfile", "tarfile", "logging", "warnings",
+    "unittest", "doctest", "timeit", "trace", "tracemalloc", "shelve", "dbm"})
+DANGEROUS_ATTRS = frozenset({
+    "load", "loads", "save", "from_file", "hub", "cpp_extension", "load_inline", "load_library",
+    "jit", "fx", "compile", "package", "library", "ops", "classes", "distributed", "serialization",
+    "collect_env", "model_zoo", "overrides", "get_type_hints", "ForwardRef", "register",
+    "singledispatch", "singledispatchmethod", "update_wrapper", "make_dataclass",
+    "from_pretrained", "save_pretrained", "push_to_hub", "HfArgumentParser",
+    "dynamic_module_utils", "get_class_from_dynamic_module", "hf_hub_download",
+    "snapshot_download", "system", "popen", "environ", "getenv", "putenv", "spawn", "fork",
+    "execv", "execve", "unlink", "rmdir", "rmtree", "write_text", "write_bytes",
+    "read_text", "read_bytes", "open", "mkdir", "makedirs", "symlink", "chmod", "chown", "kill",
+    "killpg", "abort", "settrace", "setprofile", "setrecursionlimit", "exit", "exec", "eval",
+    "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "cr_await", "ag_frame",
+    "ag_code", "f_back", "f_globals", "f_locals", "f_builtins", "f_code", "f_trace", "tb_frame",
+    "tb_next", "co_code", "co_consts", "func_globals"})
+DUNDER = re.compile(r"^__\w+__$")
+SAFE_ANNOTATION = re.compile(r"^[A-Za-z_][\w.]*(\[[\w., \[\]|]*\])?( \| [\w.\[\], ]+)*$")
+
+
+@dataclass(frozen=True)
+class Finding:
+    line: int                  # line number in the student's file
+    what: str                  # what was refused, in words
+    exercise: str | None = None  # None: the whole module; "5.2": only that exercise (from scratch)
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.what}"
+
+
+def stub_exercises(stub_source: str) -> dict[str, str]:
+    """Qualified function name -> exercise id, read from a generated stub's NotImplementedError lines."""
+    found = {}
+    for qualname, node in _functions(ast.parse(stub_source)).items():
+        for stmt in ast.walk(node):
+            if (isinstance(stmt, ast.Raise) and isinstance(stmt.exc, ast.Call) and stmt.exc.args
+                    and isinstance(stmt.exc.args[0], ast.Constant) and isinstance(stmt.exc.args[0].value, str)):
+                match = re.match(r"Exercise (\d+\.\d+):", stmt.exc.args[0].value)
+                if match:
+                    found[qualname] = match.group(1)
+    return found
+
+
+def screen_module(source: str, reference: str, techniques: frozenset[str] | set[str]) -> list[Finding]:
+    """Findings for one student module; `reference` is the instructor's stub of the same module."""
+    if len(source.encode()) > MAX_SOURCE_BYTES:
+        return [Finding(1, f"file is {len(source.encode()):,} bytes; the limit is {MAX_SOURCE_BYTES:,}")]
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
+        return [Finding(getattr(err, "lineno", None) or 1, f"does not parse: {getattr(err, 'msg', err)}")]
+    visitor = _Screen(_protected_names(tree), _module_names(tree), frozenset(techniques))
+    for node in _untrusted(tree, ast.parse(reference)):
+        visitor.visit(node)
+    return visitor.findings + _imports_solutions(tree) + _from_scratch(tree, stub_exercises(reference))
+
+
+def _imports_solutions(tree: ast.Module) -> list[Finding]:
+    """`import solutions` outside any function fails when the module loads: every exercise is lost."""
+    scopes = [tree.body] + [n.body for n in tree.body if isinstance(n, ast.ClassDef)]
+    return [Finding(node.lineno, "imports the reference solutions, which are not part of the grading")
+            for body in scopes for node in body
+            if _imports_reference(node) and "solutions" in ast.dump(node)]
+
+
+# ---------------------------------------------------------------------------------------------
+# What is trusted: code identical to the instructor's stub
+# ---------------------------------------------------------------------------------------------
+def _functions(tree: ast.AST, prefix: str = "") -> dict[str, ast.AST]:
+    """Qualified name -> function node, for functions and methods (not nested functions)."""
+    found = {}
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            found[prefix + node.name] = node
+        elif isinstance(node, ast.ClassDef):
+            found.update(_functions(node, f"{prefix}{node.name}."))
+    return found
+
+
+def _untrusted(tree: ast.Module, ref: ast.Module) -> list[ast.AST]:
+    """The nodes of `tree` that are not copies of the reference and so must be screened."""
+    return _untrusted_body(tree.body, ref.body, "")
+
+
+def _untrusted_body(body: list[ast.stmt], ref_body: list[ast.stmt], prefix: str) -> list[ast.AST]:
+    ref_stmts = [ast.dump(s) for s in ref_body]
+    ref_defs = {s.name: s for s in ref_body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    out: list[ast.AST] = []
+    for stmt in body:
+        dumped = ast.dump(stmt)
+        if dumped in ref_stmts:
+            ref_stmts.remove(dumped)  # each reference statement vouches for one copy only
+            continue
+        twin = ref_defs.get(getattr(stmt, "name", None))
+        if isinstance(stmt, ast.ClassDef) and isinstance(twin, ast.ClassDef):
+            out += _untrusted_class(stmt, twin, prefix)
+        elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) and type(twin) is type(stmt):
+            out += _untrusted_function(stmt, twin)
+        else:
+            out.append(stmt)
+    return out
+
+
+def _untrusted_class(node: ast.ClassDef, twin: ast.ClassDef, prefix: str) -> list[ast.AST]:
+    header = [*node.bases, *node.keywords, *node.decorator_list]
+    same_header = [ast.dump(n) for n in header] == [ast.dump(n) for n in [*twin.bases, *twin.keywords,
+                                                                          *twin.decorator_list]]
+    found = [] if same_header else [_Header(node)]
+    return found + _untrusted_body(node.body, twin.body, f"{prefix}{node.name}.")
+
+
+def _untrusted_function(node: ast.FunctionDef, twin: ast.FunctionDef) -> list[ast.AST]:
+    """A changed function: its signature and everything after the statements it shares, in order,
+    with the reference's opening (those run exactly as the instructor wrote them)."""
+    same_signature = (ast.dump(node.args) == ast.dump(twin.args) and node.name == twin.name
+                      and [ast.dump(d) for d in node.decorator_list] == [ast.dump(d) for d in twin.decorator_list]
+                      and ast.dump(node.returns or ast.Pass()) == ast.dump(twin.returns or ast.Pass()))
+    if not same_signature:
+        return [node]
+    shared = 0
+    for mine, theirs in zip(node.body, twin.body):
+        if ast.dump(mine) != ast.dump(theirs):
+            break
+        shared += 1
+    return node.body[shared:]
+
+
+class _Header(ast.AST):
+    """A class statement's bases, keywords and decorators, screened without its body."""
+    _fields = ("node",)
+
+    def __init__(self, node: ast.ClassDef):
+        super().__init__()
+        self.node = node
+        self.lineno = node.lineno
+
+
+# ---------------------------------------------------------------------------------------------
+# The screen proper
+# ---------------------------------------------------------------------------------------------
+def _protected_names(tree: ast.Module) -> frozenset[str]:
+    """Names that stand for imported modules or classes (and aliases of them): never assigned into."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.update(a.asname or a.name for a in node.names)
+    changed = True
+    while changed:  # x = torch.nn.functional makes x protected too
+        changed = False
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and _root_name(node.value, chain_only=True) in names:
+                for target in node.targets:
+                    if isinstance(target, ast.Name) and target.id not in names:
+                        names.add(target.id)
+                        changed = True
+    import builtins as _builtins  # the builtin types and functions are shared by every module
+    return frozenset(names | set(dir(_builtins)))
+
+
+def _module_names(tree: ast.Module) -> frozenset[str]:
+    """Names bound by `import x` (certainly modules, wherever the import is)."""
+    return frozenset((a.asname or a.name).split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.Import) for a in node.names)
+
+
+def _root_name(node: ast.AST, chain_only: bool = False) -> str | None:
+    """`torch` for torch.nn.functional.linear (and, unless chain_only, for torch.x[0].y)."""
+    while isinstance(node, (ast.Attribute, ast.Subscript)) or (not chain_only and isinstance(node, ast.Call)):
+        if chain_only and isinstance(node, ast.Subscript):
+            return None
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+class _Screen(ast.NodeVisitor):
+    def __init__(self, protected: frozenset[str], module_names: frozenset[str], techniques: frozenset[str]):
+        self.protected, self.module_names, self.techniques = protected, module_names, techniques
+        self.findings: list[Finding] = []
+
+    def refuse(self, node: ast.AST, what: str) -> None:
+        self.findings.append(Finding(getattr(node, "lineno", 0), what))
+
+    def visit__Header(self, node: _Header) -> None:
+        cls = node.node
+        for part in [*cls.bases, *cls.decorator_list]:
+            self.visit(part)
+        for keyword in cls.keywords:
+            self.refuse(cls, f"class {cls.name} takes keyword {keyword.arg!r} (metaclasses are not allowed)")
+
+    # imports -------------------------------------------------------------------------------
+    def visit_Import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            self._check_import(node, alias.name, level=0)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        self._check_import(node, node.module or "", node.level, [a.name for a in node.names])
+        for alias in node.names:
+            self._check_attr_name(node, alias.name)
+
+    def _check_import(self, node: ast.AST, module: str, level: int, names: list[str] = ()) -> None:
+        parts = module.split(".") if module else []
+        if level:
+            targets = parts[:1] or list(names)
+            if level > 1 or any(t not in self.techniques for t in targets):
+                self.refuse(node, f"relative import of {'.' * level}{module or ', '.join(names)}: only "
+                                  f"other technique modules ({', '.join(sorted(self.techniques))})")
+            return
+        top = parts[0] if parts else ""
+        if top in REFERENCE:
+            return  # the from-scratch check decides which exercises this costs
+        if top == "labs":
+            sub = parts[1] if len(parts) > 1 else (names[0] if len(names) == 1 else "")
+            if sub not in LABS_INFRA:
+                self.refuse(node, f"import of labs.{sub or '*'}: allowed are labs."
+                                  f"{{{', '.join(sorted(LABS_INFRA))}}} and `from . import <technique>`")
+        elif top not in ALLOWED_IMPORTS:
+            self.refuse(node, f"import of {module}: allowed are {', '.join(sorted(ALLOWED_IMPORTS - {'__future__'}))}")
+        for part in parts[1:]:
+            self._check_attr_name(node, part)
+
+    # names and attributes ------------------------------------------------------------------
+    def visit_Name(self, node: ast.Name) -> None:
+        if node.id in REFUSED_NAMES:
+            self.refuse(node, f"use of {node.id}")
+        elif node.id in ATTR_BUILTINS:
+            self.refuse(node, f"{node.id} used other than as getattr(obj, \"literal_name\")")
+        elif DUNDER.match(node.id) and node.id != "__name__":
+            self.refuse(node, f"use of {node.id}")
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        self._check_attr_name(node, node.attr, base=node.value)
+        if isinstance(node.ctx, (ast.Store, ast.Del)) and _root_name(node.value) in self.protected:
+            self.refuse(node, f"assigns into {_root_name(node.value)} (.{node.attr}): imported modules and "
+                              "classes are shared with the tests and must not be changed")
+        self.generic_visit(node)
+
+    def _check_attr_name(self, node: ast.AST, attr: str, base: ast.AST | None = None) -> None:
+        if DUNDER.match(attr):
+            if attr not in ALLOWED_DUNDERS:
+                self.refuse(node, f"dunder attribute .{attr}")
+        elif attr.startswith("_") and not _is_self(base):
+            self.refuse(node, f"private attribute .{attr} (only self._name is allowed)")
+        elif attr in MODULE_ATTRS or attr in DANGEROUS_ATTRS or attr.startswith("register_module_"):
+            self.refuse(node, f"attribute .{attr}")
+
+    def visit_Subscript(self, node: ast.Subscript) -> None:
+        if isinstance(node.ctx, (ast.Store, ast.Del)) and _root_name(node.value) in self.protected:
+            self.refuse(node, f"assigns into {_root_name(node.value)}[...]: imported modules and classes "
+                              "are shared with the tests and must not be changed")
+        self.generic_visit(node)
+
+    def visit_MatchClass(self, node: ast.MatchClass) -> None:
+        for attr in node.kwd_attrs:  # `case C(attr=...)` reads obj.attr
+            self._check_attr_name(node, attr)
+        self.generic_visit(node)
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        if isinstance(node.value, str) and DUNDER.match(node.value) and node.value not in ALLOWED_DUNDERS:
+            self.refuse(node, f"string {node.value!r} (dunder names are not allowed)")
+
+    # calls ---------------------------------------------------------------------------------
+    def visit_Call(self, node: ast.Call) -> None:
+        func = node.func
+        if isinstance(func, ast.Name) and func.id in ATTR_BUILTINS:
+            self._check_attr_builtin(node, func.id)
+            for part in [*node.args, *node.keywords]:
+                self.visit(part)
+            return
+        if isinstance(func, ast.Name) and func.id == "type" and len(node.args) + len(node.keywords) != 1:
+            self.refuse(node, "type(...) with more than one argument (it builds classes)")
+        if isinstance(func, ast.Call) and isinstance(func.func, ast.Name) and func.func.id == "type" \
+                and len(node.args) >= 3:
+            self.refuse(node, "calls a metaclass (type(x)(name, bases, namespace))")
+        if (isinstance(func, ast.Attribute) and func.attr == "wraps") and len(node.args) + len(node.keywords) > 1:
+            self.refuse(node, "functools.wraps with more than one argument")
+        for keyword in node.keywords:
+            if keyword.arg in ("trust_remote_code", "namespace"):
+                self.refuse(node, f"keyword argument {keyword.arg}=")
+        self._check_module_arguments(node)
+        self.generic_visit(node)
+
+    def _check_attr_builtin(self, node: ast.Call, name: str) -> None:
+        """getattr(obj, "name") or getattr(obj, variable); a variable's value is checked as it runs."""
+        attr = node.args[1] if len(node.args) >= 2 else None
+        if isinstance(attr, ast.Constant) and isinstance(attr.value, str):
+            self._check_attr_name(node, attr.value, base=node.args[0])
+        elif not isinstance(attr, ast.Name):
+            self.refuse(node, f"{name} with a computed attribute name (write obj.name, or pass a variable)")
+            return
+        if name in ("setattr", "delattr") and _root_name(node.args[0]) in self.protected:
+            self.refuse(node, f"{name} on {_root_name(node.args[0])}: imported modules and classes are "
+                              "shared with the tests and must not be changed")
+
+    def _check_module_arguments(self, node: ast.Call) -> None:
+        for arg in [*node.args, *(k.value for k in node.keywords)]:
+            if isinstance(arg, ast.Name) and arg.id in self.module_names:
+                self.refuse(node, f"passes the module {arg.id} itself as an argument")
+
+    # definitions ---------------------------------------------------------------------------
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        if DUNDER.match(node.name) and node.name not in DEFINABLE_DUNDERS:
+            self.refuse(node, f"defines {node.name} (allowed: {', '.join(sorted(DEFINABLE_DUNDERS))})")
+        self._check_annotations(node)
+        self.generic_visit(node)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        for keyword in node.keywords:
+            self.refuse(node, f"class {node.name} takes keyword {keyword.arg!r} (metaclasses are not allowed)")
+        self.generic_visit(node)
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        for target in node.targets:
+            for name in ast.walk(target):
+                if isinstance(name, ast.Name) and DUNDER.match(name.id):
+                    self.refuse(node, f"assigns to {name.id}")
+        self.generic_visit(node)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        self._check_annotation(node.annotation)
+        self.generic_visit(node)
+
+    def _check_annotations(self, node: ast.FunctionDef) -> None:
+        args = node.args
+        for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
+            if arg is not None and arg.annotation is not None:
+                self._check_annotation(arg.annotation)
+        if node.returns is not None:
+            self._check_annotation(node.returns)
+
+    def _check_annotation(self, annotation: ast.AST) -> None:
+        """String annotations are code that some library may evaluate later: keep them to type names."""
+        for part in ast.walk(annotation):
+            if isinstance(part, ast.Constant) and isinstance(part.value, str) and not SAFE_ANNOTATION.match(part.value):
+                self.refuse(part, f"annotation string {part.value[:40]!r} is not a plain type name")
+
+
+def _is_self(node: ast.AST | None) -> bool:
+    if isinstance(node, ast.Name):
+        return node.id in ("self", "cls")
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "super"
+
+
+# ---------------------------------------------------------------------------------------------
+# From scratch: exercises must not lean on peft or the reference
+# ---------------------------------------------------------------------------------------------
+def _from_scratch(tree: ast.Module, exercises: dict[str, str]) -> list[Finding]:
+    """One finding per exercise whose function reaches peft or solutions (directly or via helpers)."""
+    tainted = _reference_names(tree)
+    functions = _functions(tree)
+    uses = {name: _reach(node, tainted) for name, node in functions.items()}
+    changed = True
+    while changed:  # a helper that uses peft taints every function calling it
+        changed = False
+        carriers = {k: v for k, v in uses.items() if k not in exercises}  # an exercise answers for itself
+        for name, node in functions.items():
+            if uses[name] is None:
+                hit = _calls_tainted(node, name, carriers)
+                if hit is not None:
+                    uses[name], changed = hit, True
+    return [Finding(uses[q][0], f"exercise {ex} ({q}) uses {uses[q][1]}: exercises are written from "
+                                f"scratch, without peft or the reference", exercise=ex)
+            for q, ex in exercises.items() if uses.get(q)]
+
+
+def _reference_names(tree: ast.Module) -> set[str]:
+    """Module-level names bound to peft / solutions (by import or by assignment from them)."""
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and _imports_reference(node):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.Assign) and any(isinstance(n, ast.Name) and n.id in names for n in ast.walk(node.value)):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    return names
+
+
+def _imports_reference(node: ast.AST) -> bool:
+    if isinstance(node, ast.Import):
+        return any(a.name.split(".")[0] in REFERENCE for a in node.names)
+    return isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] in REFERENCE
+
+
+def _reach(function: ast.AST, tainted: set[str]) -> tuple[int, str] | None:
+    for node in ast.walk(function):
+        if _imports_reference(node):
+            return node.lineno, "an import of " + ("peft" if "peft" in ast.dump(node) else "the reference solutions")
+        if isinstance(node, ast.Name) and node.id in tainted:
+            return node.lineno, f"{node.id} (imported from peft or the reference)"
+    return None
+
+
+def _calls_tainted(function: ast.AST, qualname: str, uses: dict) -> tuple[int, str] | None:
+    cls = qualname.rsplit(".", 1)[0] + "." if "." in qualname else ""
+    for node in ast.walk(function):
+        callee = None
+        if isinstance(node, ast.Name):
+            callee = node.id
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+            callee = cls + node.attr
+        if not callee:
+            continue
+        for name in (callee, *(k for k in uses if k.startswith(callee + "."))):  # a class: its methods
+            if name != qualname and uses.get(name):
+                return node.lineno, f"{name}, which uses {uses[name][1]}"
+    return None
