@@ -1,0 +1,263 @@
+"""Measuring a model: held-out loss, accuracy, perplexity, a general-knowledge probe, generations.
+
+Every function runs under torch.no_grad with the model in eval mode (dropout off) and puts the
+model back in the mode it was in, so it can be called in the middle of training.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from labs.train import model_device, to_device
+
+
+def evaluation(fn):
+    """Run `fn(model, ...)` under no_grad in eval mode, then restore the model's previous mode."""
+    @functools.wraps(fn)
+    def wrapper(model, *args, **kwargs):
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return fn(model, *args, **kwargs)
+        finally:
+            model.train(was_training)
+    return wrapper
+
+
+def _task(task):
+    from labs.data import get_task
+    return get_task(task) if isinstance(task, str) else task
+
+
+def _chunks(items: Sequence, size: int):
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {size!r}")
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _target_count(labels: torch.Tensor) -> int:
+    """How many targets a batch's mean loss averaged over: rows (classify) or shifted tokens (LM)."""
+    if labels.dim() == 1:
+        return labels.numel()
+    return int((labels[:, 1:] != -100).sum())  # causal LMs predict token t+1 from tokens <= t
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss, accuracy, perplexity
+# ---------------------------------------------------------------------------------------------
+@evaluation
+def eval_loss(model: nn.Module, tokenizer, task, examples: Sequence[dict], seq_len: int,
+              batch_size: int = 8) -> float:
+    """Mean loss per target over `examples` (per token for generate/lm tasks, per row for classify)."""
+    from labs.data import collate
+    task, device = _task(task), model_device(model)
+    total, count = 0.0, 0
+    for chunk in _chunks(list(examples), batch_size):
+        batch = to_device(collate(chunk, tokenizer, task, seq_len), device)
+        n = _target_count(batch["labels"])
+        if n:  # a batch whose responses were truncated away has nothing to score
+            total += model(**batch).loss.float().item() * n
+            count += n
+    if not count:
+        raise ValueError("no target tokens to score: raise seq_len or check the examples")
+    return total / count
+
+
+@evaluation
+def accuracy(model: nn.Module, tokenizer, examples: Sequence[dict], seq_len: int,
+             batch_size: int = 16) -> float:
+    """Fraction of {"text", "label"} examples whose highest logit is the label."""
+    device, correct = model_device(model), 0
+    for chunk in _chunks(list(examples), batch_size):
+        enc = tokenizer([ex["text"] for ex in chunk], truncation=True, max_length=seq_len,
+                        padding=True, return_tensors="pt")
+        logits = model(**to_device(dict(enc), device)).logits      # (B, num_labels)
+        labels = torch.tensor([ex["label"] for ex in chunk], device=device)
+        correct += int((logits.argmax(-1) == labels).sum())
+    return correct / len(examples) if examples else float("nan")
+
+
+@evaluation
+def perplexity(model: nn.Module, tokenizer, text: str | Sequence[str], seq_len: int = 128,
+               stride: int | None = None) -> float:
+    """exp(mean negative log-likelihood per token) of `text`, read in sliding windows.
+
+    Each window holds at most seq_len tokens and scores the `stride` tokens after the previous
+    window (default and maximum seq_len - 1: a token needs at least one token before it); the
+    rest of the window is context. Every token but the first is scored exactly once.
+    """
+    step = min(seq_len - 1 if stride is None else stride, seq_len - 1)
+    if seq_len < 2 or step < 1:
+        raise ValueError(f"need seq_len >= 2 and stride >= 1, got seq_len={seq_len!r}, stride={stride!r}")
+    if not isinstance(text, str):
+        text = "\n\n".join(text)
+    ids = torch.tensor(tokenizer(text)["input_ids"], device=model_device(model))  # (N,)
+    if ids.numel() < 2:
+        raise ValueError("the text is shorter than 2 tokens: nothing to predict")
+    nll, scored_to, end = 0.0, 1, min(seq_len, ids.numel())
+    while True:
+        start = max(0, end - seq_len)
+        window = ids[start:end].unsqueeze(0)                                  # (1, T)
+        labels = window.clone()
+        labels[:, :scored_to - start] = -100        # context only: scored by an earlier window
+        nll += model(input_ids=window, labels=labels).loss.float().item() * (end - scored_to)
+        if end == ids.numel():
+            return math.exp(nll / (ids.numel() - 1))
+        scored_to, end = end, min(end + step, ids.numel())
+
+
+# ---------------------------------------------------------------------------------------------
+# General-knowledge probe: multiple choice by likelihood
+# ---------------------------------------------------------------------------------------------
+def _right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows])           # (B, T)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])    # (B, T)
+    return ids, mask
+
+
+@evaluation
+def choice_logprobs(model: nn.Module, tokenizer, context: str, choices: Sequence[str],
+                    normalize: bool = True, share_context: bool | None = None) -> list[float]:
+    """Log-likelihood of each choice as the continuation of `context` (mean per token if normalize).
+
+    `context` is the full text before the answer, special tokens included (see probe_context).
+    Scoring the answer text itself, not a letter, works for base and instruct models alike; the
+    per-token mean keeps long answers from losing just because they have more tokens.
+    share_context: read the context once and reuse its key/value cache for every choice (about
+    3x less compute). The default does so for models without an adapter, because some adapters
+    (prefix and prompt tuning) act through that cache or the input and must see whole rows.
+    """
+    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+    space = "" if getattr(tokenizer, "chat_template", None) else " "  # as collate writes responses
+    conts = [tokenizer(space + c.strip(), add_special_tokens=False)["input_ids"] for c in choices]
+    if not ctx or not all(conts):
+        raise ValueError(f"the context and every choice need at least one token: {context!r}, {list(choices)!r}")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if share_context is None:
+        share_context = getattr(model, "labs_adapter", None) is None
+    score = _shared_context_logps if share_context else _whole_row_logps
+    return [(t.mean() if normalize else t.sum()).item() for t in score(model, ctx, conts, pad_id)]
+
+
+def _whole_row_logps(model, ctx: list[int], conts: list[list[int]], pad_id: int) -> list[torch.Tensor]:
+    """Per-token log-probs of each continuation, each row being context + continuation."""
+    device = model_device(model)
+    ids, mask = _right_pad([ctx + c for c in conts], pad_id)                                # (B, T)
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()  # (B, T', V)
+    logits = logits[:, -ids.shape[1]:]  # a model may return extra leading positions (virtual tokens)
+    logp = F.log_softmax(logits[:, :-1], dim=-1)                                            # (B, T-1, V)
+    token_logp = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)           # (B, T-1)
+    # continuation token j sits at position len(ctx)+j and is predicted from position len(ctx)+j-1
+    return [token_logp[row, len(ctx) - 1:len(ctx) - 1 + len(c)] for row, c in enumerate(conts)]
+
+
+def _shared_context_logps(model, ctx: list[int], conts: list[list[int]], pad_id: int) -> list[torch.Tensor]:
+    """Same numbers as _whole_row_logps, reading the context once and copying its cache per choice."""
+    device = model_device(model)
+    out = model(input_ids=torch.tensor([ctx], device=device), use_cache=True)
+    cache = _output_cache(out)
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return _whole_row_logps(model, ctx, conts, pad_id)
+    first = F.log_softmax(out.logits[0, -1].float(), dim=-1)        # (V,) the token after the context
+    cache.batch_repeat_interleave(len(conts))                       # (1, ...) -> (K, ...) per layer
+    ids, mask = _right_pad(conts, pad_id)                           # (K, Tn)
+    mask = torch.cat([torch.ones(len(conts), len(ctx), dtype=mask.dtype), mask], dim=1)  # (K, Tc + Tn)
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                   **{_cache_argument(model): cache}).logits.float()  # (K, Tn, V)
+    logp = F.log_softmax(logits[:, :-1], dim=-1)                    # position j predicts token j+1
+    rest = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)  # (K, Tn-1)
+    return [torch.cat([first[c[0]].view(1), rest[k, :len(c) - 1]]) for k, c in enumerate(conts)]
+
+
+def _output_cache(out):
+    """The key/value cache a forward returned (transformers 5 calls it `cache`, 4 `past_key_values`)."""
+    for name in ("cache", "past_key_values"):
+        cache = getattr(out, name, None)
+        if cache is not None:
+            return cache
+    return None
+
+
+def _cache_argument(model) -> str:
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def probe_context(tokenizer, question: str) -> str:
+    """The question as the model sees a prompt in the generate tasks (chat template for instruct
+    models), so that the probe and the fine-tuning data speak the same format."""
+    from labs.data import format_prompt
+    return format_prompt(tokenizer, question)
+
+
+def _answer_index(item: dict) -> int:
+    answer = item["answer"]
+    return answer if isinstance(answer, int) else list(item["choices"]).index(answer)
+
+
+def probe_accuracy(model: nn.Module, tokenizer, items: Sequence[dict], normalize: bool = True) -> float:
+    """Fraction of {"question", "choices", "answer"} items where the answer is the likeliest choice."""
+    if not items:
+        raise ValueError("no probe items to score")
+    correct = 0
+    for item in items:
+        context = probe_context(tokenizer, item["question"])
+        scores = choice_logprobs(model, tokenizer, context, item["choices"], normalize)
+        correct += int(max(range(len(scores)), key=scores.__getitem__) == _answer_index(item))
+    return correct / len(items)
+
+
+# ---------------------------------------------------------------------------------------------
+# Greedy generation
+# ---------------------------------------------------------------------------------------------
+@evaluation
+def generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 40,
+             batch_size: int = 8) -> list[str]:
+    """Greedy continuations of `prompts` (chat-formatted for instruct models), new text only.
+
+    Rows are LEFT-padded so that every prompt ends at the same position and the new tokens of
+    all rows are produced together; the attention mask hides the padding.
+    """
+    from labs.data import format_prompt
+    device, outputs = model_device(model), []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for chunk in _chunks([format_prompt(tokenizer, p) for p in prompts], batch_size):
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+            out = model.generate(**to_device(dict(enc), device), max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            new = out[:, enc["input_ids"].shape[1]:]                          # (B, new tokens)
+            outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = side
+    return outputs
+
+
+# ---------------------------------------------------------------------------------------------
+# One call per task
+# ---------------------------------------------------------------------------------------------
+def metric_name(task) -> str:
+    """The headline metric of a task: accuracy (higher is better) or perplexity (lower is better)."""
+    return "accuracy" if _task(task).kind == "classify" else "perplexity"
+
+
+def evaluate_task(model: nn.Module, tokenizer, task, examples: Sequence[dict], preset) -> dict:
+    """{"loss": ..., "accuracy" | "perplexity": ...} on held-out examples.
+
+    For generate tasks the prompt is masked out of the labels, so the perplexity is that of the
+    response tokens only: how well the model predicts the answers, not the questions.
+    """
+    task = _task(task)
+    loss = eval_loss(model, tokenizer, task, examples, preset.seq_len, preset.batch_size)
+    if task.kind == "classify":
+        return {"loss": loss, "accuracy": accuracy(model, tokenizer, examples, preset.seq_len, preset.batch_size)}
+    return {"loss": loss, "perplexity": math.exp(loss)}

@@ -1,0 +1,274 @@
+"""The one training loop. It knows nothing about any technique.
+
+Full fine-tuning, BitFit, adapters, LoRA, prefix and prompt tuning all train through `train()`:
+a technique only decides which parameters have requires_grad=True, and the optimizer is built
+from exactly those (as nanoGPT's `configure_optimizers` does). The loop takes the loss the model
+returns for a batch (`model(**batch).loss`), so any Hugging Face model with labels works.
+
+    cfg = TrainConfig(lr=2e-3, max_steps=20)
+    history = train(model, batches, cfg)
+    history.losses, history.step_time_median
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+OPTIMIZERS = ("adamw", "adamw8bit", "sgd")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 1e-3                     # peak learning rate: after warmup, cosine decay to lr/10 at the end
+    max_steps: int = 20                  # optimizer steps; each one sees grad_accum micro-batches
+    grad_accum: int = 1                  # micro-batches whose gradients are summed per step
+    weight_decay: float = 0.0            # AdamW decay, applied to matrices only (not biases/norms)
+    warmup_steps: int = 0                # linear warmup from 0 to lr over this many steps
+    max_grad_norm: float | None = 1.0    # clip the global gradient norm (None: no clipping)
+    seed: int = 0                        # seeds torch before the first step: same seed, same run
+    bf16: bool = False                   # bf16 autocast, used only where the device really has it
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    eval_every: int = 0                  # steps between eval_fn calls (0: once, after the last step)
+    log_every: int = 1                   # steps between progress-bar loss updates
+    optimizer: str = "adamw"             # "adamw", "adamw8bit" (bitsandbytes) or "sgd" (no state)
+
+    def __post_init__(self):
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        for name in ("max_steps", "grad_accum", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("warmup_steps", "eval_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+@dataclass
+class History:
+    """What a run did, one entry per optimizer step (plus the evaluations eval_fn returned)."""
+    steps: list[int] = field(default_factory=list)          # optimizer step numbers, from 1
+    losses: list[float] = field(default_factory=list)       # mean micro-batch loss of each step
+    step_times: list[float] = field(default_factory=list)   # seconds per optimizer step
+    lr: list[float] = field(default_factory=list)           # learning rate used at each step
+    evals: list[tuple[int, dict]] = field(default_factory=list)  # (step, metrics) from eval_fn
+    bf16: bool = False                                      # whether bf16 autocast was really on
+
+    @property
+    def step_time_median(self) -> float:
+        """Median seconds per step: robust to the slow first step (allocations, warm caches)."""
+        return statistics.median(self.step_times) if self.step_times else float("nan")
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1] if self.losses else float("nan")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces of the loop
+# ---------------------------------------------------------------------------------------------
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (where batches must go)."""
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        raise ValueError("the model has no parameters") from None
+
+
+def bf16_autocast_available(device: torch.device) -> bool:
+    """bf16 autocast only pays where the hardware has it: CUDA with native bf16 (Ampere or newer).
+
+    On a CPU, MPS or an older GPU it would be emulated or partial: slower, not faster.
+    """
+    from labs.models import supports_bf16
+    return supports_bf16(device)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """An optimizer over the trainable (requires_grad=True) parameters only.
+
+    Frozen parameters are never handed to the optimizer, so it keeps no state for them: that is
+    where PEFT saves most of its memory. Weight decay goes to matrices only, as in nanoGPT.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters: every parameter has requires_grad=False; "
+                         "apply a technique or unfreeze something before training")
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": g, "weight_decay": wd} for g, wd in
+              ((decay, cfg.weight_decay), (no_decay, 0.0)) if g]
+    if cfg.optimizer == "sgd":  # plain SGD keeps no per-parameter state: the memory floor
+        return torch.optim.SGD(groups, lr=cfg.lr)
+    if cfg.optimizer == "adamw8bit":
+        return _adamw8bit(groups, cfg.lr)
+    try:  # one fused kernel for all tensors: on a CPU the step is several times faster
+        return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _adamw8bit(groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    try:
+        from bitsandbytes.optim import AdamW8bit
+    except ImportError as err:
+        raise ValueError("optimizer 'adamw8bit' needs bitsandbytes (pip install bitsandbytes); "
+                         "use 'adamw' instead") from err
+    return AdamW8bit(groups, lr=lr)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr, then cosine decay to cfg.lr / 10 at max_steps (nanoGPT's shape)."""
+    if step <= cfg.warmup_steps:
+        return cfg.lr * step / cfg.warmup_steps
+    # 0 at the first step after warmup, 1 at the last step
+    progress = (step - cfg.warmup_steps - 1) / max(1, cfg.max_steps - cfg.warmup_steps - 1)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Turn on activation recomputation, or say clearly that this model cannot do it."""
+    # transformers 5 renamed gradient_checkpointing_enable to activation_checkpointing_enable
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    kwargs_name = "activation_checkpointing_kwargs"
+    if enable is None:
+        enable, kwargs_name = getattr(model, "gradient_checkpointing_enable", None), "gradient_checkpointing_kwargs"
+    if enable is None or not getattr(model, "supports_gradient_checkpointing", True):
+        raise ValueError(f"{type(model).__name__} does not support gradient checkpointing; "
+                         "train with gradient_checkpointing=False")
+    try:  # non-reentrant checkpointing also works when the inputs' embeddings are frozen
+        enable(**{kwargs_name: {"use_reentrant": False}})
+    except ValueError as err:
+        raise ValueError(f"{type(model).__name__} refused gradient checkpointing: {err}") from err
+    if getattr(getattr(model, "config", None), "use_cache", False):
+        model.config.use_cache = False  # a key/value cache is useless (and warned about) in training
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def micro_batches(batches: Iterable[dict]) -> Iterator[dict]:
+    """Yield batches forever: a re-iterable (a list) starts over; a one-shot iterator just ends."""
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty or iter(batches) is batches:
+            return
+
+
+def _forward_loss(model: nn.Module, batch: dict, autocast) -> torch.Tensor:
+    with autocast:
+        loss = model(**batch).loss
+    if loss is None:
+        raise ValueError(f"the model returned no loss: the batch needs 'labels' (it has {sorted(batch)})")
+    return loss
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+def train(model: nn.Module, batches: Iterable[dict], cfg: TrainConfig, *,
+          eval_fn: Callable[[nn.Module], dict] | None = None, progress: bool = True) -> History:
+    """Train `model` for cfg.max_steps optimizer steps on `batches`; return the History.
+
+    `batches` yields dicts of tensors the model accepts (input_ids, attention_mask, labels);
+    a list is cycled, an iterator is consumed (training stops early if it runs out).
+    `eval_fn(model) -> dict` is called every cfg.eval_every steps and after the last step.
+    """
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed)
+    device = model_device(model)
+    optimizer = make_optimizer(model, cfg)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    history = History(bf16=cfg.bf16 and bf16_autocast_available(device))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if history.bf16 else nullcontext()
+    was_training = model.training
+    model.train()
+    stream = micro_batches(batches)
+    bar = tqdm(range(1, cfg.max_steps + 1), desc="train", unit="step", disable=not progress)
+    try:
+        for step in bar:
+            loss = _train_step(model, optimizer, stream, step, cfg, autocast, history)
+            if loss is None:  # the batch iterator ran dry
+                break
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{history.lr[-1]:.2e}")
+            if eval_fn is not None and _eval_due(step, cfg):
+                history.evals.append((step, dict(eval_fn(model))))
+                model.train()  # eval_fn may have switched to eval mode
+    finally:
+        bar.close()
+        model.train(was_training)
+    if eval_fn is not None and history.steps and (not history.evals or history.evals[-1][0] != history.steps[-1]):
+        history.evals.append((history.steps[-1], dict(eval_fn(model))))
+    return history
+
+
+def _eval_due(step: int, cfg: TrainConfig) -> bool:
+    return step == cfg.max_steps or (cfg.eval_every > 0 and step % cfg.eval_every == 0)
+
+
+def _train_step(model, optimizer, stream, step, cfg, autocast, history) -> float | None:
+    """One optimizer step over cfg.grad_accum micro-batches; returns its mean loss (None: no data)."""
+    device = model_device(model)
+    _sync(device)
+    start = time.perf_counter()
+    lr = lr_at(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    total = 0.0
+    for _ in range(cfg.grad_accum):
+        batch = next(stream, None)
+        if batch is None:
+            optimizer.zero_grad(set_to_none=True)
+            return None
+        loss = _forward_loss(model, to_device(batch, device), autocast)
+        # Dividing by grad_accum makes the summed gradient the mean over micro-batches: 2
+        # micro-batches of 4 rows give the same step as 1 batch of 8 (exactly so when every
+        # micro-batch has as many target tokens, since each loss is a mean over its own tokens).
+        (loss / cfg.grad_accum).backward()
+        total += loss.item() / cfg.grad_accum
+    if not math.isfinite(total):
+        raise ValueError(f"the loss became {total} at step {step}; lower the learning rate "
+                         f"(now {cfg.lr:g}) or check the data")
+    if cfg.max_grad_norm is not None:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)  # set_to_none frees gradient memory between steps
+    _sync(device)
+    history.steps.append(step)
+    history.losses.append(total)
+    history.step_times.append(time.perf_counter() - start)
+    history.lr.append(lr)
+    return total
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work so that step times measure the work, not the queueing."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

@@ -1,0 +1,194 @@
+"""Plots. Every function takes data and returns a matplotlib Figure; nothing here computes or shows.
+
+Figures are built with the object API (no pyplot state), so they work headless (Agg), never
+appear twice in a notebook, and can be saved with `fig.savefig(path)`. In Jupyter, the returned
+figure displays itself as a PNG.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+COMPONENTS = ("weights", "gradients", "optimizer", "activations")
+COLORS = {"weights": "#4c72b0", "gradients": "#dd8452", "optimizer": "#c44e52", "activations": "#55a868"}
+MiB = 2 ** 20
+
+
+class LabFigure(Figure):
+    """A Figure that shows itself in Jupyter without pyplot (so it is never shown twice)."""
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png")
+        return buf.getvalue()
+
+
+def new_figure(width: float = 6.4, height: float = 4.0, ncols: int = 1):
+    """A Figure on an Agg canvas with `ncols` axes side by side; returns (fig, axes list)."""
+    fig = LabFigure(figsize=(width, height), layout="constrained", dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _as_dict(obj) -> dict:
+    if is_dataclass(obj):
+        return asdict(obj)
+    return dict(obj)
+
+
+def _smooth(values: Sequence[float], window: int) -> list[float]:
+    """Trailing moving average: training loss is noisy at batch size 8."""
+    if window <= 1:
+        return list(values)
+    out = []
+    for i in range(len(values)):
+        part = values[max(0, i + 1 - window):i + 1]
+        out.append(sum(part) / len(part))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+def loss_curves(histories, *, smooth: int = 1, title: str = "Training loss", logy: bool = False) -> Figure:
+    """Training loss per optimizer step; a dict {label: History} puts several runs on one axes."""
+    if not isinstance(histories, Mapping):
+        histories = {"run": histories}
+    if not histories:
+        raise ValueError("no histories to plot")
+    fig, (ax,) = new_figure()
+    for label, history in histories.items():
+        marker = "." if len(history.steps) < 40 else None  # few steps: show each one
+        ax.plot(history.steps, _smooth(history.losses, smooth), label=label, marker=marker)
+    ax.set(xlabel="optimizer step", ylabel="training loss (nats / target)", title=title)
+    if logy:
+        ax.set_yscale("log")
+    if len(histories) > 1:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def before_after(before: Mapping[str, float], after: Mapping[str, float], *,
+                 title: str = "Held-out evaluation") -> Figure:
+    """One small bar chart per metric (they have different scales): before vs after training."""
+    metrics = [k for k in before if k in after]
+    if not metrics:
+        raise ValueError(f"before and after share no metric: {sorted(before)} vs {sorted(after)}")
+    fig, axes = new_figure(2.6 * len(metrics) + 0.6, 3.4, ncols=len(metrics))
+    for ax, name in zip(axes, metrics):
+        values = [before[name], after[name]]
+        bars = ax.bar(["before", "after"], values, color=["#999999", "#4c72b0"])
+        ax.bar_label(bars, fmt="%.3g")
+        ax.set(title=_metric_label(name), ylim=(0, max(values) * 1.2 or 1))
+    fig.suptitle(title)
+    return fig
+
+
+def _metric_label(name: str) -> str:
+    hints = {"loss": "loss (lower is better)", "perplexity": "perplexity (lower is better)",
+             "accuracy": "accuracy (higher is better)", "probe": "probe accuracy (higher is better)"}
+    return hints.get(name, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+# ---------------------------------------------------------------------------------------------
+def memory_breakdown(rows: Mapping[str, object], *, title: str = "Training memory by component",
+                     unit: str = "MiB") -> Figure:
+    """Stacked bars per method: weights, gradients, optimizer state, activations (bytes in, MiB/GiB out).
+
+    `rows` maps a method name to a dict or dataclass with (some of) those fields in bytes.
+    """
+    scale = {"MiB": MiB, "GiB": 2 ** 30}.get(unit)
+    if scale is None:
+        raise ValueError(f"unit must be 'MiB' or 'GiB', got {unit!r}")
+    if not rows:
+        raise ValueError("no rows to plot")
+    fig, (ax,) = new_figure(max(4.0, 1.3 * len(rows) + 2), 4.2)
+    names = list(rows)
+    data = {n: _as_dict(rows[n]) for n in names}
+    bottom = [0.0] * len(names)
+    for comp in COMPONENTS:
+        heights = [float(data[n].get(comp, 0) or 0) / scale for n in names]
+        ax.bar(names, heights, bottom=bottom, label=comp, color=COLORS[comp])
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    for i, total in enumerate(bottom):
+        ax.annotate(f"{total:,.0f}", (i, total), ha="center", va="bottom", fontsize=8)
+    ax.set(ylabel=f"memory ({unit})", title=title)
+    ax.legend(loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing methods
+# ---------------------------------------------------------------------------------------------
+def pareto(points: Mapping[str, tuple[float, float]], *, x_label: str = "trainable parameters (%)",
+           y_label: str = "accuracy", higher_is_better: bool = True, logx: bool = True,
+           title: str = "Cost vs quality") -> Figure:
+    """Labelled scatter of {method: (cost, quality)}, with the Pareto front (best quality per cost) drawn."""
+    if not points:
+        raise ValueError("no points to plot")
+    fig, (ax,) = new_figure()
+    for name, (x, y) in points.items():
+        ax.scatter([x], [y], s=40, zorder=3)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=9)
+    front = pareto_front(points, higher_is_better)
+    ax.plot([points[n][0] for n in front], [points[n][1] for n in front], "--", color="grey",
+            alpha=0.6, label="Pareto front", zorder=2)
+    if logx and all(x > 0 for x, _ in points.values()):
+        ax.set_xscale("log")
+    better = "higher" if higher_is_better else "lower"
+    ax.set(xlabel=x_label, ylabel=f"{y_label} ({better} is better)", title=title)
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def pareto_front(points: Mapping[str, tuple[float, float]], higher_is_better: bool = True) -> list[str]:
+    """Names of the points no other point beats on both cost (lower) and quality; by cost."""
+    sign = 1 if higher_is_better else -1
+    front, best = [], float("-inf")
+    for name, (x, y) in sorted(points.items(), key=lambda kv: (kv[1][0], -sign * kv[1][1])):
+        if sign * y > best:
+            front.append(name)
+            best = sign * y
+    return front
+
+
+def sweep(series, *, x_label: str = "rank r", y_label: str = "metric", title: str = "Sweep",
+          logx: bool = False) -> Figure:
+    """Metric against one setting (rank, prompt length, ...).
+
+    `series` is {label: (xs, ys)} for several lines, or a single (xs, ys) pair.
+    """
+    if not isinstance(series, Mapping):
+        series = {"": series}
+    fig, (ax,) = new_figure()
+    for label, (xs, ys) in series.items():
+        if len(xs) != len(ys):
+            raise ValueError(f"series {label!r}: {len(xs)} x values but {len(ys)} y values")
+        ax.plot(xs, ys, marker="o", label=label or None)
+    if logx:
+        ax.set_xscale("log", base=2)
+    ax.set(xlabel=x_label, ylabel=y_label, title=title)
+    if any(series):
+        ax.legend()
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def save(fig: Figure, path) -> None:
+    """Write the figure as PNG atomically (a temporary file in the same folder, then a rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)

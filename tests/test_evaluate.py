@@ -1,0 +1,162 @@
+"""Measurements: probe scoring, perplexity bookkeeping, batched generation, accuracy."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from labs import evaluate
+
+WORDS = ["<pad>", "<unk>", "<s>", "</s>", "Question", "Answer", ":", "?", "what", "colour", "is", "the",
+         "sky", "grass", "red", "green", "blue", "a", "cat", "dog", "sat", "on", "mat", "and", "ran"]
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over WORDS, built offline (no model hub)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
+                                   bos_token="<s>", eos_token="</s>", padding_side="left")
+
+
+def tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    return LlamaForCausalLM(config).eval()
+
+
+class UnigramModel(nn.Module):
+    """Predicts the same next-token distribution everywhere: log-likelihoods are easy to compute."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.bias = nn.Parameter(logits.clone())  # (V,)
+
+    def forward(self, input_ids, attention_mask=None, labels=None, **unused):
+        logits = self.bias.expand(*input_ids.shape, -1)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                   ignore_index=-100)
+        return SimpleNamespace(logits=logits, loss=loss, past_key_values=None)  # no cache: whole rows
+
+
+def unigram(**word_logprob) -> UnigramModel:
+    """Logits whose softmax gives each named word the given probability (rest shared equally)."""
+    probs = torch.full((len(WORDS),), 0.0)
+    for word, p in word_logprob.items():
+        probs[WORDS.index(word)] = p
+    rest = (1 - probs.sum()) / (probs == 0).sum()
+    return UnigramModel(torch.where(probs > 0, probs, rest).log())
+
+
+# ---------------------------------------------------------------------------------------------
+# Probe
+# ---------------------------------------------------------------------------------------------
+def test_choice_logprobs_are_the_continuation_tokens_only():
+    tok, model = tiny_tokenizer(), unigram(red=0.1, green=0.3, blue=0.3)
+    scores = evaluate.choice_logprobs(model, tok, "what colour is the sky ?", ["red", "green blue"], normalize=False)
+    assert scores == pytest.approx([math.log(0.1), 2 * math.log(0.3)], rel=1e-5)
+
+
+def test_probe_picks_the_likeliest_choice_per_token():
+    tok = tiny_tokenizer()
+    # "green blue" has the higher probability per token (0.3 vs 0.2) but the lower total (0.09 vs 0.2)
+    model = unigram(red=0.2, green=0.3, blue=0.3)
+    item = {"question": "what colour is the grass ?", "choices": ["red", "green blue"], "answer": 1}
+    assert evaluate.probe_accuracy(model, tok, [item]) == 1.0
+    assert evaluate.probe_accuracy(model, tok, [item], normalize=False) == 0.0
+    by_text = dict(item, answer="green blue")
+    assert evaluate.probe_accuracy(model, tok, [by_text, dict(item, answer=0)]) == 0.5
+
+
+@pytest.mark.parametrize("share_context", [False, True])
+def test_probe_scoring_is_independent_of_padding(share_context):
+    tok, model = tiny_tokenizer(), tiny_llama()
+    choices = ["red", "green blue a cat", "dog"]
+    together = evaluate.choice_logprobs(model, tok, "what is the sky ?", choices, share_context=share_context)
+    alone = [evaluate.choice_logprobs(model, tok, "what is the sky ?", [c], share_context=share_context)[0]
+             for c in choices]
+    assert together == pytest.approx(alone, abs=1e-5)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_shared_context_cache_gives_the_same_scores(normalize):
+    tok, model = tiny_tokenizer(), tiny_llama(seed=1)
+    args = (model, tok, "Question : what colour is the grass ? Answer :", ["green", "red a blue", "the mat"])
+    shared = evaluate.choice_logprobs(*args, normalize=normalize, share_context=True)
+    whole = evaluate.choice_logprobs(*args, normalize=normalize, share_context=False)
+    assert shared == pytest.approx(whole, abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Perplexity
+# ---------------------------------------------------------------------------------------------
+TEXT = "the cat sat on the mat and the dog ran on the grass and the cat ran"
+
+
+def test_perplexity_is_exp_of_the_mean_token_loss():
+    tok, model = tiny_tokenizer(), tiny_llama()
+    ids = torch.tensor([tok(TEXT)["input_ids"]])  # (1, T)
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=ids).loss.item()
+    ppl = evaluate.perplexity(model, tok, TEXT, seq_len=64)
+    assert math.isfinite(ppl) and ppl == pytest.approx(math.exp(loss), rel=1e-5)
+
+
+@pytest.mark.parametrize("seq_len,stride", [(4, 4), (5, 2), (8, 3), (64, 64)])
+def test_sliding_windows_score_every_token_once(seq_len, stride):
+    # a context-free model: the perplexity is the same whatever the windows, if the bookkeeping is right
+    tok = tiny_tokenizer()
+    model = unigram(the=0.2, cat=0.05, ran=0.1, on=0.02)
+    ids = tok(TEXT)["input_ids"]
+    logp = F.log_softmax(model.bias.detach(), -1)
+    expected = math.exp(-sum(logp[i].item() for i in ids[1:]) / (len(ids) - 1))
+    assert evaluate.perplexity(model, tok, TEXT, seq_len=seq_len, stride=stride) == pytest.approx(expected, rel=1e-5)
+
+
+def test_perplexity_rejects_a_bad_stride():
+    with pytest.raises(ValueError, match="stride"):
+        evaluate.perplexity(tiny_llama(), tiny_tokenizer(), TEXT, seq_len=8, stride=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation and accuracy
+# ---------------------------------------------------------------------------------------------
+def test_left_padded_batch_generation_equals_one_by_one():
+    tok, model = tiny_tokenizer(), tiny_llama(seed=3)
+    prompts = ["the cat", "what colour is the sky ?", "a dog sat on the mat and ran", "red"]
+    together = evaluate.generate(model, tok, prompts, max_new_tokens=8)
+    alone = [evaluate.generate(model, tok, [p], max_new_tokens=8)[0] for p in prompts]
+    assert together == alone
+    assert all(isinstance(t, str) for t in together) and any(together)
+    assert tok.padding_side == "left" and not model.training
+
+
+def test_evaluation_restores_training_mode():
+    tok, model = tiny_tokenizer(), tiny_llama()
+    model.train()
+    evaluate.perplexity(model, tok, TEXT, seq_len=16)
+    assert model.training
+
+
+def test_accuracy_counts_argmax_hits():
+    from transformers import BertConfig, BertForSequenceClassification
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2,
+                                                     num_attention_heads=2, intermediate_size=64, num_labels=2)).eval()
+    tok = tiny_tokenizer()
+    texts = ["the cat sat", "the dog ran on the mat", "red", "green blue", "what is the sky ?"]
+    with torch.no_grad():
+        preds = [model(**tok([t], return_tensors="pt")).logits.argmax(-1).item() for t in texts]
+    examples = [{"text": t, "label": p if i % 2 else 1 - p} for i, (t, p) in enumerate(zip(texts, preds))]
+    assert evaluate.accuracy(model, tok, examples, seq_len=16, batch_size=2) == pytest.approx(2 / 5)

@@ -1,0 +1,198 @@
+"""End to end: a fine-tune writes complete metrics, its files, and plots; methods prepare models."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from labs.presets import get_preset
+
+REQUIRED_KEYS = {
+    "method", "model", "task", "preset", "trainable_params", "total_params", "trainable_percent",
+    "peak_memory_bytes", "rss_before_train_bytes", "step_time_median_s", "wall_time_s", "eval_before",
+    "eval_after", "saved_bytes", "device", "dtype", "torch_version", "transformers_version", "seed",
+}
+WORDS = ["<pad>", "<unk>", "<s>", "</s>", "the", "a", "of", "to", "and", "define", "word", "is", "in", "or",
+         "that", "an", ":", ",", ".", "Define", "Question", "Answer", "?", "for", "with", "as", "by"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama and a word-level tokenizer saved as a local model folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+                            eos_token="</s>").save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         pad_token_id=0, bos_token_id=2, eos_token_id=3, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def tiny_preset(**overrides):
+    fields = dict(max_steps=3, batch_size=4, n_train=16, n_eval=8, n_probe=4, seq_len=32)
+    return get_preset("quick", **{**fields, **overrides})
+
+
+def check_run(metrics: dict, out: Path, method: str) -> None:
+    missing = REQUIRED_KEYS - set(metrics)
+    assert not missing, f"metrics.json lacks {sorted(missing)}"
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    for name in ("loss.png", "before_after.png"):
+        assert (out / name).read_bytes().startswith(b"\x89PNG"), name
+    saved = [out / f for f in metrics["saved_files"]]
+    assert saved and all(f.is_file() for f in saved)
+    assert metrics["saved_bytes"] == sum(f.stat().st_size for f in saved)
+    assert metrics["method"] == method and 0 < metrics["trainable_params"] <= metrics["total_params"]
+    assert metrics["trainable_percent"] == pytest.approx(100 * metrics["trainable_params"] / metrics["total_params"])
+    assert metrics["peak_memory_bytes"] > 0 and metrics["step_time_median_s"] > 0
+    assert set(metrics["eval_before"]) == set(metrics["eval_after"]) and "loss" in metrics["eval_after"]
+    assert not list(out.glob(".*.tmp")), "a temporary file was left behind"
+
+
+def test_full_finetune_of_a_local_tiny_model(tiny_model_dir, tmp_path):
+    from labs.finetune import run_finetune
+    from safetensors.torch import load_file
+    out = tmp_path / "run"
+    metrics = run_finetune("full", str(tiny_model_dir), task="define", preset=tiny_preset(), out=out, progress=False)
+    check_run(metrics, out, "full")
+    assert metrics["steps"] == 3 and metrics["trainable_percent"] == 100.0
+    assert list(metrics["phase_times_s"]) == ["load", "measure_before", "train", "measure_after", "save"]
+    assert "perplexity" in metrics["eval_after"] and "probe_after" in metrics
+    generations = metrics["generations"]
+    assert len(generations) == 3 and all(set(g) >= {"prompt", "reference", "before", "after"} for g in generations)
+    tensors = load_file(out / "model.safetensors")
+    assert sum(t.numel() for t in tensors.values()) == metrics["total_params"], "tied weights must be stored once"
+
+
+def test_same_seed_same_numbers(tiny_model_dir, tmp_path):
+    from labs.finetune import run_finetune
+    runs = [run_finetune("full", str(tiny_model_dir), task="define", preset=tiny_preset(max_steps=2),
+                         out=tmp_path / str(i), progress=False, seed=3) for i in range(2)]
+    assert runs[0]["history"]["losses"] == runs[1]["history"]["losses"]
+    assert runs[0]["eval_after"] == runs[1]["eval_after"]
+
+
+def test_full_rejects_method_options(tiny_model_dir, tmp_path):
+    from labs.finetune import run_finetune
+    with pytest.raises(ValueError, match="takes no options"):
+        run_finetune("full", str(tiny_model_dir), task="define", preset=tiny_preset(), out=tmp_path,
+                     options={"r": 8}, progress=False)
+
+
+def test_cpu_peak_memory_window_forgets_earlier_peaks():
+    from labs.finetune import peak_memory_bytes, reset_peak
+    cpu = torch.device("cpu")
+    big = torch.ones(64 * 2 ** 20 // 4)  # 64 MiB, touched
+    big.add_(1)
+    high = peak_memory_bytes(cpu)
+    del big
+    if not reset_peak(cpu):
+        pytest.skip("this system cannot reset a process's peak memory (Linux only)")
+    assert peak_memory_bytes(cpu) < high - 32 * 2 ** 20
+
+
+def test_unknown_method_names_the_choices():
+    from labs.methods import prepare
+    with pytest.raises(ValueError, match="lora"):
+        prepare("lorra", torch.nn.Linear(2, 2), None)
+
+
+def test_classification_head_always_trains():
+    from transformers import BertConfig, BertForSequenceClassification
+    from labs.methods import train_task_head
+    from labs.surgery import freeze
+    model = freeze(BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
+                                                            num_attention_heads=2, intermediate_size=64)))
+    names = train_task_head(model)
+    assert names == ["classifier.weight", "classifier.bias"]
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(names)
+
+
+def test_an_untouched_stub_message_reaches_the_caller(monkeypatch):
+    import types
+    from labs import methods
+    stub = types.SimpleNamespace(prepare_for_finetune=lambda *a: (_ for _ in ()).throw(
+        NotImplementedError("Exercise 5.1: LoRALinear.__init__ - see notebooks/05_lora.ipynb")))
+    monkeypatch.setattr("labs.impl.technique", lambda name, impl=None: stub)
+    with pytest.raises(NotImplementedError, match=r"^Exercise 5\.1: LoRALinear\.__init__"):
+        methods.prepare("lora", torch.nn.Linear(2, 2), None)
+
+
+def check_compare(rows: list[dict], out: Path, methods: list[str]) -> None:
+    import csv
+    from labs.finetune import compare_row
+    assert [r["method"] for r in rows] == methods
+    assert [r["method"] for r in csv.DictReader((out / "compare.csv").open())] == methods
+    assert "| method |" in (out / "compare.md").read_text()
+    done = [r for r in rows if r["status"] == "ok"]
+    assert done and (out / "pareto.png").read_bytes().startswith(b"\x89PNG")
+    for row in done:
+        assert row == compare_row(json.loads((out / row["method"] / "metrics.json").read_text()))
+
+
+def test_compare_writes_a_table_and_a_pareto_plot(tiny_model_dir, tmp_path, monkeypatch):
+    from labs import finetune
+
+    def in_process(method, model, task, preset, out, seed, progress, extra):
+        finetune.run_finetune(method, model, task=task, preset=tiny_preset(), out=out, progress=False, seed=seed)
+        return finetune.compare_row(json.loads((out / "metrics.json").read_text()))
+
+    monkeypatch.setattr(finetune, "_compare_one", in_process)
+    rows = finetune.run_compare(["full"], str(tiny_model_dir), task="define", out=tmp_path, progress=False)
+    check_compare(rows, tmp_path, ["full"])
+    with pytest.raises(ValueError, match="twice"):
+        finetune.run_compare(["full", "full"], str(tiny_model_dir), out=tmp_path)
+
+
+@pytest.mark.slow
+def test_compare_runs_each_method_in_its_own_process(tiny_model_dir, tmp_path, monkeypatch):
+    from labs import finetune
+    monkeypatch.setenv("LABS_IMPL", "solutions" if Path("solutions").is_dir() else "labs")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the child processes share the cores with other tests
+    rows = finetune.run_compare(["full", "lora"], str(tiny_model_dir), task="define", preset="quick",
+                                out=tmp_path, progress=False, max_steps=3)
+    check_compare(rows, tmp_path, ["full", "lora"])
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    from labs.viz import pareto, pareto_front
+    points = {"full": (100.0, 0.80), "lora": (0.5, 0.78), "bitfit": (0.1, 0.70), "bad": (5.0, 0.60)}
+    assert pareto_front(points) == ["bitfit", "lora", "full"]
+    lower_better = {k: (x, -y) for k, (x, y) in points.items()}
+    assert pareto_front(lower_better, higher_is_better=False) == ["bitfit", "lora", "full"]
+    fig = pareto(points)
+    assert {t.get_text() for t in fig.axes[0].texts} == set(points)
+
+
+def test_memory_and_sweep_plots_take_plain_numbers():
+    from labs.memory import MemoryEstimate
+    from labs.viz import before_after, memory_breakdown, sweep
+    rows = {"full": MemoryEstimate(4e8, 4e8, 8e8, 1e8), "lora": {"weights": 4e8, "gradients": 1e6, "optimizer": 2e6}}
+    fig = memory_breakdown(rows)
+    assert len(fig.axes[0].patches) == 2 * 4 and "MiB" in fig.axes[0].get_ylabel()
+    fig = sweep({"q,v": ([1, 2, 4, 8], [0.7, 0.72, 0.75, 0.75])}, x_label="rank r", y_label="accuracy", logx=True)
+    assert fig.axes[0].get_xlabel() == "rank r"
+    assert len(before_after({"loss": 2.0, "accuracy": 0.5}, {"loss": 1.0, "accuracy": 0.8}).axes) == 2
+    with pytest.raises(ValueError, match="series"):
+        sweep(([1, 2], [0.5]))
+
+
+@pytest.mark.slow
+def test_quick_full_finetune_of_smollm2(tmp_path):
+    from labs.finetune import run_finetune
+    out = tmp_path / "full"
+    metrics = run_finetune("full", "smollm2-135m", preset=get_preset("quick", max_steps=4, n_eval=16, n_probe=12),
+                           out=out, progress=False)
+    check_run(metrics, out, "full")
+    assert metrics["task"] == "define" and metrics["trainable_percent"] == 100.0
+    assert {"probe_before", "probe_after", "generations"} <= set(metrics)
+    assert metrics["eval_after"]["loss"] < metrics["eval_before"]["loss"], "four full steps should lower held-out loss"
