@@ -1,0 +1,291 @@
+"""Build notebooks/07_prompt_tuning.ipynb (committed without outputs).
+
+    python tools/notebooks/nb07_prompt.py
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "notebooks" / "07_prompt_tuning.ipynb"
+
+CELLS = [
+    ("md", r"""
+# 07 · Prompt tuning: a few vectors at the input
+
+Prefix tuning (notebook 06) put trained keys and values into *every* layer. Lester, Al-Rfou & Constant
+(2021) asked how little is enough: what if only the **input** gets something new? **Prompt tuning**
+prepends $P$ "virtual tokens" to the input embeddings -- rows of one trainable matrix, which need not be
+the embedding of any word -- and trains nothing else:
+
+$$\big[\,p_1, \dots, p_P,\; e(x_1), \dots, e(x_T)\,\big] \in \mathbb{R}^{(P+T) \times D}$$
+
+On T5-XXL (11 billion parameters) 5 such tokens of width 4096 -- **20,480 numbers per task** -- matched
+fine-tuning all the weights. The paper's other finding matters for us: the gap to full fine-tuning closes
+only with *scale*; on small models prompt tuning trails. SmolLM2-135M is small. Let us see how far a soft
+prompt gets it, and what each choice (length, initialisation) buys."""),
+    ("code", r"""
+import copy
+import gc
+import math
+import statistics
+import time
+
+import torch
+from torch.nn import functional as F
+
+from labs import viz
+from labs.check import check
+from labs.data import batches, collate, get_task, load_examples
+from labs.evaluate import eval_loss, generate
+from labs.impl import technique
+from labs.memory import measure_components
+from labs.models import load_model
+from labs.presets import get_preset
+from labs.surgery import count_parameters
+from labs.train import TrainConfig, train
+
+prompt_tuning = technique("prompt_tuning")  # your labs/prompt_tuning.py (or the reference, LABS_IMPL=solutions)
+preset = get_preset()
+torch.manual_seed(0)
+base, tok = load_model("smollm2-135m")      # SmolLM2-135M-Instruct, fp32, eval mode
+D = base.get_input_embeddings().weight.shape[1]
+print(f"preset {preset.name}: {preset.max_steps} steps of {preset.batch_size} x {preset.seq_len} tokens")
+print(f"SmolLM2: {count_parameters(base).total:,} parameters")"""),
+    ("md", r"""
+## 1. The arithmetic
+
+A soft prompt is $P \times D$ numbers, whatever the depth of the model:"""),
+    ("code", r"""
+paper = 5 * 4096
+print(f"T5-XXL, the paper: 5 tokens x 4096 = {paper:,} parameters per task, "
+      f"{100 * paper / 11e9:.5f}% of 11 billion")
+for P in (5, 20, 100):
+    print(f"SmolLM2, P={P:>3}: {P} x {D} = {P * D:>6,} parameters, "
+          f"{100 * P * D / count_parameters(base).total:.4f}% of the model")"""),
+    ("md", r"""
+## 2. Where the prompt starts
+
+The paper compared three starting points: random vectors, embeddings of sampled vocabulary words, and
+the embeddings of words that describe the task (or of the class labels). Random worked worst. A text
+rarely has exactly $P$ tokens: peft repeats it until it does, or cuts it.
+
+**Exercise 7.1.** In `labs/prompt_tuning.py`, write `text_init_ids(token_ids, num_virtual_tokens)`: the
+ids cut to $P$ when longer, repeated (then cut) when shorter; an empty list is a `ValueError`."""),
+    ("code", r"""check("7.1")"""),
+    ("md", r"""
+**Exercise 7.2.** Write `init_prompt(embedding, config, tokenizer)`, the `(P, D)` float32 starting prompt,
+following its docstring: `"random"` at the scale of the real embeddings (peft draws $\mathcal{N}(0, 1)$,
+far off that scale), `"vocab"` sampled among the first 5,000 token ids (the paper drew from the 5,000
+most common tokens; in a BPE vocabulary the low ids are the early, frequent merges), `"text"` from
+`config.init_text`."""),
+    ("code", r"""check("7.2")"""),
+    ("md", r"""
+How far is each start from real words? For every row, the most similar token embedding (cosine):"""),
+    ("code", r"""
+INIT_TEXT = "Give a short dictionary definition of the word:"
+W = F.normalize(base.get_input_embeddings().weight.detach(), dim=-1)       # (V, D)
+for init in prompt_tuning.INITS:
+    cfg = prompt_tuning.PromptTuningConfig(num_virtual_tokens=8, init=init, init_text=INIT_TEXT)
+    prompt = prompt_tuning.init_prompt(base.get_input_embeddings(), cfg, tok)  # (P, D)
+    best = (F.normalize(prompt, dim=-1) @ W.T).max(dim=-1)                      # (P,)
+    words = [tok.decode([i]) for i in best.indices.tolist()]
+    print(f"{init:>6}: mean cosine to nearest word {best.values.mean().item():.2f}  {words}")"""),
+    ("md", r"""
+## 3. In front of the input
+
+**Exercise 7.3.** Write `prepend(prompt, embeds)`: `(P, D)` and `(B, T, D)` give `(B, P+T, D)`, the prompt
+first in every row, cast to the embeddings' dtype.
+
+**Exercise 7.4.** Write `extend_mask_and_labels(mask, labels, P)`. The attention mask gets $P$ ones in
+front, so every row sees the virtual tokens (a left-padded row keeps its padding hidden). Token labels
+get $P$ times `-100` in front: the loss skips the virtual positions, which have no word to predict.
+Class labels `(B,)` and `None` pass through."""),
+    ("code", r"""check("7.3")"""),
+    ("code", r"""check("7.4")"""),
+    ("md", r"""
+## 4. A forward pre-hook, prepending once
+
+`apply(model, config, tokenizer)` freezes the model, hangs a `SoftPrompt` module on it
+(`model.soft_prompt.prompt_embeddings`, the only trainable tensor) and registers two hooks. The
+**forward pre-hook** runs before every `model(...)` call and rewrites its inputs; a forward hook afterwards
+trims the logits back to the $T$ real positions, so `logits[:, t]` still belongs to `input_ids[:, t]`.
+
+`generate()` complicates things. It calls forward once on the whole prompt (the *prefill*, its cache
+still empty) and then once per new token, with only that token. The virtual tokens must go in on the
+prefill -- they land in the key/value cache like any other token -- and never again: on later calls the
+hook only widens the attention mask by $P$ and shifts the positions by $P$ (`decode_inputs`, given).
+
+Positions: the virtual tokens take $0 \dots P-1$ and the real ones follow, counted over the extended
+mask, so a left-padded row numbers its real tokens exactly as an unpadded one -- what `generate()` does.
+
+**Exercise 7.5.** Write `SoftPrompt.fresh_inputs(model, kwargs)`, the prefill / training case, following
+its docstring. The tests compare `generate()` with greedy decoding by full forward passes, and your
+logits, loss and gradient with peft's."""),
+    ("code", r"""check("7.5")"""),
+    ("md", r"""
+A soft prompt initialised from a text must act exactly like that text typed in front of the input:"""),
+    ("code", r"""
+n_text = len(tok(INIT_TEXT)["input_ids"])
+typed_prompt = prompt_tuning.apply(copy.deepcopy(base), prompt_tuning.PromptTuningConfig(
+    num_virtual_tokens=n_text, init="text", init_text=INIT_TEXT), tok)
+ids = tok([" serendipity"], return_tensors="pt")["input_ids"]
+with torch.no_grad():
+    typed = base(input_ids=torch.cat([tok([INIT_TEXT], return_tensors="pt")["input_ids"], ids], 1)).logits[:, n_text:]
+    soft = typed_prompt(input_ids=ids).logits
+print(f"{n_text} tokens: largest logit difference, soft prompt vs typed text: {(typed - soft).abs().max().item():.2e}")
+del typed_prompt"""),
+    ("md", r"""
+## 5. A real fine-tune: "define X"
+
+The task: WordNet glosses. The model sees `Define the word "X".` (in its chat format) and learns to answer
+with the dictionary's definition; the loss and the perplexity count only the answer tokens. We train a
+20-token soft prompt, started from `INIT_TEXT`. Soft prompts train few numbers far from any pretrained
+weight and want a large learning rate: $3 \cdot 10^{-2}$ here (peft's examples use $10^{-2}$ to
+$3 \cdot 10^{-2}$; the paper used 0.3 with Adafactor)."""),
+    ("code", r"""
+task = get_task("define")
+LR = 3e-2
+N_EVAL = max(16, preset.n_eval // 2)
+train_examples = load_examples("define", "train", n=preset.n_train)
+held_out = load_examples("define", "validation", n=N_EVAL)
+shown = held_out[:3]
+
+def held_out_perplexity(model) -> float:
+    return math.exp(eval_loss(model, tok, task, held_out, preset.seq_len, preset.batch_size))
+
+def tune(num_virtual_tokens: int, init: str, steps: int, progress: bool = False):
+    cfg = prompt_tuning.PromptTuningConfig(num_virtual_tokens=num_virtual_tokens, init=init, init_text=INIT_TEXT)
+    model = prompt_tuning.apply(copy.deepcopy(base), cfg, tok)
+    data = batches(train_examples, tok, task, preset.seq_len, preset.batch_size, epochs=None)
+    history = train(model, data, TrainConfig(lr=LR, max_steps=steps, seed=0), progress=progress)
+    return model, history
+
+before = {"perplexity": held_out_perplexity(base)}
+before_text = generate(base, tok, [ex["prompt"] for ex in shown], max_new_tokens=30)
+model, history = tune(20, "text", preset.max_steps, progress=True)
+after = {"perplexity": held_out_perplexity(model)}
+after_text = generate(model, tok, [ex["prompt"] for ex in shown], max_new_tokens=30)
+print("soft prompt:", count_parameters(model))
+viz.loss_curves({"prompt tuning, P=20": history}, title='Prompt tuning SmolLM2-135M on "define X"')"""),
+    ("code", r"""
+for ex, b, a in zip(shown, before_text, after_text):
+    print(f"{ex['prompt']}\n  reference: {ex['response']}\n  before:    {b}\n  after:     {a}\n")
+viz.before_after(before, after, title="Held-out perplexity of the definitions")"""),
+    ("md", r"""
+## 6. How long, and where to start?
+
+Two questions from the paper, asked on a small budget: short runs of the same length for each setting
+(tiny in the quick preset, so read the trend, not the decimals). First the prompt length $P$, started
+from the task text; then, at one length, the three starting points."""),
+    ("code", r"""
+del model
+gc.collect()
+SWEEP_STEPS = max(4, preset.max_steps // 4)
+LENGTHS = (1, 4, 16) if preset.name == "quick" else (1, 5, 20, 50)
+runs = {}  # (P, init) -> held-out perplexity after SWEEP_STEPS steps
+
+def sweep_run(num_virtual_tokens: int, init: str) -> float:
+    if (num_virtual_tokens, init) not in runs:
+        m, _ = tune(num_virtual_tokens, init, SWEEP_STEPS)
+        runs[num_virtual_tokens, init] = held_out_perplexity(m)
+        print(f"P={num_virtual_tokens:>3}, init {init:>6}: held-out perplexity {runs[num_virtual_tokens, init]:.1f}")
+        del m
+        gc.collect()
+    return runs[num_virtual_tokens, init]
+
+by_length = [sweep_run(P, "text") for P in LENGTHS]
+viz.sweep({f"after {SWEEP_STEPS} steps": (list(LENGTHS), by_length),
+           "no prompt": (list(LENGTHS), [before["perplexity"]] * len(LENGTHS))},
+          x_label="virtual tokens P", y_label="held-out perplexity (lower is better)",
+          title="Prompt length", logx=True)"""),
+    ("code", r"""
+P_INIT = LENGTHS[len(LENGTHS) // 2]
+by_init = {"no prompt": before["perplexity"], **{init: sweep_run(P_INIT, init) for init in prompt_tuning.INITS}}
+fig, (ax,) = viz.new_figure(5.6, 3.6)
+bars = ax.bar(list(by_init), list(by_init.values()), color=["#999999", "#c44e52", "#dd8452", "#4c72b0"])
+ax.bar_label(bars, fmt="%.0f")
+ax.set(ylabel="held-out perplexity (lower is better)",
+       title=f"Where the prompt starts (P={P_INIT}, {SWEEP_STEPS} steps)")
+fig"""),
+    ("md", r"""
+## 7. What a step costs: prompt vs prefix vs LoRA
+
+Same batch, same model, one AdamW step each, with each method's `labs finetune` defaults (prompt tuning
+$P=20$, prefix tuning $P=10$, LoRA $r=8$). Memory is measured component by component on the real tensors
+(`labs.memory.measure_components`: weights, gradients, optimizer state, and what the forward pass saves
+for backward). A method whose exercises you have not done yet is skipped."""),
+    ("code", r"""
+batch = collate(train_examples[:preset.batch_size], tok, task, preset.seq_len)
+print("batch:", tuple(batch["input_ids"].shape), "(B, T); prompt tuning runs P + T positions per row")
+models = {}
+for method, module in (("prompt", "prompt_tuning"), ("prefix", "prefix_tuning"), ("lora", "lora")):
+    try:
+        models[method] = technique(module).prepare_for_finetune(copy.deepcopy(base), task, {}).train()
+        models[method](**batch)
+    except NotImplementedError as err:
+        print(f"{method}: skipped ({str(err).splitlines()[0]})")
+        models.pop(method, None)
+optimizers = {m: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+              for m, model in models.items()}
+seconds = {m: [] for m in models}
+for _ in range(3):  # round robin: a busy machine slows every method alike
+    for m, model in models.items():
+        start = time.perf_counter()
+        model(**batch).loss.backward()
+        optimizers[m].step()
+        seconds[m].append(time.perf_counter() - start)
+rows = {m: measure_components(model, optimizers[m], batch=batch) for m, model in models.items()}
+for m, model in models.items():
+    print(f"{m:>6}: step {statistics.median(seconds[m]):.2f} s, {count_parameters(model)}")
+del models, optimizers
+gc.collect()
+viz.memory_breakdown(rows, title=f"One training step, batch {preset.batch_size} x {preset.seq_len}")"""),
+    ("md", r"""
+What the bars say: the frozen weights and the activations make up nearly all of it; gradients and AdamW
+state are a few MiB at most for all three. Activations are what differ. None of the three saves the backward pass through the network: the
+soft prompt sits *below* the first layer, so its gradient must travel down through all of them, and the
+prefix and LoRA live in every layer. Prompt tuning also makes every sequence $P$ tokens longer -- more
+activations and more compute per step -- while LoRA adds small extra matrices beside the frozen ones.
+Storage is where prompt tuning wins: $P \times D$ numbers per task. The paper adds that one batch can
+mix tasks -- each row with its own prompt -- on one frozen model, with no extra machinery.
+
+| step | exercise |
+|---|---|
+| the text's ids fitted to $P$ | `text_init_ids` (7.1) |
+| random / vocabulary / text start | `init_prompt` (7.2) |
+| prompt in front of the embeddings | `prepend` (7.3) |
+| mask ones, labels -100 | `extend_mask_and_labels` (7.4) |
+| the hook's prefill / training case | `SoftPrompt.fresh_inputs` (7.5) |"""),
+]
+
+
+def build() -> nbformat.NotebookNode:
+    cells = [new_markdown_cell(src.strip()) if kind == "md" else new_code_cell(src.strip()) for kind, src in CELLS]
+    for i, cell in enumerate(cells):  # fixed ids: rebuilding an unchanged notebook changes nothing
+        cell.id = f"prompt-{i:02d}"
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    return nb
+
+
+def write(nb: nbformat.NotebookNode, path: Path = OUT) -> None:
+    """Validate, then write atomically (a temporary file in the same folder, then a rename)."""
+    nbformat.validate(nb)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".ipynb.tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        nbformat.write(nb, f)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; a notebook is an ordinary readable file
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    write(build())
+    print(f"wrote {OUT.relative_to(ROOT)}", file=sys.stderr)
