@@ -93,18 +93,17 @@ def format_table(results: list[ExerciseResult]) -> str:
     return "\n".join(lines)
 
 
-def check(exercise: str) -> ExerciseResult | None:
-    """Notebook helper: check one exercise and print one line about it."""
+def check(exercise: str) -> None:
+    """Notebook helper: check one exercise and print one line about it (use run_checks for data)."""
     results = run_checks(str(exercise))
     if not results:
         print(f"Exercise {exercise}: no graded tests found")
-        return None
+        return
     r = results[0]
     mark = {"passed": "PASSED", "failing": "FAILING", "not started": "NOT DONE YET"}[r.status]
     detail = f" - {r.hint}" if r.hint else ""
     print(f"Exercise {r.exercise}: {mark} ({r.points:g}/{r.max_points:g} points, "
           f"{r.passed}/{r.total} tests, impl={current_impl()}){detail}")
-    return r
 
 
 def main(argv: list[str] | None = None) -> int:

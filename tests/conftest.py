@@ -19,6 +19,8 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Child processes (labs check, notebooks, compare runs) inherit this: one thread each on shared cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _default_impl() -> str:
