@@ -1,0 +1,62 @@
+"""Every course notebook runs top to bottom on the reference solutions in quick mode, and is
+committed clean (no outputs, no execution counts).
+
+The kernel is the `python3` kernelspec of this environment (`make setup` installs it), started in
+notebooks/ as JupyterLab would, with LABS_IMPL=solutions and LABS_PRESET=quick.
+"""
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+CELL_TIMEOUT_S = 600
+
+
+def ids(path: Path) -> str:
+    return path.stem
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, f"no notebooks found in {ROOT / 'notebooks'}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_committed_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    dirty = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+             and (cell.get("outputs") or cell.get("execution_count") is not None)]
+    assert not dirty, (f"{path.name}: code cells {dirty} carry outputs or execution counts; "
+                       "clear them (or rebuild the notebook) before committing")
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3", f"{path.name} should use the python3 kernel"
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_notebook_runs_top_to_bottom(path, monkeypatch):
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    # The kernel inherits this environment. PYTHONPATH makes the repository importable even
+    # before `pip install -e .`; one thread because test workers share the cores; the inline
+    # plotting backend, as in JupyterLab, whatever MPLBACKEND the test run uses.
+    monkeypatch.setenv("LABS_IMPL", "solutions")
+    monkeypatch.setenv("LABS_PRESET", "quick")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    try:
+        client.execute()
+    except CellExecutionError as err:
+        pytest.fail(f"{path.name} stopped with an error:\n{err}", pytrace=False)
+    errors = [out for cell in nb.cells if cell.cell_type == "code"
+              for out in cell.get("outputs", []) if out.get("output_type") == "error"]
+    assert not errors, f"{path.name}: cells produced errors: {[e.get('ename') for e in errors]}"
