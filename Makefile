@@ -33,7 +33,7 @@ TEST_ENV := LABS_IMPL=solutions LABS_PRESET=quick HF_HUB_OFFLINE=1 OMP_NUM_THREA
             TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg
 # Setup runs alone: let torch use every core.
 SETUP_ENV := HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg
-PYTEST_ARGS ?= -n 2 --dist worksteal -q -p no:cacheprovider --durations=15
+PYTEST_ARGS ?= -n 2 --dist loadgroup -q -p no:cacheprovider --durations=15
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .PHONY: help setup deps browser assets finetune test test-fast lab release clean-venv
@@ -117,7 +117,7 @@ test: | $(VENV)/.stamp-deps
 	@echo "== stubs are generated from solutions/"
 	$(PY) tools/make_stubs.py --check
 	@echo "== exercise ids agree, tests pass on solutions and fail on stubs"
-	$(TEST_ENV) $(PY) tools/check_exercises.py
+	$(TEST_ENV) $(PY) tools/check_exercises.py -n 2
 	@echo "== the suite, against the reference solutions"
 	$(TEST_ENV) $(PY) -m pytest tests --impl solutions $(PYTEST_ARGS)
 

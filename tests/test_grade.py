@@ -21,6 +21,8 @@ from labs.grade import Course, Limits, grade
 from labs.grade import main as grade_main
 
 ROOT = Path(__file__).resolve().parent.parent
+# One worker runs this whole file: its module fixture grades a class of submissions once.
+pytestmark = pytest.mark.xdist_group("grade")
 MODULES = ("scaling", "freezing", "lora")  # the fastest graded modules
 LIMITS = Limits(timeout=90, test_timeout=4, memory_mb=3072)
 BEGIN = re.compile(r"^\s*# BEGIN SOLUTION (?P<id>\d+\.\d+)\s*$")
