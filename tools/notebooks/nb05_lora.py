@@ -4,15 +4,8 @@
 """
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
-from pathlib import Path
+from nbtools import ROOT, main
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "notebooks" / "05_lora.ipynb"
 
 CELLS = [
@@ -328,26 +321,5 @@ Next, notebook 06 leaves the weights alone and adapts the *activations*: prefix 
 ]
 
 
-def build() -> nbformat.NotebookNode:
-    cells = [new_markdown_cell(src.strip()) if kind == "md" else new_code_cell(src.strip()) for kind, src in CELLS]
-    for i, cell in enumerate(cells):  # fixed ids: rebuilding an unchanged notebook changes nothing
-        cell.id = f"lora-{i:02d}"
-    nb = new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    return nb
-
-
-def write(nb: nbformat.NotebookNode, path: Path = OUT) -> None:
-    """Validate, then write atomically (a temporary file in the same folder, then a rename)."""
-    nbformat.validate(nb)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".ipynb.tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        nbformat.write(nb, f)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a notebook is an ordinary readable file
-    os.replace(tmp, path)
-
-
 if __name__ == "__main__":
-    write(build())
-    print(f"wrote {OUT.relative_to(ROOT)}", file=sys.stderr)
+    main(CELLS, "lora", OUT)
