@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from labs.grade import Course, Limits, grade  # noqa: E402
+from labs.instructor.grade import Course, Limits, grade  # noqa: E402
 
 BEGIN = re.compile(r"^(?P<indent>\s*)# BEGIN SOLUTION (?P<id>\d+\.\d+)\s*$")
 END = re.compile(r"^\s*# END SOLUTION\s*$")

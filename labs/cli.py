@@ -18,7 +18,7 @@ import importlib
 import os
 import sys
 
-DELEGATED = {"check": "labs.check", "grade": "labs.grade", "release": "labs.release"}
+DELEGATED = {"check": "labs.check", "grade": "labs.instructor.grade", "release": "labs.instructor.release"}
 USER_ERRORS = (ValueError, NotImplementedError, FileNotFoundError, ModuleNotFoundError)
 RUN_COMMANDS = ("finetune", "compare")
 

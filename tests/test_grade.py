@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from labs import screen, submissions
-from labs.grade import Course, Limits, grade
-from labs.grade import main as grade_main
+from labs.instructor import screen, submissions
+from labs.instructor.grade import Course, Limits, grade
+from labs.instructor.grade import main as grade_main
 
 ROOT = Path(__file__).resolve().parent.parent
 # One worker runs this whole file: its module fixture grades a class of submissions once.

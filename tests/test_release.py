@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from labs import release
+from labs.instructor import release
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "# BEGIN" + " SOLUTION"  # spelled in two parts so this file never holds a marker line
@@ -39,7 +39,7 @@ def test_edition_holds_no_reference_no_markers_and_no_hidden_tests(edition):
     out, held = edition
     assert not (out / "solutions").exists() and not (out / "tests" / "hidden").exists()
     assert release.leaks(release.folder_files(out)) == []
-    assert not [n for n in release.GRADING if (out / "labs" / n).exists()], "grading code is instructor-only"
+    assert not (out / "labs" / release.INSTRUCTOR_PACKAGE).exists(), "grading code is instructor-only"
     assert {"tests/hidden/", "tests/test_exercise_machinery.py", "tools/make_stubs.py"} <= set(held)
     for name in ("Makefile", "pyproject.toml", "environment.yml", "README.md", ".gitignore"):
         assert (out / name).is_file(), f"{name} is missing from the edition"
@@ -141,7 +141,7 @@ def test_make_setup_in_the_edition(edition):
 def test_gradescope_autograder_grades_without_the_reference(tmp_path):
     zip_path = release.release_gradescope(tmp_path / "autograder.zip")
     files = release.zip_files(zip_path)
-    assert {"setup.sh", "run_autograder", "requirements.txt", "labs/grade.py", "labs/sandbox.py",
+    assert {"setup.sh", "run_autograder", "requirements.txt", "labs/instructor/grade.py", "labs/instructor/sandbox.py",
             "tests/conftest.py", "tests/hidden/test_hidden_lora.py"} <= set(files)
     assert release.leaks(files) == [] and not [n for n in files if n.startswith("solutions/")]
     setup, runner = files["setup.sh"].decode(), files["run_autograder"].decode()

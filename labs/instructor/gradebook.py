@@ -5,7 +5,7 @@
     grades.csv     one row per submission: a column per exercise, total, status
 
 Points come from the graded tests' exercise markers as the trusted collection read them (see
-labs/grade.py); the tests' outcomes come from the grading children. Partial credit falls out of
+labs/instructor/grade.py); the tests' outcomes come from the grading children. Partial credit falls out of
 the sum: an exercise earns the points of its tests that passed.
 """
 from __future__ import annotations
@@ -17,12 +17,9 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from labs.submissions import Submission
-
-if TYPE_CHECKING:
-    from labs.grade import Course
+from labs.instructor.course import Course
+from labs.instructor.submissions import Submission
 
 
 @dataclass

@@ -4,10 +4,10 @@
     labs grade submissions/ --out grades --jobs 2        a folder of zips or folders
     labs grade /autograder/submission --out /autograder/results --gradescope-single
 
-For each submission only `labs/<technique>.py` is taken, screened (labs/screen.py), and dropped
+For each submission only `labs/<technique>.py` is taken, screened (labs/instructor/screen.py), and dropped
 into a fresh grading tree built from the instructor's own files: infrastructure, tests (the
 hidden ones too), conftest. The tests run in forked children with resource limits
-(labs/sandbox.py), one technique module per child, and report over a pipe; scores are computed
+(labs/instructor/sandbox.py), one technique module per child, and report over a pipe; scores are computed
 here from what the trusted collection declared (points per test, from the exercise markers).
 
 Out, in --out DIR:
@@ -30,18 +30,13 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from labs import screen
-from labs.gradebook import ExerciseScore, Graded, grades_csv, write_atomic, write_reports
-from labs.submissions import Submission, expand, read_submission, student_id
-
-ROOT = Path(__file__).resolve().parent.parent
-INSTRUCTOR_ONLY = ("grade.py", "gradebook.py", "release.py", "sandbox.py", "sandbox_child.py", "screen.py",
-                   "submissions.py")
-GENERATED = "# GENERATED from solutions/"
-
+from labs.instructor import screen
+from labs.instructor.course import Course
+from labs.instructor.gradebook import ExerciseScore, Graded, grades_csv, write_atomic, write_reports
+from labs.instructor.submissions import Submission, expand, read_submission, student_id
 
 @dataclass(frozen=True)
 class Limits:
@@ -57,65 +52,6 @@ class Limits:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.memory_mb < 1024:
             raise ValueError(f"memory_mb={self.memory_mb} is too small: torch alone needs about 1024 MB")
-
-
-# ---------------------------------------------------------------------------------------------
-# The course as the instructor's checkout defines it
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class Course:
-    root: Path
-    stubs: dict[str, str]              # technique -> generated stub source
-    exercises: dict[str, str]          # exercise id -> technique
-    qualnames: dict[str, str]          # exercise id -> function it lives in
-    items: list[dict] = field(default_factory=list)  # collected graded tests: nodeid, exercise, points
-
-    @classmethod
-    def load(cls, root: Path = ROOT) -> "Course":
-        stubs = {p.stem: p.read_text() for p in sorted((root / "labs").glob("*.py"))
-                 if p.read_text().startswith(GENERATED)}
-        if not stubs:
-            raise FileNotFoundError(f"no generated technique modules in {root / 'labs'}")
-        exercises, qualnames = {}, {}
-        for name, text in stubs.items():
-            for qualname, ex in screen.stub_exercises(text).items():
-                exercises[ex], qualnames[ex] = name, qualname
-        return cls(root, stubs, exercises, qualnames)
-
-    def test_files(self) -> list[str]:
-        """Graded test files (public and hidden), relative to the root."""
-        found = [*(self.root / "tests").glob("test_*.py"), *(self.root / "tests" / "hidden").rglob("test_*.py")]
-        graded = [str(p.relative_to(self.root)) for p in found if is_graded_test(p)]
-        return sorted(graded, key=lambda f: (self.is_hidden(f), f))  # public tests first
-
-    def policy(self) -> dict:
-        """What the children enforce while student modules run (see labs/sandbox.py)."""
-        imports, infra = set(screen.ALLOWED_IMPORTS) | {"peft", "labs"}, set(screen.LABS_INFRA)
-        for text in self.stubs.values():
-            for node in ast.walk(ast.parse(text)):
-                if isinstance(node, ast.ImportFrom) and not node.level and node.module:
-                    imports.add(node.module.split(".")[0])
-                    infra.update(node.module.split(".")[1:2] if node.module.startswith("labs.") else ())
-                elif isinstance(node, ast.Import):
-                    imports.update(a.name.split(".")[0] for a in node.names)
-        return {"techniques": sorted(self.stubs), "refused_names": sorted(screen.REFUSED_NAMES),
-                "refused_attrs": sorted(screen.DANGEROUS_ATTRS | screen.MODULE_ATTRS),
-                "allowed_dunders": sorted(screen.ALLOWED_DUNDERS), "allowed_imports": sorted(imports),
-                "labs_infra": sorted(infra), "instructor_only": list(INSTRUCTOR_ONLY)}
-
-    def is_hidden(self, nodeid: str) -> bool:
-        return nodeid.startswith("tests/hidden/")
-
-
-def is_graded_test(path: Path) -> bool:
-    """A test file with at least one function or class decorated @pytest.mark.exercise(...)."""
-    try:
-        tree = ast.parse(path.read_text())
-    except SyntaxError:
-        return False
-    return any(isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "exercise"
-               for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef))
-               for d in node.decorator_list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,7 +113,7 @@ def runnable(graded: Graded, course: Course) -> list[str]:
 # The fork server, seen from here
 # ---------------------------------------------------------------------------------------------
 class Runner:
-    """labs/sandbox.py as a child process: tasks go in as JSON lines, events come back."""
+    """labs/instructor/sandbox.py as a child process: tasks go in as JSON lines, events come back."""
 
     def __init__(self, course: Course, jobs: int, workdir: Path):
         read_end, write_end = os.pipe()
@@ -187,7 +123,7 @@ class Runner:
                "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "MPLBACKEND": "Agg", "HF_HOME": str(workdir / "hf")}
-        cmd = [sys.executable, "-I", str(course.root / "labs" / "sandbox.py"), "--events", str(write_end),
+        cmd = [sys.executable, "-I", str(Path(__file__).with_name("sandbox.py")), "--events", str(write_end),
                "--jobs", str(jobs), "--workdir", str(trees)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, pass_fds=(write_end,), env=env, cwd=workdir,

@@ -1,9 +1,9 @@
 """The grading fork server: runs graded tests against student code in isolated, limited children.
 
-`labs grade` starts this file as a script, `python -I labs/sandbox.py --events FD --jobs N`. It
+`labs grade` starts this file as a script, `python -I labs/instructor/sandbox.py --events FD --jobs N`. It
 imports torch, transformers, peft and pytest once, then for each task (one technique module of
 one submission) builds a fresh grading tree and forks a child, which isolates itself before any
-student code loads and runs pytest with a result plugin (labs/sandbox_child.py):
+student code loads and runs pytest with a result plugin (labs/instructor/sandbox_child.py):
 
 1. its own session and process group (a timeout kills the whole group),
 2. resource limits (CPU seconds, address space, file size, processes, no core files),
@@ -36,9 +36,9 @@ from pathlib import Path
 
 
 def _load_child_module():
-    """labs/sandbox_child.py: imported as usual inside the package, by path when run as a script."""
+    """labs/instructor/sandbox_child.py: imported as usual inside the package, by path when run as a script."""
     if __package__:
-        from labs import sandbox_child
+        from labs.instructor import sandbox_child
         return sandbox_child
     spec = importlib.util.spec_from_file_location("sandbox_child", Path(__file__).with_name("sandbox_child.py"))
     module = importlib.util.module_from_spec(spec)
@@ -287,11 +287,9 @@ def _output_text(attempt: Attempt) -> str:
 def build_tree(task: dict, tree: Path) -> Path:
     """A fresh grading tree: instructor infrastructure and tests, the submission's technique modules."""
     base, staged = Path(task["base"]), Path(task["labs"])
-    skip = set(task["policy"]["instructor_only"])
     (tree / "labs").mkdir(parents=True)
-    for src in (base / "labs").glob("*.py"):
-        if src.name not in skip:
-            shutil.copyfile(src, tree / "labs" / src.name)
+    for src in (base / "labs").glob("*.py"):  # top level only: labs/instructor/ never reaches a child
+        shutil.copyfile(src, tree / "labs" / src.name)
     for name in task["policy"]["techniques"]:  # the submission's technique modules, nothing else
         if (staged / f"{name}.py").is_file():
             shutil.copyfile(staged / f"{name}.py", tree / "labs" / f"{name}.py")

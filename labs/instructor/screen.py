@@ -1,7 +1,7 @@
 """Read a student's technique module before any of it runs, and refuse what reaches outside it.
 
 Grading runs student code in the same process as the tests that judge it, so this screen is the
-first of several walls (see labs/sandbox.py for the others). It reads the syntax tree only:
+first of several walls (see labs/instructor/sandbox.py for the others). It reads the syntax tree only:
 
 - Code identical to the generated stub (the instructor's own file) is trusted as it stands: whole
   functions, module and class statements, and the opening statements of an exercise function

@@ -1,6 +1,6 @@
 """Inside a grading child: isolation set up before pytest starts, and the result plugin.
 
-labs/sandbox.py (the fork server) forks a child per task and calls `run_child` in it. Before any
+labs/instructor/sandbox.py (the fork server) forks a child per task and calls `run_child` in it. Before any
 student code is imported, the child leaves the server's process group, takes its resource
 limits, scrubs its environment, narrows sys.path to the standard library, site-packages and its
 own grading tree (no editable finders, `solutions` blocked), and installs a loader that runs the

@@ -28,8 +28,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-GRADING = ("grade.py", "gradebook.py", "release.py", "sandbox.py", "sandbox_child.py", "screen.py", "submissions.py")
+ROOT = Path(__file__).resolve().parents[2]
+INSTRUCTOR_PACKAGE = "instructor"  # labs/instructor/: grading and release, never in the student edition
 INSTRUCTOR_TOOLS = ("make_stubs.py", "check_exercises.py")
 INSTRUCTOR_TESTS = ("test_release.py", "test_grade.py", "test_exercise_machinery.py")
 INSTRUCTOR_BENCHMARKS = ("grade_class.py",)
@@ -104,8 +104,8 @@ def build_student(out: Path, root: Path = ROOT) -> list[str]:
     held = []
     (out / "labs").mkdir(parents=True)
     for src in sorted((root / "labs").iterdir()):
-        if src.name in GRADING:
-            held.append(f"labs/{src.name}")
+        if src.name == INSTRUCTOR_PACKAGE:
+            held.append(f"labs/{src.name}/")
         elif src.name == "__pycache__":
             continue
         elif src.is_dir():
@@ -231,11 +231,11 @@ def build_gradescope(zip_path: Path, root: Path = ROOT) -> list[str]:
     """Write the autograder zip; return its member names."""
     requirements = [r for r in pinned_requirements((root / "pyproject.toml").read_text())
                     if not r.startswith(("torch",) + AUTOGRADER_SKIPS)]
-    from labs.grade import is_graded_test
+    from labs.instructor.course import is_graded_test
     graded = [p for p in (root / "tests").rglob("*.py") if "__pycache__" not in p.parts
               and (p.name in ("conftest.py", "__init__.py") or p.name.startswith("test_") and is_graded_test(p))]
-    files = {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "labs").glob("*.py"))
-             if p.name != "release.py"}
+    code = [*(root / "labs").glob("*.py"), *(root / "labs" / INSTRUCTOR_PACKAGE).glob("*.py")]
+    files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(code) if p.name != "release.py"}
     files.update({str(p.relative_to(root)): p.read_bytes() for p in sorted(graded)})
     if (root / "data").is_dir():
         files.update({str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "data").rglob("*"))

@@ -1,0 +1,73 @@
+"""The course as the instructor's checkout defines it: technique stubs, exercises, graded tests.
+
+Shared by grading (labs/instructor/grade.py) and the gradebook, which only reads it.
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labs.instructor import screen
+
+ROOT = Path(__file__).resolve().parents[2]
+GENERATED = "# GENERATED from solutions/"
+
+
+# ---------------------------------------------------------------------------------------------
+# The course as the instructor's checkout defines it
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Course:
+    root: Path
+    stubs: dict[str, str]              # technique -> generated stub source
+    exercises: dict[str, str]          # exercise id -> technique
+    qualnames: dict[str, str]          # exercise id -> function it lives in
+    items: list[dict] = field(default_factory=list)  # collected graded tests: nodeid, exercise, points
+
+    @classmethod
+    def load(cls, root: Path = ROOT) -> "Course":
+        stubs = {p.stem: p.read_text() for p in sorted((root / "labs").glob("*.py"))
+                 if p.read_text().startswith(GENERATED)}
+        if not stubs:
+            raise FileNotFoundError(f"no generated technique modules in {root / 'labs'}")
+        exercises, qualnames = {}, {}
+        for name, text in stubs.items():
+            for qualname, ex in screen.stub_exercises(text).items():
+                exercises[ex], qualnames[ex] = name, qualname
+        return cls(root, stubs, exercises, qualnames)
+
+    def test_files(self) -> list[str]:
+        """Graded test files (public and hidden), relative to the root."""
+        found = [*(self.root / "tests").glob("test_*.py"), *(self.root / "tests" / "hidden").rglob("test_*.py")]
+        graded = [str(p.relative_to(self.root)) for p in found if is_graded_test(p)]
+        return sorted(graded, key=lambda f: (self.is_hidden(f), f))  # public tests first
+
+    def policy(self) -> dict:
+        """What the children enforce while student modules run (see labs/instructor/sandbox.py)."""
+        imports, infra = set(screen.ALLOWED_IMPORTS) | {"peft", "labs"}, set(screen.LABS_INFRA)
+        for text in self.stubs.values():
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                    imports.add(node.module.split(".")[0])
+                    infra.update(node.module.split(".")[1:2] if node.module.startswith("labs.") else ())
+                elif isinstance(node, ast.Import):
+                    imports.update(a.name.split(".")[0] for a in node.names)
+        return {"techniques": sorted(self.stubs), "refused_names": sorted(screen.REFUSED_NAMES),
+                "refused_attrs": sorted(screen.DANGEROUS_ATTRS | screen.MODULE_ATTRS),
+                "allowed_dunders": sorted(screen.ALLOWED_DUNDERS), "allowed_imports": sorted(imports),
+                "labs_infra": sorted(infra)}
+
+    def is_hidden(self, nodeid: str) -> bool:
+        return nodeid.startswith("tests/hidden/")
+
+
+def is_graded_test(path: Path) -> bool:
+    """A test file with at least one function or class decorated @pytest.mark.exercise(...)."""
+    try:
+        tree = ast.parse(path.read_text())
+    except SyntaxError:
+        return False
+    return any(isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "exercise"
+               for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+               for d in node.decorator_list)
