@@ -1,34 +1,87 @@
-"""The methods `labs finetune --method` knows, and how each one prepares a model for training.
+"""The method registry: the one list of fine-tuning methods the course knows.
 
-"full" is the baseline and lives here: every weight trains. Every other method is a technique
-module (labs/<module>.py for students, solutions/<module>.py for the reference, chosen by
-LABS_IMPL) whose `prepare_for_finetune(model, task, options)` freezes the base and adds its own
-trainable parameters. This file only looks the module up; it knows nothing about LoRA & co.
+Everything that needs to know the methods reads this file: the command line (`--method`),
+`labs finetune` and `labs compare`, the PEFT file format (peft_type <-> module), the memory model
+and the notebook-00 calculator. Adding a method is one entry here plus one technique module.
+
+Each technique module (labs/<module>.py for students, solutions/<module>.py for the reference,
+chosen by LABS_IMPL or `--impl`) has `prepare_for_finetune(model, task, options)`, which freezes
+the base and adds the method's trainable parameters. "full" is the baseline and lives in
+labs/full.py (infrastructure, not an exercise): every weight trains.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from types import ModuleType
 
 from torch import nn
 
 # New classification heads, by model family: BERT's `classifier`, Llama/GPT's `score`.
 TASK_HEADS = ("classifier", "score")
+STUB_EXERCISE = re.compile(r'raise NotImplementedError\(\s*"Exercise (\d+\.\d+):')
 
 
 @dataclass(frozen=True)
 class Method:
-    name: str            # the --method value
-    module: str | None   # technique module under labs/ or solutions/ (None: implemented here)
-    summary: str         # one line for --help and tables
+    name: str                 # the --method value
+    module: str               # technique module under labs/ or solutions/ ("full": labs/full.py)
+    summary: str              # one line for --help and tables
+    lr: dict                  # learning rate per preset name (measured: see each entry's comment)
+    config: str | None        # the module's config dataclass: its fields are the accepted --option keys
+    peft_type: str | None     # adapter_config.json "peft_type"; None: the method saves the whole model
+    adds_params: bool         # trains NEW weights (lora, adapters, prompts) or a subset of the base
+    notebook: str             # where the method is taught
+
+    @property
+    def infrastructure(self) -> bool:
+        """True for methods implemented in labs/ itself (not an exercise, same for every impl)."""
+        return self.peft_type is None
+
+    def technique(self, impl: str | None = None) -> ModuleType:
+        """The module that implements this method, from the selected implementation."""
+        if self.infrastructure:
+            return importlib.import_module(f"labs.{self.module}")
+        from labs.impl import technique
+        return technique(self.module, impl)
+
+    def learning_rate(self, preset: str) -> float:
+        if preset not in self.lr:
+            raise ValueError(f"method {self.name!r} has no learning rate for preset {preset!r}; "
+                             f"it has {', '.join(self.lr)} (pass --lr to choose one)")
+        return self.lr[preset]
+
+    def option_names(self, impl: str | None = None) -> list[str]:
+        """The option keys `--option key=value` accepts (the config dataclass's fields)."""
+        if self.config is None:
+            return []
+        return [f.name for f in fields(getattr(self.technique(impl), self.config))]
 
 
+# Learning rates per preset: quick and laptop measured on SmolLM2-135M "define" (held-out loss after
+# the preset's steps, sweep of 3e-4 .. 3e-2; see the registry issue's closing note and
+# benchmarks/lr_sweep.py); gpu scaled down with the longer schedule.
 METHODS = {m.name: m for m in (
-    Method("full", None, "full fine-tuning: every weight trains (the baseline)"),
-    Method("bitfit", "bitfit", "BitFit: only the biases (or norm gains) train"),
-    Method("adapter", "adapters", "bottleneck adapters (Houlsby) after attention and MLP"),
-    Method("lora", "lora", "LoRA: low-rank updates B @ A beside frozen linear layers"),
-    Method("prefix", "prefix_tuning", "prefix tuning: trained key/value prefixes in every layer"),
-    Method("prompt", "prompt_tuning", "prompt tuning: trained soft-prompt embeddings at the input"),
+    Method("full", "full", "full fine-tuning: every weight trains (the baseline)",
+           lr={"quick": 5e-5, "laptop": 3e-5, "gpu": 2e-5}, config=None, peft_type=None,
+           adds_params=False, notebook="notebooks/01_full_finetuning.ipynb"),
+    Method("bitfit", "bitfit", "BitFit: only the biases (or norm gains) train",
+           lr={"quick": 1e-2, "laptop": 5e-3, "gpu": 2e-3}, config="BitFitConfig", peft_type="LABS_BITFIT",
+           adds_params=False, notebook="notebooks/03_bitfit.ipynb"),
+    Method("adapter", "adapters", "bottleneck adapters (Houlsby) after attention and MLP",
+           lr={"quick": 2e-3, "laptop": 1e-3, "gpu": 5e-4}, config="AdapterConfig",
+           peft_type="LABS_BOTTLENECK_ADAPTER", adds_params=True, notebook="notebooks/04_adapters.ipynb"),
+    Method("lora", "lora", "LoRA: low-rank updates B @ A beside frozen linear layers",
+           lr={"quick": 2e-3, "laptop": 1e-3, "gpu": 5e-4}, config="LoRAConfig", peft_type="LORA",
+           adds_params=True, notebook="notebooks/05_lora.ipynb"),
+    Method("prefix", "prefix_tuning", "prefix tuning: trained key/value prefixes in every layer",
+           lr={"quick": 1e-2, "laptop": 5e-3, "gpu": 3e-3}, config="PrefixTuningConfig", peft_type="PREFIX_TUNING",
+           adds_params=True, notebook="notebooks/06_prefix_tuning.ipynb"),
+    Method("prompt", "prompt_tuning", "prompt tuning: trained soft-prompt embeddings at the input",
+           lr={"quick": 3e-2, "laptop": 1e-2, "gpu": 3e-3}, config="PromptTuningConfig", peft_type="PROMPT_TUNING",
+           adds_params=True, notebook="notebooks/07_prompt_tuning.ipynb"),
 )}
 
 
@@ -38,34 +91,73 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def check_options(method: str, options: dict | None) -> None:
-    """Fail before any model is loaded where that is possible: 'full' takes no options.
-    (A technique checks its own options in prepare_for_finetune.)"""
-    get_method(method)
-    if method == "full" and options:
-        raise ValueError(f"method 'full' takes no options, got {sorted(options)}")
+def method_for_peft_type(peft_type) -> Method:
+    """The method whose adapters carry this adapter_config.json peft_type."""
+    for method in METHODS.values():
+        if method.peft_type is not None and method.peft_type == peft_type:
+            return method
+    known = ", ".join(m.peft_type for m in METHODS.values() if m.peft_type)
+    raise ValueError(f"peft_type {peft_type!r} is not supported; this course reads {known}")
 
 
-def prepare_full(model: nn.Module, task, options: dict) -> nn.Module:
-    """Full fine-tuning: every parameter trains. It takes no options."""
-    from labs.surgery import unfreeze
-    check_options("full", options)
-    unfreeze(model)
-    return model
+def method_for_module(module: str) -> Method:
+    """The method implemented by technique module `module` ("lora", "solutions.lora", "labs.lora")."""
+    short = module.rsplit(".", 1)[-1]
+    for method in METHODS.values():
+        if method.module == short:
+            return method
+    raise ValueError(f"no method is implemented by module {module!r}; the registry has "
+                     f"{', '.join(m.module for m in METHODS.values())}")
 
 
-def prepare(method: str, model: nn.Module, task, options: dict | None = None) -> nn.Module:
+# ---------------------------------------------------------------------------------------------
+# Before loading anything: options and unfinished exercises
+# ---------------------------------------------------------------------------------------------
+def check_options(method: str, options: dict | None, impl: str | None = None) -> None:
+    """Fail before any model is loaded on an option the method does not take."""
+    spec = get_method(method)
+    accepted = spec.option_names(impl)
+    unknown = sorted(set(options or {}) - set(accepted))
+    if unknown:
+        takes = f"it accepts {', '.join(accepted)}" if accepted else "it takes no options"
+        raise ValueError(f"method {method!r} has no option {', '.join(map(repr, unknown))}; {takes}")
+
+
+def open_exercises(method: str, impl: str | None = None) -> list[str]:
+    """Exercise ids still raising the stub's NotImplementedError in the method's module."""
+    spec = get_method(method)
+    if spec.infrastructure:
+        return []
+    source = Path(spec.technique(impl).__file__).read_text(encoding="utf-8")
+    return STUB_EXERCISE.findall(source)
+
+
+def require_finished(method: str, impl: str | None = None) -> None:
+    """A clear NotImplementedError, before any model loads, when the method's exercises are open."""
+    from labs.impl import current_impl
+    impl = impl or current_impl()
+    todo = open_exercises(method, impl)
+    if todo:
+        spec = get_method(method)
+        raise NotImplementedError(
+            f"--method {method} runs your own labs/{spec.module}.py, where exercise(s) "
+            f"{', '.join(todo)} are still open (see {spec.notebook}); finish them, or run the "
+            "reference with --impl solutions (or LABS_IMPL=solutions) where this edition has it")
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparing a model
+# ---------------------------------------------------------------------------------------------
+def prepare(method: str, model: nn.Module, task, options: dict | None = None,
+            impl: str | None = None) -> nn.Module:
     """Prepare `model` for fine-tuning `task` with `method`; returns the model to train.
 
     A technique module that is still an untouched stub raises NotImplementedError naming the
     exercise to do; that message is let through unchanged.
     """
-    from labs.impl import technique
-    spec, options = get_method(method), dict(options or {})
-    if spec.module is None:
-        model = prepare_full(model, task, options)
-    else:
-        model = technique(spec.module).prepare_for_finetune(model, task, options)
+    spec = get_method(method)
+    check_options(method, options, impl)
+    model = spec.technique(impl).prepare_for_finetune(model, task, dict(options or {}))
     if getattr(task, "kind", None) == "classify":
         train_task_head(model)
     return model

@@ -22,20 +22,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from labs.impl import technique
+from labs.methods import method_for_peft_type
 from labs.surgery import adapter_record
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 
-# peft_type in adapter_config.json -> technique module (labs/<name>.py or solutions/<name>.py)
-PEFT_TYPES = {
-    "LORA": "lora",
-    "PREFIX_TUNING": "prefix_tuning",
-    "PROMPT_TUNING": "prompt_tuning",
-    "LABS_BITFIT": "bitfit",
-    "LABS_BOTTLENECK_ADAPTER": "adapters",
-}
 
 
 def _write_atomically(target: Path, write: Callable[[str], None]) -> None:
@@ -99,12 +91,8 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]
 
 
 def technique_for(config_dict: dict, impl: str | None = None):
-    """The technique module that reads adapters of this config's peft_type."""
-    peft_type = config_dict.get("peft_type")
-    if peft_type not in PEFT_TYPES:
-        raise ValueError(f"peft_type {peft_type!r} is not supported; this course reads "
-                         f"{', '.join(PEFT_TYPES)}")
-    return technique(PEFT_TYPES[peft_type], impl)
+    """The technique module that reads adapters of this config's peft_type (from the registry)."""
+    return method_for_peft_type(config_dict.get("peft_type")).technique(impl)
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike, *, method: str | None = None,
@@ -119,8 +107,8 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, *, method: str | Non
         raise ValueError(f"this model already carries a {existing.method!r} adapter; load the "
                          "adapter into a fresh base model")
     config_dict, state = read_adapter(path)
-    module = technique_for(config_dict, impl)
-    if method is not None and method not in (module.METHOD, module.__name__.rsplit(".", 1)[-1]):
+    found = method_for_peft_type(config_dict.get("peft_type"))
+    if method is not None and method not in (found.name, found.module):
         raise ValueError(f"{Path(path) / CONFIG_NAME} holds a {config_dict['peft_type']!r} adapter "
-                         f"(method {module.METHOD!r}), not the {method!r} adapter expected")
-    return module.from_peft(model, config_dict, state)
+                         f"(method {found.name!r}), not the {method!r} adapter expected")
+    return found.technique(impl).from_peft(model, config_dict, state)
