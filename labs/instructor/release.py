@@ -13,7 +13,9 @@ infrastructure tests (a test waiting for an exercise is skipped, see labs/pendin
 The Gradescope zip holds setup.sh (pinned dependencies, torch first), run_autograder (which runs
 `labs grade` on /autograder/submission into /autograder/results), the grading code and every
 graded test, the hidden ones too. Neither edition holds solutions/: every text file is scanned,
-and a solution marker line or an import of `solutions` anywhere stops the release.
+and a solution marker line or an import of `solutions` anywhere stops the release. Nor may the
+student edition hold an exercise's answer outside its stub: a function that re-implements one
+(see labs/instructor/answer_leaks.py) stops the release, naming the file, function and exercise.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from labs.instructor import answer_leaks
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTRUCTOR_PACKAGE = "instructor"  # labs/instructor/: grading and release, never in the student edition
@@ -318,7 +322,8 @@ def release_student(out: Path, root: Path = ROOT) -> list[str]:
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         held = build_student(staging, root)
-        problems = leaks(folder_files(staging))
+        files = folder_files(staging)
+        problems = leaks(files) + [str(leak) for leak in answer_leaks.find(files, root)]
         if problems:
             raise ValueError("the release would leak the reference:\n  " + "\n  ".join(problems))
         if out.exists():
