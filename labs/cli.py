@@ -52,6 +52,11 @@ def _run_arguments(parser: argparse.ArgumentParser, choices: dict | None) -> Non
     parser.add_argument("--preset", default=os.environ.get("LABS_PRESET", "quick"),
                         help="run size" + listed("preset") + " (default: $LABS_PRESET, else quick)")
     parser.add_argument("--max-steps", type=int, default=None, help="override the preset's optimizer steps")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate (default: each method's own for the preset, from labs/methods.py)")
+    parser.add_argument("--impl", default=None, choices=("labs", "solutions"),
+                        help="whose technique modules run: labs = your own labs/<module>.py, solutions = "
+                             "the reference where this edition has it (default: $LABS_IMPL, else labs)")
     parser.add_argument("--out", default=None, help="output folder (default: runs/<method>-<model>-<task>-<time>)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -128,7 +133,8 @@ def _check_model(value: str, choices: dict) -> None:
 
 def _preset(args):
     from labs.presets import get_preset
-    return get_preset(args.preset, **({"max_steps": args.max_steps} if args.max_steps else {}))
+    overrides = {"max_steps": args.max_steps, "lr": args.lr}
+    return get_preset(args.preset, **{k: v for k, v in overrides.items() if v is not None})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,7 +158,7 @@ def cmd_finetune(args, choices: dict) -> int:
         _quiet_progress()
     run_finetune(args.method, args.model, task=args.task, preset=_preset(args), out=args.out,
                  options=parse_options(args.option, args.rank), progress=not args.no_progress,
-                 seed=args.seed, device=args.device)
+                 seed=args.seed, device=args.device, impl=args.impl)
     return 0
 
 
@@ -164,12 +170,17 @@ def cmd_compare(args, choices: dict) -> int:
     if args.task is not None:
         _check_choice("task", args.task, choices)
     _check_choice("preset", args.preset, choices)
-    from labs.finetune import run_compare
-    rows = run_compare(methods, args.model, task=args.task, preset=args.preset, out=args.out,
-                       seed=args.seed, progress=not args.no_progress, max_steps=args.max_steps)
-    ok = sum(r["status"] == "ok" for r in rows)
-    print(f"{ok} of {len(rows)} methods finished")
-    return 0 if ok else 1
+    from labs.compare import CompareFailed, run_compare
+    try:
+        rows = run_compare(methods, args.model, task=args.task, preset=args.preset, out=args.out,
+                           seed=args.seed, progress=not args.no_progress, max_steps=args.max_steps,
+                           impl=args.impl, lr=args.lr)
+    except CompareFailed as err:
+        print(f"labs compare: {len(err.rows) - len(err.failed)} of {len(err.rows)} methods finished; {err}",
+              file=sys.stderr)
+        return 1
+    print(f"all {len(rows)} methods finished")
+    return 0
 
 
 def _quiet_progress() -> None:

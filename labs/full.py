@@ -16,3 +16,20 @@ def prepare_for_finetune(model: nn.Module, task, options: dict | None = None) ->
         raise ValueError(f"method 'full' takes no options, got {sorted(options)}")
     unfreeze(model)
     return model
+
+
+def save_full_model(model: nn.Module, path) -> int:
+    """The whole state dict as safetensors; a tensor shared by several names (tied embeddings)
+    is stored once, under its first name. Written atomically; returns the bytes written."""
+    from safetensors.torch import save_file
+
+    from labs.files import write_atomically
+    tensors, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key in seen:
+            continue
+        seen.add(key)
+        tensors[name] = tensor.detach().to("cpu").contiguous()
+    target = write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    return target.stat().st_size

@@ -22,6 +22,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from labs.methods import get_method
+
 # Bytes per parameter. NF4 stores 4 bits plus one fp32 absmax per block of 64 (0.5 + 4/64);
 # double quantization stores that absmax in 8 bits plus one fp32 per 256 blocks (Dettmers et al. 2023).
 BYTES_PER_PARAM = {
@@ -29,9 +31,6 @@ BYTES_PER_PARAM = {
     "int8": 1.0, "nf4": 0.5 + 4 / 64, "nf4-dq": 0.5 + 1 / 64 + 4 / (64 * 256),
 }
 OPTIMIZER_BYTES = {"adamw": 8.0, "adamw8bit": 2.0, "sgd": 0.0}  # state bytes per trainable parameter
-ADDS_PARAMS = ("lora", "qlora", "adapter", "prefix", "prompt")  # trainable weights are new weights
-SUBSET_PARAMS = ("full", "bitfit")                                # trainable weights are base weights
-METHODS = SUBSET_PARAMS + ADDS_PARAMS
 # Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models":
 # one transformer layer keeps about T*B*D*(34 + 5*H*T/D) bytes in 16-bit. The 5*H*T/D term is the
 # attention-score matrix, which fused (flash) attention never stores, so we keep the 34. With full
@@ -70,13 +69,12 @@ def _bytes_per_param(value, what: str) -> float:
 
 
 def _trainable(n_params: int, method: str, trainable_params: int | None) -> int:
-    if method not in METHODS:
-        raise ValueError(f"method {method!r} is not valid; use one of {', '.join(METHODS)}")
+    spec = get_method(method)  # ValueError naming the registry's methods
     if trainable_params is None:
-        if method != "full":
+        if not spec.trains_all:
             raise ValueError(f"method {method!r} needs trainable_params (the count of parameters it trains)")
         return n_params
-    if trainable_params < 0 or (method in SUBSET_PARAMS and trainable_params > n_params):
+    if trainable_params < 0 or (not spec.adds_params and trainable_params > n_params):
         raise ValueError(f"trainable_params={trainable_params} is not valid for {method!r} with n_params={n_params}")
     return trainable_params
 
@@ -107,10 +105,12 @@ def estimate_memory(n_params: int, method: str = "full", *, trainable_params: in
     """Bytes to train a model of `n_params` parameters with `method`; a rough, honest model.
 
     n_params          parameters of the base model
-    trainable_params  what the method trains (required except for "full"). For lora, qlora,
-                      adapter, prefix and prompt these are NEW weights added to the model; for
-                      full and bitfit they are a subset of the base.
-    weight_bytes      base precision, bytes or a name: default 2 (16-bit), "nf4-dq" for qlora
+    method            a method of the registry (labs/methods.py)
+    trainable_params  what the method trains (required except for "full"). For methods that add
+                      weights (lora, adapter, prefix, prompt) these are NEW weights added to the
+                      model; for full and bitfit they are a subset of the base.
+    weight_bytes      base precision, bytes or a name: default 2 (16-bit); QLoRA is LoRA with
+                      weight_bytes="nf4-dq" (the frozen base in 4-bit NF4, double-quantised)
     grad_bytes        bytes per gradient (and per new trainable weight): default 4 for fp32
                       bases, else 2
     optimizer         "adamw" (two fp32 moments: 8 B/param), "adamw8bit" (2), "sgd" (0, no momentum)
@@ -122,12 +122,11 @@ def estimate_memory(n_params: int, method: str = "full", *, trainable_params: in
     saving their inputs (PEFT activations are a little lower), prefix tokens lengthening T.
     """
     trainable = _trainable(n_params, method, trainable_params)
-    default_w = "nf4-dq" if method == "qlora" else 2.0
-    wb = _bytes_per_param(default_w if weight_bytes is None else weight_bytes, "weight_bytes")
+    wb = _bytes_per_param(2.0 if weight_bytes is None else weight_bytes, "weight_bytes")
     gb = _bytes_per_param((4.0 if wb >= 4 else 2.0) if grad_bytes is None else grad_bytes, "grad_bytes")
     if optimizer not in OPTIMIZER_BYTES:
         raise ValueError(f"optimizer {optimizer!r} is not valid; use one of {', '.join(OPTIMIZER_BYTES)}")
-    new = trainable if method in ADDS_PARAMS else 0
+    new = trainable if get_method(method).adds_params else 0
     opt = trainable * (OPTIMIZER_BYTES[optimizer] + (4.0 if master_weights else 0.0))
     acts = 0.0
     if hidden and layers:
@@ -247,26 +246,73 @@ def idle() -> None:
     """Does nothing: a child process running it shows the Python + torch baseline."""
 
 
-def _peak_rss() -> int:
-    """Peak resident memory of this process: VmHWM on Linux, ru_maxrss elsewhere."""
+# ---------------------------------------------------------------------------------------------
+# Peak-memory readers for a run in this process (labs finetune, notebooks)
+# ---------------------------------------------------------------------------------------------
+def _proc_status_bytes(field: str) -> int | None:
+    """A memory line of /proc/self/status (Linux) in bytes, or None elsewhere."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import resource  # not on Windows
+    return None
 
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process (since start, or since reset_peak where Linux allows)."""
+    hwm = _proc_status_bytes("VmHWM")
+    if hwm is not None:
+        return hwm
+    try:
+        import resource  # POSIX only
+    except ImportError:  # Windows: no peak reading without extra packages
+        return 0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
+
+
+def current_rss_bytes() -> int:
+    """Resident memory of this process now (Linux), else its peak so far."""
+    rss = _proc_status_bytes("VmRSS")
+    return rss if rss is not None else peak_rss_bytes()
+
+
+def reset_peak(device: torch.device) -> bool:
+    """Start a new peak-memory window; False where only the whole process's peak can be read.
+
+    CUDA resets the allocator's counter. On Linux, writing 5 to /proc/self/clear_refs resets the
+    process's peak resident memory, so several runs in one notebook each get their own peak.
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: the allocator's peak since reset_peak. CPU/MPS: the process's peak resident memory.
+
+    The resident figure includes the runtime's baseline (interpreter, torch, the model, data),
+    so compare it with the resident memory before training to see what training itself added.
+    """
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return peak_rss_bytes()
 
 
 def _child(conn, fn, args, kwargs, threads):
     try:
         torch.set_num_threads(threads)
         fn(*args, **kwargs)
-        conn.send(("ok", _peak_rss()))
+        conn.send(("ok", peak_rss_bytes()))
     except BaseException:  # the parent re-raises it with the child's traceback
         conn.send(("error", traceback.format_exc()))
     finally:

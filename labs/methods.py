@@ -34,6 +34,7 @@ class Method:
     peft_type: str | None     # adapter_config.json "peft_type"; None: the method saves the whole model
     adds_params: bool         # trains NEW weights (lora, adapters, prompts) or a subset of the base
     notebook: str             # where the method is taught
+    trains_all: bool = False  # every weight of the base trains (full fine-tuning)
 
     @property
     def infrastructure(self) -> bool:
@@ -66,7 +67,7 @@ class Method:
 METHODS = {m.name: m for m in (
     Method("full", "full", "full fine-tuning: every weight trains (the baseline)",
            lr={"quick": 5e-5, "laptop": 3e-5, "gpu": 2e-5}, config=None, peft_type=None,
-           adds_params=False, notebook="notebooks/01_full_finetuning.ipynb"),
+           adds_params=False, notebook="notebooks/01_full_finetuning.ipynb", trains_all=True),
     Method("bitfit", "bitfit", "BitFit: only the biases (or norm gains) train",
            lr={"quick": 1e-2, "laptop": 5e-3, "gpu": 2e-3}, config="BitFitConfig", peft_type="LABS_BITFIT",
            adds_params=False, notebook="notebooks/03_bitfit.ipynb"),
@@ -89,6 +90,14 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def learning_rate(method: str, preset) -> float:
+    """The learning rate `method` trains with under `preset` (a name or a Preset): the preset's own
+    `lr` where it sets one, else the method's measured rate for that preset."""
+    from labs.presets import Preset, get_preset
+    preset = preset if isinstance(preset, Preset) else get_preset(preset)
+    return preset.lr if preset.lr is not None else get_method(method).learning_rate(preset.name)
 
 
 def method_for_peft_type(peft_type) -> Method:

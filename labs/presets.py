@@ -22,19 +22,19 @@ class Preset:
     n_train: int            # training examples drawn from the task's train split
     n_eval: int             # held-out examples scored before and after
     n_probe: int            # general-knowledge probe items (forgetting)
-    lr_full: float          # learning rate for full fine-tuning (all weights move: keep it small)
-    lr_peft: float          # learning rate for PEFT methods (few new weights: larger is fine)
     eval_every: int         # steps between held-out evaluations during training (0 = only at end)
     bf16: bool              # autocast to bfloat16 where the device really supports it
+    lr: float | None = None  # one learning rate for every method; None = each method's own from the
+                             # registry (labs/methods.py: full fine-tuning wants ~100x less than PEFT)
 
 
 PRESETS = {
     "quick": Preset("quick", max_steps=20, batch_size=8, grad_accum=1, seq_len=64, n_train=400,
-                    n_eval=64, n_probe=60, lr_full=5e-5, lr_peft=2e-3, eval_every=0, bf16=False),
+                    n_eval=64, n_probe=60, eval_every=0, bf16=False),
     "laptop": Preset("laptop", max_steps=120, batch_size=8, grad_accum=2, seq_len=128, n_train=4000,
-                     n_eval=256, n_probe=200, lr_full=3e-5, lr_peft=1e-3, eval_every=40, bf16=False),
+                     n_eval=256, n_probe=200, eval_every=40, bf16=False),
     "gpu": Preset("gpu", max_steps=600, batch_size=16, grad_accum=2, seq_len=256, n_train=20000,
-                  n_eval=1000, n_probe=400, lr_full=2e-5, lr_peft=5e-4, eval_every=100, bf16=True),
+                  n_eval=1000, n_probe=400, eval_every=100, bf16=True),
 }
 
 

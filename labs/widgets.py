@@ -12,9 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from labs.memory import GB, MemoryEstimate, estimate_memory
+from labs.methods import get_method
 from labs.viz import COLORS, COMPONENTS, new_figure
 
-METHODS = ("full", "lora", "qlora")
+# What the calculator compares: a registry method (labs/methods.py) and the precision of the frozen
+# base. QLoRA is not another method here but LoRA on a base stored in 4-bit NF4.
+SCENARIOS = {"full": ("full", None), "lora": ("lora", None), "qlora": ("lora", "nf4-dq")}
+METHODS = tuple(SCENARIOS)  # the calculator's choices, in the order the chart shows them
 PRECISIONS = ("fp32", "bf16", "fp16")
 GPU_SIZES_GB = (8, 12, 16, 24, 48, 80)  # common cards: laptop, consumer (3060 .. 4090), workstation, A100/H100
 CUSTOM = "custom"
@@ -61,20 +65,18 @@ def lora_params(shape: ModelShape, r: int) -> int:
 def estimate(shape: ModelShape, method: str = "full", precision: str = "bf16", *,
              batch_size: int = 8, seq_len: int = 512, r: int = 16) -> MemoryEstimate:
     """Training memory for one configuration (what the calculator shows)."""
-    if method not in METHODS:
-        raise ValueError(f"method {method!r} is not valid; use one of {', '.join(METHODS)}")
+    if method not in SCENARIOS:
+        raise ValueError(f"method {method!r} is not valid; use one of {', '.join(SCENARIOS)}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not valid; use one of {', '.join(PRECISIONS)}")
     common = dict(batch_size=batch_size, seq_len=seq_len, hidden=shape.hidden, layers=shape.layers,
                   vocab=shape.vocab, activation_bytes_per_value=4.0 if precision == "fp32" else 2.0)
-    if method == "full":  # 16-bit training keeps an fp32 master copy of every weight
-        return estimate_memory(shape.n_params, "full", weight_bytes=precision,
+    name, base_bytes = SCENARIOS[method]
+    if get_method(name).trains_all:  # 16-bit training keeps an fp32 master copy of every weight
+        return estimate_memory(shape.n_params, name, weight_bytes=precision,
                                master_weights=precision != "fp32", **common)
-    trainable = lora_params(shape, r)
-    if method == "lora":
-        return estimate_memory(shape.n_params, "lora", trainable_params=trainable,
-                               weight_bytes=precision, **common)
-    return estimate_memory(shape.n_params, "qlora", trainable_params=trainable,  # base in NF4
+    return estimate_memory(shape.n_params, name, trainable_params=lora_params(shape, r),
+                           weight_bytes=base_bytes or precision,
                            grad_bytes=4.0 if precision == "fp32" else 2.0, **common)
 
 

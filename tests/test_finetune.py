@@ -80,15 +80,66 @@ def test_same_seed_same_numbers(tiny_model_dir, tmp_path):
     assert runs[0]["eval_after"] == runs[1]["eval_after"]
 
 
-def test_full_rejects_method_options(tiny_model_dir, tmp_path):
+def test_full_rejects_method_options(tmp_path):
     from labs.finetune import run_finetune
-    with pytest.raises(ValueError, match="takes no options"):
-        run_finetune("full", str(tiny_model_dir), task="define", preset=tiny_preset(), out=tmp_path,
+    with pytest.raises(ValueError, match="takes no options"):  # before loading: the model does not exist
+        run_finetune("full", str(tmp_path / "no-such-model"), task="define", preset=tiny_preset(), out=tmp_path,
                      options={"r": 8}, progress=False)
 
 
+def test_unknown_option_is_refused_before_loading_naming_what_is_accepted(tmp_path):
+    from labs.finetune import run_finetune
+    with pytest.raises(ValueError, match=r"'rank'.*accepts r, alpha"):
+        run_finetune("lora", str(tmp_path / "no-such-model"), task="define", preset=tiny_preset(),
+                     out=tmp_path, options={"rank": 8}, progress=False, impl="solutions")
+
+
+def test_unfinished_exercises_stop_the_run_before_loading(tmp_path):
+    """The untouched stubs: the run names the learner's own file, the open exercises, and the way out."""
+    from labs.finetune import run_finetune
+    from labs.methods import open_exercises
+    assert open_exercises("lora", "labs") == ["5.1", "5.2", "5.3", "5.4", "5.5", "5.6"]
+    assert open_exercises("lora", "solutions") == [] and open_exercises("full", "labs") == []
+    with pytest.raises(NotImplementedError) as err:
+        run_finetune("lora", str(tmp_path / "no-such-model"), task="define", preset=tiny_preset(),
+                     out=tmp_path, progress=False, impl="labs")
+    message = str(err.value)
+    for part in ("labs/lora.py", "5.1, 5.2", "notebooks/05_lora.ipynb", "--impl solutions"):
+        assert part in message, f"{part!r} missing from: {message}"
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_each_method_trains_with_its_own_learning_rate_unless_one_is_given(tiny_model_dir, tmp_path):
+    from labs.finetune import run_finetune
+    from labs.methods import METHODS, learning_rate
+    assert learning_rate("prompt", "quick") == METHODS["prompt"].lr["quick"] > learning_rate("lora", "quick")
+    assert learning_rate("full", "quick") < learning_rate("lora", "quick") / 10
+    assert learning_rate("lora", get_preset("quick", lr=1e-3)) == 1e-3
+    runs = {lr: run_finetune("lora", str(tiny_model_dir), task="define", preset=tiny_preset(max_steps=1, lr=lr),
+                             out=tmp_path / str(lr), progress=False, impl="solutions") for lr in (None, 7e-4)}
+    assert runs[None]["lr"] == METHODS["lora"].lr["quick"] and runs[7e-4]["lr"] == 7e-4
+
+
+def test_registry_is_complete_and_consistent():
+    """Every method's module has the entry point and the config it names; peft types map both ways."""
+    from labs.impl import technique
+    from labs.methods import METHODS, method_for_module, method_for_peft_type
+    from labs.presets import PRESETS
+    for name, spec in METHODS.items():
+        module = spec.technique("solutions") if not spec.infrastructure else spec.technique()
+        assert callable(module.prepare_for_finetune), name
+        assert set(spec.lr) == set(PRESETS), f"{name} lacks a learning rate for some preset"
+        assert method_for_module(spec.module) is spec
+        if spec.peft_type:
+            assert method_for_peft_type(spec.peft_type) is spec
+            assert spec.option_names("solutions") and spec.option_names("labs") == spec.option_names("solutions")
+            assert callable(technique(spec.module, "labs").prepare_for_finetune)
+    with pytest.raises(ValueError, match="LORA"):
+        method_for_peft_type("IA3")
+
+
 def test_cpu_peak_memory_window_forgets_earlier_peaks():
-    from labs.finetune import peak_memory_bytes, reset_peak
+    from labs.memory import peak_memory_bytes, reset_peak
     cpu = torch.device("cpu")
     big = torch.ones(64 * 2 ** 20 // 4)  # 64 MiB, touched
     big.add_(1)
@@ -116,51 +167,76 @@ def test_classification_head_always_trains():
     assert {n for n, p in model.named_parameters() if p.requires_grad} == set(names)
 
 
-def test_an_untouched_stub_message_reaches_the_caller(monkeypatch):
-    import types
+def test_an_untouched_stub_message_reaches_the_caller():
     from labs import methods
-    stub = types.SimpleNamespace(prepare_for_finetune=lambda *a: (_ for _ in ()).throw(
-        NotImplementedError("Exercise 5.1: LoRALinear.__init__ - see notebooks/05_lora.ipynb")))
-    monkeypatch.setattr("labs.impl.technique", lambda name, impl=None: stub)
-    with pytest.raises(NotImplementedError, match=r"^Exercise 5\.1: LoRALinear\.__init__"):
-        methods.prepare("lora", torch.nn.Linear(2, 2), None)
+    with pytest.raises(NotImplementedError, match=r"^Exercise 5\.\d: "):
+        methods.prepare("lora", torch.nn.ModuleDict({"q_proj": torch.nn.Linear(2, 2)}), None, impl="labs")
 
 
 def check_compare(rows: list[dict], out: Path, methods: list[str]) -> None:
     import csv
-    from labs.finetune import compare_row
+    from labs.compare import compare_row
     assert [r["method"] for r in rows] == methods
     assert [r["method"] for r in csv.DictReader((out / "compare.csv").open())] == methods
     assert "| method |" in (out / "compare.md").read_text()
-    done = [r for r in rows if r["status"] == "ok"]
-    assert done and (out / "pareto.png").read_bytes().startswith(b"\x89PNG")
-    for row in done:
+    assert (out / "pareto.png").read_bytes().startswith(b"\x89PNG")
+    for row in rows:
+        assert row["status"] == "ok", f"{row['method']} failed: {row['status']}"
         assert row == compare_row(json.loads((out / row["method"] / "metrics.json").read_text()))
 
 
+def in_process(model_dir, fail: str | None = None):
+    """A stand-in for compare's subprocess: runs the fine-tune here (or fails for method `fail`)."""
+    from labs import compare, finetune
+
+    def run_one(method, out, extra, progress):
+        if method == fail:
+            return {"method": method, "status": "failed: RuntimeError: out of memory"}
+        finetune.run_finetune(method, str(model_dir), task="define", preset=tiny_preset(), out=out,
+                              progress=False, impl="solutions")
+        return compare.compare_row(json.loads((out / "metrics.json").read_text()))
+    return run_one
+
+
 def test_compare_writes_a_table_and_a_pareto_plot(tiny_model_dir, tmp_path, monkeypatch):
-    from labs import finetune
-
-    def in_process(method, model, task, preset, out, seed, progress, extra):
-        finetune.run_finetune(method, model, task=task, preset=tiny_preset(), out=out, progress=False, seed=seed)
-        return finetune.compare_row(json.loads((out / "metrics.json").read_text()))
-
-    monkeypatch.setattr(finetune, "_compare_one", in_process)
-    rows = finetune.run_compare(["full"], str(tiny_model_dir), task="define", out=tmp_path, progress=False)
-    check_compare(rows, tmp_path, ["full"])
+    from labs import compare
+    monkeypatch.setattr(compare, "_run_one", in_process(tiny_model_dir))
+    rows = compare.run_compare(["full", "lora"], str(tiny_model_dir), task="define", out=tmp_path,
+                               progress=False, impl="solutions")
+    check_compare(rows, tmp_path, ["full", "lora"])
+    assert rows[0]["lr"] < rows[1]["lr"], "each method trains with its own learning rate"
     with pytest.raises(ValueError, match="twice"):
-        finetune.run_compare(["full", "full"], str(tiny_model_dir), out=tmp_path)
+        compare.run_compare(["full", "full"], str(tiny_model_dir), out=tmp_path)
+
+
+def test_compare_fails_naming_every_method_that_failed(tiny_model_dir, tmp_path, monkeypatch):
+    from labs import compare
+    monkeypatch.setattr(compare, "_run_one", in_process(tiny_model_dir, fail="lora"))
+    with pytest.raises(compare.CompareFailed, match="lora: failed: RuntimeError: out of memory") as err:
+        compare.run_compare(["full", "lora"], str(tiny_model_dir), task="define", out=tmp_path,
+                            progress=False, impl="solutions")
+    assert [r["status"] for r in err.value.rows] == ["ok", "failed: RuntimeError: out of memory"]
+    assert "failed: RuntimeError" in (tmp_path / "compare.md").read_text(), "the table is written all the same"
+
+
+def test_compare_refuses_unfinished_exercises_before_any_run(tmp_path):
+    from labs.compare import run_compare
+    with pytest.raises(NotImplementedError, match="labs/prompt_tuning.py"):
+        run_compare(["full", "prompt"], str(tmp_path / "no-such-model"), task="define", out=tmp_path, impl="labs")
+    assert not (tmp_path / "full").exists()
 
 
 @pytest.mark.slow
 def test_compare_runs_each_method_in_its_own_process(tiny_model_dir, tmp_path, monkeypatch):
-    from labs import finetune
-    monkeypatch.setenv("LABS_IMPL", "solutions" if Path("solutions").is_dir() else "labs")
+    from labs.compare import run_compare
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the child processes share the cores with other tests
-    rows = finetune.run_compare(["full", "lora"], str(tiny_model_dir), task="define", preset="quick",
-                                out=tmp_path, progress=False, max_steps=3)
+    impl = "solutions" if Path("solutions").is_dir() else "labs"
+    rows = run_compare(["full", "lora"], str(tiny_model_dir), task="define", preset="quick",
+                       out=tmp_path, progress=False, max_steps=3, impl=impl)
     check_compare(rows, tmp_path, ["full", "lora"])
+    metrics = json.loads((tmp_path / "lora" / "metrics.json").read_text())
+    assert metrics["impl"] == impl and metrics["lr"] == rows[1]["lr"]
 
 
 def test_pareto_front_keeps_only_undominated_points():

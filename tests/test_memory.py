@@ -60,7 +60,7 @@ def test_lora_adds_its_weights_bitfit_trains_a_subset():
 
 
 def test_qlora_stores_the_base_in_about_half_a_byte_per_weight():
-    qlora = estimate_memory(7e9, "qlora", trainable_params=4e6)
+    qlora = estimate_memory(7e9, "lora", trainable_params=4e6, weight_bytes="nf4-dq")  # QLoRA: LoRA on NF4
     lora = estimate_memory(7e9, "lora", trainable_params=4e6)
     assert 0.5 < (qlora.weights - 4e6 * 2) / 7e9 < 0.53     # 4 bits + double-quantised constants
     assert qlora.weights < lora.weights / 3
