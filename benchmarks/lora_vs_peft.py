@@ -6,10 +6,9 @@ inference latency (base, LoRA unmerged, LoRA merged, bottleneck adapters) at bat
 
 How it is measured, so the figures can be judged:
 - Both LoRAs get the same rank, alpha, targets, batch and the *same* initial A and B, and run the
-  same step (forward, loss, backward, AdamW step). Variants are timed in turns, alternating order
-  each repetition, so that a busy machine slows all of them alike; medians are reported, of wall
-  time and of this process's CPU time (steadier on a shared machine: it leaves out the time other
-  programs held the cores).
+  same step (forward, loss, backward, AdamW step). Variants are timed in turns by labs.timing
+  (wall clock, order reversed every other repetition, medians), the clock every notebook uses, so
+  that a busy machine slows all of them alike.
 - Peak memory: each variant trains in a fresh child process (labs.memory.measure_peak reads its
   peak resident memory, VmHWM); a child that only loads the model is the baseline. The ratio is of
   what training adds above that baseline, where the two LoRAs can differ at all.
@@ -21,9 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +28,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+
+from labs.timing import interleaved_medians  # noqa: E402
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -102,29 +101,6 @@ def make_step(model):
     return step
 
 
-def timed(fn) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) for one call."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
-def interleaved(fns: dict, reps: int, warmup: int = 1) -> dict[str, dict[str, float]]:
-    """Median wall and CPU seconds per call of each function, timed in turns (order reversed
-    every other rep). CPU time counts only this process's work: on a shared machine it is far
-    steadier than wall time, which also counts the time other programs held the cores."""
-    names = list(fns)
-    for name in names:
-        for _ in range(warmup):
-            fns[name]()
-    runs = {n: [] for n in names}
-    for rep in range(reps):
-        for name in (names if rep % 2 == 0 else names[::-1]):
-            runs[name].append(timed(fns[name]))
-    return {n: {"wall": statistics.median(w for w, _ in r), "cpu": statistics.median(c for _, c in r)}
-            for n, r in runs.items()}
-
-
 # ---------------------------------------------------------------------------------------------
 # Memory: one child process per variant (module-level functions so they can be pickled)
 # ---------------------------------------------------------------------------------------------
@@ -182,8 +158,9 @@ def latency(base, ours, args) -> dict[str, dict[str, float]]:
                        min_new_tokens=8, do_sample=False, pad_token_id=0)
 
     reps = max(3, args.reps)
-    return {"forward 1x64": interleaved({n: (lambda m=m: forward(m)) for n, m in variants.items()}, reps),
-            "generate 8 tokens": interleaved({n: (lambda m=m: generate(m)) for n, m in variants.items()}, reps)}
+    return {"forward 1x64": interleaved_medians({n: (lambda m=m: forward(m)) for n, m in variants.items()}, reps),
+            "generate 8 tokens": interleaved_medians({n: (lambda m=m: generate(m)) for n, m in variants.items()},
+                                                     reps)}
 
 
 
@@ -201,11 +178,9 @@ def main(argv=None) -> None:
     theirs = make_peft(base, args, like=ours)
     b = batch(args)
     steps = {"ours": make_step(ours), "peft": make_step(theirs)}
-    step_s = interleaved({n: (lambda s=s: s(b)) for n, s in steps.items()}, args.reps)
+    step_s = interleaved_medians({n: (lambda s=s: s(b)) for n, s in steps.items()}, args.reps)
     print(f"\ntraining step, median of {args.reps}:   {'ours':>9} {'peft':>9}   ratio ours/peft")
-    for clock in ("wall", "cpu"):
-        o, t = step_s["ours"][clock], step_s["peft"][clock]
-        print(f"  {clock + ' seconds':<29}{o:>9.3f} {t:>9.3f}   {o / t:.2f}")
+    print(f"  {'wall seconds':<29}{step_s['ours']:>9.3f} {step_s['peft']:>9.3f}   {step_s['ours'] / step_s['peft']:.2f}")
     if not args.no_memory:
         mem = memory(args)
         added = {v: mem[v] - mem["baseline"] for v in ("ours", "peft")}
@@ -215,11 +190,10 @@ def main(argv=None) -> None:
               f"   ratio ours/peft {added['ours'] / added['peft']:.2f}   (peak ratio {mem['ours'] / mem['peft']:.2f})")
     ours.eval()
     lat = latency(base, ours, args)
-    print("\ninference latency at batch 1, median CPU time (wall time), ratio to the base model:")
-    print(f"  {'variant':<22}" + "".join(f"{k:>34}" for k in lat))
+    print("\ninference latency at batch 1, median wall time, ratio to the base model:")
+    print(f"  {'variant':<22}" + "".join(f"{k:>24}" for k in lat))
     for name in lat["forward 1x64"]:
-        cells = "".join(f"{lat[k][name]['cpu'] * 1e3:>12.1f} ms ({lat[k][name]['wall'] * 1e3:6.1f}) "
-                        f"{lat[k][name]['cpu'] / lat[k]['base']['cpu']:5.2f}x" for k in lat)
+        cells = "".join(f"{lat[k][name] * 1e3:>12.1f} ms {lat[k][name] / lat[k]['base']:5.2f}x" for k in lat)
         print(f"  {name:<22}{cells}")
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from labs import viz
+from labs.methods import learning_rate
 from labs.models import load_model, pick_device
 from labs.presets import get_preset
 from labs.surgery import count_parameters
@@ -40,7 +41,7 @@ from labs.surgery import count_parameters
 preset = get_preset()
 device = pick_device()
 print(f"preset {preset.name}: {preset.max_steps} steps of batch {preset.batch_size} x {preset.seq_len} tokens, "
-      f"lr {preset.lr_full:g}, on {device}")"""),
+      f"lr {learning_rate('full', preset):g}, on {device}")"""),
     ("md", r"""
 ## The model
 
@@ -126,7 +127,7 @@ way. `labs.train.train` is the one training loop of the course: AdamW over the t
 a cosine learning-rate decay, gradient clipping, and a `History` of losses and step times.
 We remember three weight matrices first, to check afterwards whether *every* weight really moved."""),
     ("code", r"""
-from labs.finetune import current_rss_bytes, peak_memory_bytes, reset_peak
+from labs.memory import current_rss_bytes, peak_memory_bytes, reset_peak
 from labs.train import TrainConfig, train
 
 watched = ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
@@ -134,7 +135,7 @@ watched = ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"
 params = dict(model.named_parameters())
 original = {name: params[name].detach().clone() for name in watched}
 
-train_cfg = TrainConfig(lr=preset.lr_full, max_steps=preset.max_steps, grad_accum=preset.grad_accum,
+train_cfg = TrainConfig(lr=learning_rate("full", preset), max_steps=preset.max_steps, grad_accum=preset.grad_accum,
                         bf16=preset.bf16)
 stream = batches(train_ex, tok, task, preset.seq_len, preset.batch_size, epochs=None)  # reshuffled each epoch
 rss_before = current_rss_bytes()
@@ -197,7 +198,8 @@ viz.before_after({k: before[k] for k in shown_metrics}, {k: after[k] for k in sh
 A fully fine-tuned model *is* a new model: to keep it you store every weight. Saved with safetensors
 (the tied embedding stored once):"""),
     ("code", r"""
-from labs.finetune import save_full_model, write_json
+from labs.files import write_json
+from labs.full import save_full_model
 
 runs = Path("..", "runs") if Path.cwd().name == "notebooks" else Path("runs")
 out = runs / "01_full_finetuning"

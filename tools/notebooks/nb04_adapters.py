@@ -43,9 +43,7 @@ the price adapters pay that LoRA does not: inference latency."""),
     ("code", r"""
 import copy
 import gc
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -57,6 +55,7 @@ from labs.impl import technique
 from labs.models import load_model
 from labs.presets import get_preset
 from labs.surgery import count_parameters
+from labs.timing import interleaved_medians
 
 adapters = technique("adapters")  # your labs/adapters.py (or the reference, with LABS_IMPL=solutions)
 lora = technique("lora")
@@ -172,7 +171,7 @@ weights start from an exact copy of the base model's behaviour, so a learning ra
 fine-tuning's is safe; much larger ones (5e-3 here) collapse this small model onto one class."""),
     ("code", r"""
 STEPS = max(preset.max_steps, 60)    # the quick preset's 20 steps leave MiniLM near chance on this task
-budget = get_preset(preset.name, max_steps=STEPS, lr_peft=1e-3, n_probe=0,  # Houlsby searched 3e-5 .. 1e-3
+budget = get_preset(preset.name, max_steps=STEPS, lr=1e-3, n_probe=0,  # Houlsby searched 3e-5 .. 1e-3
                     n_eval=max(preset.n_eval, 256))     # 256 reviews: one review is 0.4 points
 bert_run = run_finetune("adapter", "minilm-l6", task="sentiment", preset=budget,
                         out=runs_dir / "adapter-minilm", progress=False)"""),
@@ -208,16 +207,11 @@ and the model with a LoRA adapter merged. The three models take turns, pass by p
 background hiccup hits them all alike."""),
     ("code", r"""
 def median_latency_ms(models: dict, input_ids: torch.Tensor, repeats: int = 20, warmup: int = 3) -> dict:
-    # Median wall time (ms) of one forward pass per model, the models taking turns each round.
-    times = {name: [] for name in models}
+    # Median wall time (ms) of one forward pass per model, the models taking turns (labs.timing).
     with torch.no_grad():
-        for i in range(warmup + repeats):
-            for name, model in models.items():
-                start = time.perf_counter()
-                model(input_ids=input_ids)
-                if i >= warmup:
-                    times[name].append(1000 * (time.perf_counter() - start))
-    return {name: statistics.median(t) for name, t in times.items()}
+        seconds = interleaved_medians({name: (lambda m=m: m(input_ids=input_ids)) for name, m in models.items()},
+                                      repeats, warmup)
+    return {name: 1000 * s for name, s in seconds.items()}
 
 
 base, tok = load_model("smollm2-135m")
