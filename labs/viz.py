@@ -7,9 +7,7 @@ figure displays itself as a PNG.
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import asdict, is_dataclass
-from pathlib import Path
 from typing import Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -187,8 +185,6 @@ def sweep(series, *, x_label: str = "rank r", y_label: str = "metric", title: st
 
 
 def save(fig: Figure, path) -> None:
-    """Write the figure as PNG atomically (a temporary file in the same folder, then a rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    """Write the figure as PNG, atomically (labs.files.write_atomically)."""
+    from labs.files import write_atomically
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))

