@@ -116,8 +116,12 @@ finetune: runs/setup/metrics.json
 test: | $(VENV)/.stamp-deps
 	@echo "== stubs are generated from solutions/"
 	$(PY) tools/make_stubs.py --check
-	@echo "== exercise ids agree, tests pass on solutions and fail on stubs"
+	@echo "== every notebook is what its builder in tools/notebooks/ writes"
+	$(PY) tools/notebooks/nbtools.py --check
+	@echo "== exercise ids agree, no answer ships outside its stub, tests pass on solutions and fail on stubs"
 	$(TEST_ENV) $(PY) tools/check_exercises.py -n 2
+	@echo "== one exercise at a time: its tests fail when only it is undone, or when its body does nothing"
+	$(TEST_ENV) $(PY) tools/check_exercises.py --each -n 2
 	@echo "== the suite, against the reference solutions"
 	$(TEST_ENV) $(PY) -m pytest tests --impl solutions $(PYTEST_ARGS)
 

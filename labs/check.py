@@ -6,6 +6,10 @@
 
 In a notebook, `check("5.2")` prints one line in place. The tests run in a fresh subprocess, so
 edits to labs/<technique>.py are picked up without restarting the kernel.
+
+For a learner a failing check only prints. Under the test suite (tests/test_notebooks.py sets
+LABS_CHECK_STRICT=1) and in CI (CI=true) it also raises CheckFailed, so a notebook whose checks
+fail fails its test; LABS_CHECK_STRICT=0 turns that off.
 """
 from __future__ import annotations
 
@@ -23,6 +27,21 @@ from labs.impl import current_impl
 
 ROOT = Path(__file__).resolve().parent.parent
 SELECTOR = re.compile(r"^\d+(\.\d+)?$")
+STRICT_ENV = "LABS_CHECK_STRICT"  # "1": a failing check() raises; "0": it only prints; unset: CI decides
+
+
+class CheckFailed(AssertionError):
+    """A notebook check that did not pass, raised under the test suite and in CI."""
+
+
+def strict() -> bool:
+    """Whether check() raises on failure: LABS_CHECK_STRICT=1, or CI=true unless LABS_CHECK_STRICT=0."""
+    setting = os.environ.get(STRICT_ENV, "").strip()
+    if setting in ("0", "1"):
+        return setting == "1"
+    if setting:
+        raise ValueError(f"{STRICT_ENV}={setting!r} is not valid; use 1 (a failing check raises) or 0 (it prints)")
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
 @dataclass(frozen=True)
@@ -94,16 +113,23 @@ def format_table(results: list[ExerciseResult]) -> str:
 
 
 def check(exercise: str) -> None:
-    """Notebook helper: check one exercise and print one line about it (use run_checks for data)."""
+    """Notebook helper: check one exercise and print one line about it (use run_checks for data).
+
+    Under the test suite and in CI (see strict()), an exercise that does not pass also raises
+    CheckFailed, so the notebook stops there and its test fails.
+    """
     results = run_checks(str(exercise))
     if not results:
-        print(f"Exercise {exercise}: no graded tests found")
-        return
-    r = results[0]
-    mark = {"passed": "PASSED", "failing": "FAILING", "not started": "NOT DONE YET"}[r.status]
-    detail = f" - {r.hint}" if r.hint else ""
-    print(f"Exercise {r.exercise}: {mark} ({r.points:g}/{r.max_points:g} points, "
-          f"{r.passed}/{r.total} tests, impl={current_impl()}){detail}")
+        line = f"Exercise {exercise}: no graded tests found"
+    else:
+        r = results[0]
+        mark = {"passed": "PASSED", "failing": "FAILING", "not started": "NOT DONE YET"}[r.status]
+        detail = f" - {r.hint}" if r.hint else ""
+        line = (f"Exercise {r.exercise}: {mark} ({r.points:g}/{r.max_points:g} points, "
+                f"{r.passed}/{r.total} tests, impl={current_impl()}){detail}")
+    print(line)
+    if (not results or results[0].status != "passed") and strict():
+        raise CheckFailed(f"{line}\n({STRICT_ENV}=1 or CI=true: a check that does not pass stops the notebook)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Shared test set-up: the `impl` fixture, the exercise marker, and the exercise report.
+"""Shared test set-up: the `impl` fixture, the exercise marker, the exercise report, and the
+tiny models every test file builds (`from conftest import tiny_llama, tiny_bert, tiny_gpt2`).
 
 Graded tests reach technique code only through `impl("lora")`, never a top-level import, so a
 broken student file fails its own tests instead of stopping collection of the whole suite.
@@ -21,6 +22,50 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Child processes (labs check, notebooks, compare runs) inherit this: one thread each on shared cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny models: random weights, seeded, built offline in milliseconds. One place builds them; a
+# test file passes only what its tests need to differ (a width, a vocabulary, tied embeddings).
+# ---------------------------------------------------------------------------------------------
+def tiny_llama(vocab: int = 100, hidden: int = 64, intermediate: int = 128, layers: int = 2, heads: int = 4,
+               kv_heads: int = 2, *, seed: int = 0, eval_mode: bool = True, **config):
+    """A Llama-architecture causal LM (RMSNorm, gated MLP, grouped-query attention, no biases).
+
+    Seeded with torch.manual_seed(seed) just before it is built; in eval mode unless asked
+    (eval: no dropout, outputs deterministic). `config`: any other LlamaConfig field.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+                                         num_hidden_layers=layers, num_attention_heads=heads,
+                                         num_key_value_heads=kv_heads, **config))
+    return model.eval() if eval_mode else model
+
+
+def tiny_bert(vocab: int = 100, hidden: int = 32, intermediate: int = 64, layers: int = 2, heads: int = 2,
+              labels: int = 2, *, seed: int = 0, **config):
+    """A BERT encoder with a classification head (biases and LayerNorms everywhere), in eval mode."""
+    from transformers import BertConfig, BertForSequenceClassification
+    torch_seed(seed)
+    config.setdefault("max_position_embeddings", 32)
+    return BertForSequenceClassification(BertConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, num_labels=labels, **config)).eval()
+
+
+def tiny_gpt2(vocab: int = 100, hidden: int = 32, layers: int = 2, heads: int = 2, *, seed: int = 0, **config):
+    """A GPT-2 causal LM: its projections are Conv1D (weights stored transposed), in eval mode."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch_seed(seed)
+    config.setdefault("n_positions", 32)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=heads,
+                                      **config)).eval()
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+    torch.manual_seed(seed)
 
 
 def _default_impl() -> str:

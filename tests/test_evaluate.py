@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import conftest
 from labs import evaluate
 
 WORDS = ["<pad>", "<unk>", "<s>", "</s>", "Question", "Answer", ":", "?", "what", "colour", "is", "the",
@@ -25,13 +27,8 @@ def tiny_tokenizer():
                                    bos_token="<s>", eos_token="</s>", padding_side="left")
 
 
-def tiny_llama(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         pad_token_id=0, bos_token_id=2, eos_token_id=3)
-    return LlamaForCausalLM(config).eval()
+tiny_llama = partial(conftest.tiny_llama, len(WORDS), 32, 64, max_position_embeddings=128,
+                     pad_token_id=0, bos_token_id=2, eos_token_id=3)  # the shared tiny Llama over WORDS
 
 
 class UnigramModel(nn.Module):

@@ -9,33 +9,16 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM)
+
+from conftest import tiny_bert, tiny_gpt2, tiny_llama
 
 V, L = 100, 2                       # vocabulary, layers
 BD, BF, BH = 32, 64, 2              # BERT: width, MLP width, heads
 LD, LF, LH, KV = 64, 128, 4, 2      # Llama: width, MLP width, heads, kv heads
 M = 8                               # bottleneck m used throughout
 LABELS = 2
-
-
-def tiny_bert(hidden: int = BD) -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=V, hidden_size=hidden, intermediate_size=BF, num_hidden_layers=L,
-                        num_attention_heads=BH, max_position_embeddings=32, num_labels=LABELS)
-    return BertForSequenceClassification(config).eval()  # eval: no dropout, outputs deterministic
-
-
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=V, hidden_size=LD, intermediate_size=LF, num_hidden_layers=L,
-                         num_attention_heads=LH, num_key_value_heads=KV)
-    return LlamaForCausalLM(config).eval()
-
-
-def tiny_gpt2() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=BD, n_layer=L, n_head=BH, n_positions=32)).eval()
+# The shared tiny models (tests/conftest.py) at their defaults are exactly these shapes:
+# BERT V x BD, MLP BF, BH heads; Llama V x LD, MLP LF, LH heads, KV kv heads; GPT-2 V x BD, BH heads.
 
 
 def ids(batch: int = 2, tokens: int = 6) -> torch.Tensor:
@@ -190,6 +173,10 @@ def test_inject_keeps_outputs_at_init(impl):
         base = build()(ids()).logits
         model = build()
         adapters.inject_adapters(model, adapters.AdapterConfig(bottleneck=M, placement=placement))
+        wrapped = [m for m in model.modules() if isinstance(m, adapters.AdapterWrapped)]
+        per_block = 2 if placement == "houlsby" else 1
+        assert len(wrapped) == per_block * L, \
+            f"{type(model).__name__}: {placement} puts {per_block} adapters in each of {L} blocks, found {len(wrapped)}"
         assert torch.equal(model(ids()).logits, base), \
             f"{type(model).__name__}: with near-identity adapters the outputs must equal the base model's"
 
@@ -297,7 +284,7 @@ def test_round_trip_gives_identical_logits(impl):
 
 
 def test_round_trip_through_peft_format_files(impl, tmp_path):
-    peft_format = pytest.importorskip("labs.peft_format")
+    from labs import peft_format  # first-party: a broken module fails this test, never skips it
     adapters = impl("adapters")
     model = adapters.apply(tiny_llama(), adapters.AdapterConfig(bottleneck=M, placement="pfeiffer"))
     perturb(model)

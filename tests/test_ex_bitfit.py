@@ -8,26 +8,15 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+from conftest import tiny_bert, tiny_llama
 
 V, L = 100, 2                       # vocabulary, layers
 BD, BF, BH = 32, 64, 2              # BERT: width, MLP width, heads
 LD, LF, LH, KV = 64, 128, 4, 2      # Llama: width, MLP width, heads, kv heads
 LABELS = 2
-
-
-def tiny_bert(intermediate: int = BF) -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=V, hidden_size=BD, intermediate_size=intermediate, num_hidden_layers=L,
-                        num_attention_heads=BH, max_position_embeddings=32, num_labels=LABELS)
-    return BertForSequenceClassification(config).eval()  # eval: no dropout, outputs deterministic
-
-
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=V, hidden_size=LD, intermediate_size=LF, num_hidden_layers=L,
-                         num_attention_heads=LH, num_key_value_heads=KV)
-    return LlamaForCausalLM(config).eval()
+# The shared tiny models (tests/conftest.py) at their defaults are exactly these shapes:
+# BERT V x BD, MLP BF, BH heads, LABELS labels; Llama V x LD, MLP LF, LH heads, KV kv heads.
 
 
 def bert_bias_count(with_head: bool = True) -> int:
@@ -273,7 +262,7 @@ def test_norm_only_round_trip_on_llama(impl):
 
 
 def test_round_trip_through_peft_format_files(impl, tmp_path):
-    peft_format = pytest.importorskip("labs.peft_format")
+    from labs import peft_format  # first-party: a broken module fails this test, never skips it
     bitfit = impl("bitfit")
     model = _trained_bitfit_bert(bitfit)
     peft_format.save_adapter(model, tmp_path / "bitfit")

@@ -4,16 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+from transformers import BertForSequenceClassification, LlamaForCausalLM
+
+import conftest
 
 V, D, F, L, H, KV = 100, 32, 64, 2, 4, 2  # vocabulary, width, MLP width, layers, heads, kv heads
 
 
 def tiny_llama(tied: bool = True) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=L,
-                         num_attention_heads=H, num_key_value_heads=KV, tie_word_embeddings=tied)
-    return LlamaForCausalLM(config)
+    """The shared tiny Llama at this file's width, tied or not, in training mode."""
+    return conftest.tiny_llama(V, D, F, L, H, KV, tie_word_embeddings=tied, eval_mode=False)
 
 
 def llama_size(tied: bool = True) -> int:
@@ -24,10 +24,8 @@ def llama_size(tied: bool = True) -> int:
 
 
 def tiny_bert_classifier(num_labels: int = 2) -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=L,
-                        num_attention_heads=H, max_position_embeddings=32, num_labels=num_labels)
-    return BertForSequenceClassification(config).eval()  # eval: no dropout, steps are deterministic
+    """The shared tiny BERT classifier at this file's width (eval: no dropout, steps deterministic)."""
+    return conftest.tiny_bert(V, D, F, L, H, labels=num_labels)
 
 
 def ids(batch: int = 2, tokens: int = 6) -> torch.Tensor:

@@ -4,36 +4,22 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 
 import pytest
 import torch
 from torch import nn
-from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel,
-                          LlamaConfig, LlamaForCausalLM)
+from transformers import BertForSequenceClassification
 from transformers.pytorch_utils import Conv1D
+
+import conftest
+from conftest import tiny_llama  # V x D, MLP F, L layers, H heads, KV kv heads: the shared defaults
 
 V, D, F, L, H, KV = 100, 64, 128, 2, 4, 2  # vocabulary, width, MLP width, layers, heads, kv heads
 
 
-def tiny_llama(seed: int = 0, hidden: int = D) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=V, hidden_size=hidden, intermediate_size=F, num_hidden_layers=L,
-                         num_attention_heads=H, num_key_value_heads=KV)
-    return LlamaForCausalLM(config).eval()  # eval: no dropout anywhere, outputs are deterministic
-
-
-def tiny_gpt2() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=V, n_embd=32, n_layer=L, n_head=4, n_positions=32,
-                        bos_token_id=0, eos_token_id=0)
-    return GPT2LMHeadModel(config).eval()
-
-
-def tiny_bert() -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=L,
-                        num_attention_heads=4, max_position_embeddings=32, num_labels=2)
-    return BertForSequenceClassification(config).eval()
+tiny_gpt2 = partial(conftest.tiny_gpt2, V, 32, L, 4, bos_token_id=0, eos_token_id=0)
+tiny_bert = partial(conftest.tiny_bert, V, 32, 64, L, 4)
 
 
 def ids(batch: int = 2, tokens: int = 7) -> torch.Tensor:

@@ -9,30 +9,25 @@ from __future__ import annotations
 import copy
 import json
 import warnings
+from functools import partial
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
-from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+import conftest
 
 V, D, H, KV, L, MAX_POS = 100, 64, 4, 2, 2, 32
 P = 4
 
 
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=V, hidden_size=D, intermediate_size=2 * D, num_hidden_layers=L,
-                         num_attention_heads=H, num_key_value_heads=KV, max_position_embeddings=MAX_POS,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2, initializer_range=0.2)
-    return LlamaForCausalLM(config).eval()   # eval: no dropout, outputs deterministic
-
-
-def tiny_bert() -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=V, hidden_size=32, num_hidden_layers=L, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=MAX_POS, num_labels=2)
-    return BertForSequenceClassification(config).eval()
+# The shared tiny models (tests/conftest.py): a Llama with MAX_POS positions and wider initial
+# weights (initializer_range 0.2, so a prefix or a prompt visibly moves the outputs), and the
+# default BERT classifier (32 wide, 2 heads, MAX_POS positions).
+tiny_llama = partial(conftest.tiny_llama, V, D, 2 * D, L, H, KV, max_position_embeddings=MAX_POS,
+                     pad_token_id=0, bos_token_id=1, eos_token_id=2, initializer_range=0.2)
+tiny_bert = partial(conftest.tiny_bert, V, 32, 64, L, 2, max_position_embeddings=MAX_POS)
 
 
 class WordTokenizer:

@@ -1,7 +1,8 @@
 """The exercise machinery itself: stub generation, marker hygiene, id bookkeeping, check reports."""
 from __future__ import annotations
 
-import subprocess
+import ast
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,7 +13,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 import check_exercises  # noqa: E402
 import make_stubs  # noqa: E402
 
-from labs.check import format_table, summarize  # noqa: E402
+from labs import check as labs_check  # noqa: E402
+from labs.check import STRICT_ENV, ExerciseResult, format_table, summarize  # noqa: E402
 
 SOLUTION = '''"""A tiny technique."""
 NOTEBOOK = "notebooks/09_demo.ipynb"
@@ -108,3 +110,104 @@ def test_check_rejects_a_malformed_selector():
     from labs.check import run_checks
     with pytest.raises(ValueError, match="5.2"):
         run_checks("lora")
+
+
+# ---------------------------------------------------------------------------------------------
+# One exercise at a time (check_exercises --each)
+# ---------------------------------------------------------------------------------------------
+FOLLOWED = SOLUTION + '''
+
+class Counter:
+    def __init__(self, start):
+        # BEGIN SOLUTION 9.3
+        self.value = start
+        # END SOLUTION
+        self.calls = 0
+'''
+
+
+def test_variant_replaces_only_the_one_region(tmp_path):
+    path = make_tree(tmp_path, FOLLOWED) / "solutions" / "demo.py"
+    text = check_exercises.variant_source(path, "9.2", "raise")
+    assert 'raise NotImplementedError("Exercise 9.2: plus_one - see notebooks/09_demo.ipynb")' in text
+    assert "return a + 1" not in text and "return 2 * x" in text and "self.value = start" in text
+    assert "BEGIN SOLUTION 9.1" in text and "BEGIN SOLUTION 9.2" not in text
+    namespace: dict = {}
+    exec(compile(check_exercises.variant_source(path, "9.1", "none"), "demo.py", "exec"), namespace)
+    assert namespace["Doubler"]().forward(3) is None and namespace["plus_one"](1) == 2
+    # `pass` differs from `return None` only where the function goes on after the region
+    assert [check_exercises.code_follows(path, ex) for ex in ("9.1", "9.2", "9.3")] == [False, False, True]
+    exec(compile(check_exercises.variant_source(path, "9.3", "pass"), "demo.py", "exec"), namespace)
+    counter = namespace["Counter"](5)
+    assert counter.calls == 0 and not hasattr(counter, "value")
+
+
+def test_each_check_catches_a_test_that_passes_on_a_body_that_does_nothing(tmp_path):
+    """End to end on a tiny course: 9.1 has a real test; 9.2's only test passes on `return None`."""
+    root = make_tree(tmp_path)
+    (root / "solutions" / "__init__.py").write_text("")
+    make_stubs.main(["--root", str(root)])
+    shutil.copyfile(ROOT / "tests" / "conftest.py", root / "tests" / "conftest.py")
+    (root / "labs" / "__init__.py").write_text("")
+    (root / "labs" / "impl.py").write_text((ROOT / "labs" / "impl.py").read_text())
+    (root / "tests" / "test_ex_demo.py").write_text(
+        "import pytest\n\n"
+        '@pytest.mark.exercise("9.1", points=1)\n'
+        'def test_doubles(impl):\n    assert impl("demo").Doubler().forward(3) == 6\n\n\n'
+        '@pytest.mark.exercise("9.2", points=1)\n'
+        'def test_never_raises(impl):\n    impl("demo").plus_one(1)  # checks nothing about the result\n')
+    problems = check_exercises.check_each(root)
+    assert problems == ["[9.2] PASSES when 9.2's body is just `return None`: tests/test_ex_demo.py::test_never_raises"]
+    assert (root / "solutions" / "demo.py").read_text() == SOLUTION, "the reference itself is never touched"
+
+
+# ---------------------------------------------------------------------------------------------
+# First-party imports, notebook checks, notebook builders
+# ---------------------------------------------------------------------------------------------
+def test_first_party_modules_are_imported_never_skipped():
+    """pytest.importorskip would hide a broken course module behind a skip; only third-party
+    packages (an optional accelerator library, say) may be skipped when absent."""
+    first_party = {p.name for p in ROOT.iterdir() if p.is_dir()} | {p.stem for p in (ROOT / "tools").rglob("*.py")}
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "importorskip" and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                    and str(node.args[0].value).split(".")[0] in first_party):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} importorskip({node.args[0].value!r})")
+    assert not offenders, "import first-party modules plainly: " + ", ".join(offenders)
+
+
+FAILING = ExerciseResult("5.2", 1, 3, 1, 3, "AssertionError: B must start at zero")
+PASSING = ExerciseResult("5.2", 3, 3, 3, 3, "")
+
+
+@pytest.mark.parametrize("env", [{}, {"CI": "true", "LABS_CHECK_STRICT": "0"}])
+def test_a_learners_failing_check_prints_and_does_not_raise(monkeypatch, capsys, env):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv(STRICT_ENV, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(labs_check, "run_checks", lambda selector: [FAILING])
+    assert labs_check.check("5.2") is None
+    assert "Exercise 5.2: FAILING (1/3 points, 1/3 tests" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("env", [{STRICT_ENV: "1"}, {"CI": "true"}])
+def test_a_failing_check_raises_under_the_tests_and_in_ci(monkeypatch, capsys, env):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv(STRICT_ENV, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(labs_check, "run_checks", lambda selector: [FAILING])
+    with pytest.raises(labs_check.CheckFailed, match="Exercise 5.2: FAILING .*B must start at zero"):
+        labs_check.check("5.2")
+    assert "FAILING" in capsys.readouterr().out, "the line is printed before the error"
+    monkeypatch.setattr(labs_check, "run_checks", lambda selector: [])
+    with pytest.raises(labs_check.CheckFailed, match="no graded tests"):
+        labs_check.check("5.9")
+    monkeypatch.setattr(labs_check, "run_checks", lambda selector: [PASSING])
+    labs_check.check("5.2")  # a passing check never raises
+    monkeypatch.setenv(STRICT_ENV, "yes")
+    with pytest.raises(ValueError, match="LABS_CHECK_STRICT='yes' is not valid"):
+        labs_check.strict()

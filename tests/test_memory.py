@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import tiny_llama
 from labs import memory
 from labs.memory import (MemoryEstimate, estimate_memory, measure_activations, measure_components,
                          measure_peak, storage_bytes, storage_for_tasks)
@@ -149,12 +150,7 @@ def test_tied_weights_are_counted_once():
 
 
 def _tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2)
-    return LlamaForCausalLM(cfg).train()
+    return tiny_llama(64, 32, 64, eval_mode=False)  # the shared tiny Llama (tests/conftest.py), training mode
 
 
 def _batch(b, t=16):

@@ -2,16 +2,25 @@
 committed clean (no outputs, no execution counts).
 
 The kernel is the `python3` kernelspec of this environment (`make setup` installs it), started in
-notebooks/ as JupyterLab would, with LABS_IMPL=solutions and LABS_PRESET=quick.
+notebooks/ as JupyterLab would, with LABS_IMPL=solutions and LABS_PRESET=quick, and with
+LABS_CHECK_STRICT=1 so that a notebook check("N.k") that does not pass raises (for a learner it
+only prints). Each notebook is also what its builder in tools/notebooks/ writes today.
 """
+import json
 import os
+import runpy
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from labs.check import STRICT_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+sys.path.insert(0, str(ROOT / "tools" / "notebooks"))
+import nbtools  # noqa: E402
 CELL_TIMEOUT_S = 600
 
 
@@ -34,6 +43,31 @@ def test_committed_without_outputs(path):
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3", f"{path.name} should use the python3 kernel"
 
 
+def test_every_notebook_is_what_its_builder_writes():
+    assert nbtools.check() == []
+
+
+def test_builder_check_catches_hand_edits_missing_and_stray_notebooks(tmp_path):
+    builders, notebooks = tmp_path / "tools" / "notebooks", tmp_path / "notebooks"
+    builders.mkdir(parents=True)
+    notebooks.mkdir()
+    out = notebooks / "99_demo.ipynb"
+    builder = builders / "nb99_demo.py"
+    builder.write_text("from pathlib import Path\nfrom nbtools import main\n\n"
+                       f"OUT = Path({str(out)!r})\nCELLS = [('md', '# Demo'), ('code', '1 + 1')]\n\n"
+                       "if __name__ == '__main__':\n    main(CELLS, 'demo', OUT)\n")
+    assert [p for p in nbtools.check(builders) if "99_demo.ipynb is missing" in p]
+    runpy.run_path(str(builder), run_name="__main__")
+    assert nbtools.check(builders) == []
+    edited = json.loads(out.read_text())
+    edited["cells"][1]["source"] = "1 + 2"
+    out.write_text(json.dumps(edited, indent=1))
+    assert [p for p in nbtools.check(builders) if "is not what nb99_demo.py builds" in p]
+    runpy.run_path(str(builder), run_name="__main__")
+    (notebooks / "98_stray.ipynb").write_text(out.read_text())
+    assert nbtools.check(builders) == ["notebooks/98_stray.ipynb has no builder in tools/notebooks/"]
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
 def test_notebook_runs_top_to_bottom(path, monkeypatch):
@@ -45,6 +79,7 @@ def test_notebook_runs_top_to_bottom(path, monkeypatch):
     # plotting backend, as in JupyterLab, whatever MPLBACKEND the test run uses.
     monkeypatch.setenv("LABS_IMPL", "solutions")
     monkeypatch.setenv("LABS_PRESET", "quick")
+    monkeypatch.setenv(STRICT_ENV, "1")  # a check("N.k") that does not pass raises: this test fails
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))

@@ -6,19 +6,13 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+
+from conftest import tiny_llama  # V x 64 (or `hidden`), MLP 128, 2 layers, 4 heads, 2 kv heads
 
 from labs import peft_format
 from labs.peft_format import CONFIG_NAME, WEIGHTS_NAME, load_adapter, read_adapter, save_adapter
 
 V = 100
-
-
-def tiny_llama(hidden: int = 64) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=V, hidden_size=hidden, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2)
-    return LlamaForCausalLM(config).eval()
 
 
 def ids() -> torch.Tensor:

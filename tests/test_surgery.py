@@ -1,19 +1,19 @@
 """Shared surgery: freezing, counting, and swapping Linear / Conv1D modules by name."""
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from torch import nn
-from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
+import conftest
 from labs import surgery
 
 
-def tiny_llama():
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
+tiny_llama = partial(conftest.tiny_llama, 101, 32, 64, tie_word_embeddings=True, eval_mode=False)
 
 
 class Tagged(nn.Module):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+import conftest
 from labs.surgery import freeze, unfreeze
 from labs.train import History, TrainConfig, lr_at, make_optimizer, train
 
@@ -14,12 +15,9 @@ VOCAB = 64
 
 
 def tiny_llama(dropout: float = 0.0, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         attention_dropout=dropout, tie_word_embeddings=False)
-    return LlamaForCausalLM(config)
+    """The shared tiny Llama, 32 wide over VOCAB ids, untied, in training mode (dropout as given)."""
+    return conftest.tiny_llama(VOCAB, 32, 64, max_position_embeddings=64, attention_dropout=dropout,
+                               tie_word_embeddings=False, seed=seed, eval_mode=False)
 
 
 def lm_batch(rows: int = 8, tokens: int = 12, seed: int = 0) -> dict:

@@ -7,7 +7,7 @@ spells out the cache layout an exercise asks for) hands it to every student.
 
 How a copy is recognised, even when it was rewritten a little:
 
-1. Each answer (a `# BEGIN SOLUTION N.k` region of solutions/) and each shipped function (every
+1. Each answer (the solution region of exercise N.k in solutions/) and each shipped function (every
    function and method in the edition's .py files, the module-level code of each file, and each
    notebook code cell) becomes a set of *operations*: calls with their arity, keyword names and
    small constant arguments (`.permute(1,2,3,0,4)`, `.named_parameters(recurse=False)`), index
@@ -42,8 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-BEGIN = re.compile(r"^\s*# BEGIN SOLUTION (?P<id>\d+\.\d+)\s*$")
-END = re.compile(r"^\s*# END SOLUTION\s*$")
+# The region markers of tools/make_stubs.py, spelled in two parts: no marker may appear in labs/.
+BEGIN = re.compile(r"^\s*# BEGIN" r" SOLUTION (?P<id>\d+\.\d+)\s*$")
+END = re.compile(r"^\s*# END" r" SOLUTION\s*$")
 # Names kept as themselves: builtins and the modules every technique imports under a fixed name.
 KEPT_NAMES = frozenset(dir(builtins)) | {"torch", "nn", "F", "math"}
 MIN_STATEMENTS = 3    # answers with fewer statements are not compared (a bare `return x` not counted)
