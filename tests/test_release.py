@@ -2,18 +2,20 @@
 Gradescope autograder holds the hidden tests and grades without the reference."""
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from labs.instructor import release
+from labs.instructor import answer_leaks, release
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "# BEGIN" + " SOLUTION"  # spelled in two parts so this file never holds a marker line
@@ -72,6 +74,79 @@ def test_leak_check_catches_marker_lines_and_imports_but_not_prose():
     problems = release.leaks(files)
     assert len(problems) == 2 and any("labs/x.py" in p for p in problems) and any("tools/y.py" in p for p in problems)
     assert release.leaks({"solutions/lora.py": b"x = 1\n"}), "a solutions/ folder is a leak by itself"
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers outside their stubs (labs/instructor/answer_leaks.py)
+# ---------------------------------------------------------------------------------------------
+def largest_answer(root: Path = ROOT) -> tuple[str, str, list[str]]:
+    """(exercise id, qualname, body text) of the longest solution region."""
+    best = max(answer_leaks.answers(root), key=lambda a: a.statements)
+    module = root / "solutions" / f"{best.module}.py"
+    lines = module.read_text().splitlines()
+    start = next(i for i, l in enumerate(lines) if (m := answer_leaks.BEGIN.match(l)) and m["id"] == best.exercise)
+    end = next(i for i in range(start, len(lines)) if answer_leaks.END.match(lines[i]))
+    return best.exercise, best.qualname, textwrap.dedent("\n".join(lines[start + 1:end]))
+
+
+class _Rename(ast.NodeTransformer):
+    """Renames every local name (v0, v1, ...): a copy rarely keeps the reference's names."""
+
+    def __init__(self, keep: set[str]):
+        self.keep, self.names = keep, {}
+
+    def visit_Name(self, node):
+        if node.id not in self.keep:
+            node.id = self.names.setdefault(node.id, f"v{len(self.names)}")
+        return node
+
+
+def planted(body: str) -> str:
+    """The answer's body, locals renamed, as an infrastructure helper taking anything."""
+    tree = ast.parse(body)
+    stored = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    free = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - stored
+    renamed = ast.unparse(_Rename(keep=free - stored).visit(tree))  # parameters and globals keep their names
+    return "\n\ndef tidy_helper(*args, **kwargs):\n" + textwrap.indent(renamed, "    ") + "\n"
+
+
+def test_answer_check_finds_a_renamed_copy_and_allows_a_call(tmp_path):
+    release.build_student(tmp_path / "edition")  # built without the checks: only the planted copy matters here
+    files = release.folder_files(tmp_path / "edition")
+    already = set(answer_leaks.find(files))
+    exercise, qualname, body = largest_answer()
+    copied = {**files, "labs/surgery.py": files["labs/surgery.py"] + planted(body).encode()}
+    found = [f for f in answer_leaks.find(copied) if f not in already]
+    assert [(f.path, f.function, f.exercise) for f in found] == [("labs/surgery.py", "tidy_helper", exercise)], found
+    assert f"exercise {exercise}" in str(found[0]) and qualname in str(found[0])
+    name = qualname.split(".")[-1]
+    calling = {**files, "labs/surgery.py": files["labs/surgery.py"]
+               + f"\n\ndef tidy_helper(x, **kwargs):\n    out = {name}(x, **kwargs)\n    return out\n".encode()}
+    assert set(answer_leaks.find(calling)) == already, "calling an exercise function is what infrastructure should do"
+
+
+def test_release_refuses_a_planted_answer_naming_file_function_and_exercise(tmp_path):
+    root = tmp_path / "course"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints", ".pytest_cache")
+    for folder in ("labs", "solutions", "tests", "tools", "notebooks", "benchmarks", "data"):
+        if (ROOT / folder).is_dir():
+            shutil.copytree(ROOT / folder, root / folder, ignore=skip)
+    for name in release.TOP_FILES:
+        if (ROOT / name).is_file():
+            shutil.copyfile(ROOT / name, root / name)
+    exercise, qualname, body = largest_answer(root)
+    with (root / "labs" / "train.py").open("a") as f:
+        f.write(planted(body))
+    with pytest.raises(ValueError) as refused:
+        release.release_student(tmp_path / "edition", root)
+    message = str(refused.value)
+    assert "labs/train.py:" in message and "tidy_helper" in message and f"exercise {exercise}" in message, message
+    assert not (tmp_path / "edition").exists(), "nothing is released"
+
+
+def test_edition_holds_no_exercise_answer_outside_its_stub(edition):
+    out, _ = edition  # release_student already refuses one; this names what it found
+    assert [str(leak) for leak in answer_leaks.find(release.folder_files(out))] == []
 
 
 def test_student_makefile_tests_the_students_own_code(edition):
