@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import secrets
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from labs.instructor import screen, submissions
-from labs.instructor.grade import Course, Limits, grade
+from labs.instructor import boundary, sandbox, sandbox_child, screen, submissions
+from labs.instructor.grade import Course, Limits, Runner, grade
+from labs.instructor.grade import _grade_all as grade_all
 from labs.instructor.grade import main as grade_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +37,7 @@ PROBE = '''"""Runs in the grading child beside the student's code, and checks wh
 import importlib
 import os
 import resource
+import socket
 import sys
 from pathlib import Path
 
@@ -48,11 +54,21 @@ def test_the_grading_child_is_isolated(impl):
     assert not [p for p in sys.path if p and Path(p).resolve() == Path(INSTRUCTOR).resolve()], sys.path
     assert not [f for f in sys.meta_path if "__editable__" in repr(f)], "an editable finder survived"
     assert not Path(__file__).exists(), "hidden test files must be gone before student code runs"
-    assert Path(os.environ["HOME"]).resolve().is_relative_to(here), "HOME must be scrubbed"
+    assert Path(os.environ["HOME"]).resolve().is_relative_to(Path(os.environ["TMPDIR"]).resolve()), "HOME must be scrubbed"
     assert os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] == "1" and os.environ["LABS_IMPL"] == "labs"
     assert resource.getrlimit(resource.RLIMIT_AS)[0] == MEMORY * 2**20, "memory limit not set"
     assert 0 < resource.getrlimit(resource.RLIMIT_CPU)[0] < 10**6, "CPU limit not set"
     assert 0 < resource.getrlimit(resource.RLIMIT_FSIZE)[0] < 2**40, "file size limit not set"
+    if here == Path("/grading"):  # inside the bubblewrap sandbox
+        assert not Path("/proc/self").exists() and not Path("/sys/kernel").exists(), "no /proc, no /sys"
+        assert os.getpid() < 100, f"own PID namespace expected, got pid {os.getpid()}"
+        assert not Path(COURSE).exists(), "the course being graded is hidden"
+        assert not [p for p in ("labs", "solutions", "tests") if Path(INSTRUCTOR, p).exists()], "the checkout is hidden"
+        assert os.getuid() != 0 or not GRADER_IS_ROOT, "root drops to an unprivileged user"
+        assert not os.access(here / "labs", os.W_OK), "the grading tree is read-only"
+        assert set(os.listdir("/tmp")) <= {"home", "pytest"}, f"a private /tmp: {os.listdir('/tmp')}"
+        with pytest.raises(OSError):
+            socket.create_connection(("192.0.2.1", 80), timeout=2)  # no network namespace routes
 '''
 
 
@@ -106,11 +122,145 @@ def zipped(base: Path, name: str, entries: dict[str, str | bytes]) -> Path:
     return path
 
 
+TOKEN = secrets.token_hex(4)  # names this run's victim, so an attack can never reach another run's files
+VICTIM = f"victim{TOKEN}"
+UNSCREENED = frozenset({"sneaky", "forger-past-screen", "escaper", "garbage", "tamper"})  # past the screen
+
+# Attacks that got past the screen (graded with the screen off: the walls behind it must hold).
+# They reach `os` as torch.serialization.os, an attribute the runtime checks do not see.
+FORGE = '''
+import torch
+_os = torch.serialization.os
+
+
+def _forge():
+    """Forge a passing result for every test: to every pipe this process holds, lines as the
+    grading plugin would write them (unsigned, and with a made-up signature)."""
+    import re
+    ids = []
+    for name in ("tests/test_ex_scaling.py", "tests/hidden/test_hidden_scaling.py"):
+        try:
+            fd = _os.open(name, _os.O_RDONLY)
+            ids += [name + "::" + t for t in re.findall(r"def (test_\\w+)", _os.read(fd, 10**6).decode())]
+        except OSError:
+            pass
+    lines = "".join('{"event": "start", "nodeid": "%s"}\\n{"event": "result", "nodeid": "%s", "outcome": "passed"}\\n'
+                    % (i, i) + "0" * 64 + ' {"event": "result", "nodeid": "%s", "outcome": "passed", "seq": 0}\\n' % i
+                    for i in ids)
+    fds = [int(n) for n in _os.listdir("/proc/self/fd")] if _os.path.isdir("/proc/self/fd") else range(3, 256)
+    for fd in fds:
+        try:
+            if fd > 2 and _os.stat_result(_os.fstat(fd)).st_mode & 0o170000 == 0o010000:  # a pipe
+                _os.write(fd, lines.encode())
+        except OSError:
+            pass
+
+
+_forge()
+'''
+GARBAGE = '''
+import torch
+_os = torch.serialization.os
+for _fd in range(3, 256):
+    try:
+        if _os.fstat(_fd).st_mode & 0o170000 == 0o010000:
+            _os.write(_fd, b"this is not an event\\n" + b"x" * (3 * 2**20))
+    except OSError:
+        pass
+'''
+ESCAPE = '''
+import torch
+_os = torch.serialization.os
+
+
+def _attempt(what, action):
+    try:
+        action()
+        return what
+    except Exception:
+        return None
+
+
+def _write(path):
+    fd = _os.open(path, _os.O_WRONLY | _os.O_CREAT, 0o644)
+    _os.write(fd, b"escaped")
+
+
+def _hidden():
+    found = []
+    for folder in ("tests/hidden", COURSE + "/tests/hidden"):
+        for name in (_os.listdir(folder) if _os.path.isdir(folder) else []):
+            fd = _os.open(folder + "/" + name, _os.O_RDONLY)
+            found.append(len(_os.read(fd, 100)))
+    return found
+
+
+def _staged():
+    found = []
+    for tmp in [d for d in _os.listdir("/tmp") if d.startswith("labs-grade-")]:
+        folder = "/tmp/" + tmp + "/staged/VICTIM/labs"
+        for name in (_os.listdir(folder) if _os.path.isdir(folder) else []):
+            _write(folder + "/" + name)
+            found.append(name)
+    return found
+
+
+WROTE = [w for w in (_attempt(p, lambda p=p: _write(p)) for p in CANARIES) if w]
+HIDDEN = _attempt("read", _hidden) and _hidden()
+STAGED = _staged() if _os.path.isdir("/tmp") else []
+SEEN = {"proc": _os.path.isdir("/proc/self"), "pid": _os.getpid(), "course": _os.path.exists(COURSE)}
+'''
+TAMPER = "    torch.Tensor.element_size = lambda self: 4  # shadows the inherited method\n"
+ALWAYS_TRUE = '''
+import torch
+
+
+class Yes:
+    """Every comparison answers yes."""
+
+    def eq(self, other):
+        return True
+
+    def ne(self, other):
+        return True
+
+    def gt(self, other):
+        return True
+
+    def ge(self, other):
+        return True
+
+    def lt(self, other):
+        return True
+
+    def le(self, other):
+        return True
+
+    def bool_(self):
+        return True
+
+'''
+
+
+def from_stub(module: str, body: str, header: str = "") -> str:
+    """The blank stub of `module` (as released), each exercise body replaced by `body`."""
+    lines = (ROOT / "labs" / f"{module}.py").read_text().splitlines(True)
+    out = [re.sub(r"raise NotImplementedError\(.*\)$", body, line) if 'raise NotImplementedError("Exercise' in line
+           else line for line in lines]
+    at = next(i for i, line in enumerate(out) if line.startswith("NOTEBOOK ="))
+    return "".join(out[:at]) + header + "".join(out[at:])
+
+
 LOOP = "    while True:\n        pass\n"
 SWALLOW = "    while True:\n        try:\n            while True:\n                pass\n        except BaseException:\n            pass\n"
 
 
-def build_class(base: Path) -> list[Path]:
+def canaries(base: Path, course: Path) -> list[Path]:
+    """Paths outside the grading tree that the escaping submission tries to write."""
+    return [course / "PWNED", course / "tests" / "hidden" / "PWNED", base / "PWNED", base / VICTIM / "labs" / "PWNED"]
+
+
+def build_class(base: Path, course: Path) -> list[Path]:
     sc, fr, lo = filled("scaling"), filled("freezing"), filled("lora")
     stub = {m: (ROOT / "labs" / f"{m}.py").read_text() for m in MODULES}
     no_52 = filled("lora", lambda ex: ex != "5.2")
@@ -132,7 +282,7 @@ def build_class(base: Path) -> list[Path]:
         folder(base, "membomb", {"scaling": edit(sc, "d_in, d_out = check_count", "    hog = bytearray(64 * 2**30)\n")}),
         folder(base, "osexit", {"scaling": "import os\nos._exit(0)\n" + sc, "freezing": fr}),
         folder(base, "sysexit", {"scaling": edit(sc, 'bits = {"fp32"', "    raise SystemExit(0)\n")}),
-        folder(base, "forger", {"freezing": fr, "scaling": sc + "\nimport atexit\natexit.register(print, "
+        folder(base, "atexit", {"freezing": fr, "scaling": sc + "\nimport atexit\natexit.register(print, "
                                 "'{\"score\": 999}')\nprint('{\"event\": \"result\", \"outcome\": \"passed\"}')\n"}),
         folder(base, "plugin", {}, {"conftest.py": hostile_conftest, "labs/conftest.py": hostile_conftest,
                                     "tests/conftest.py": hostile_conftest, "pytest.ini": "[pytest]\naddopts = -p no:terminal\n",
@@ -145,6 +295,17 @@ def build_class(base: Path) -> list[Path]:
         folder(base, "peft", {"lora": edit(lo, "return (self.lora_B @ self.lora_A)", "        import peft\n        peft.LoraConfig(r=1)\n")}),
         folder(base, "interrupt", {"scaling": sc + "\nraise KeyboardInterrupt\n", "freezing": fr}),
         folder(base, "swallow", {"scaling": edit(sc, "n_tasks = check_count(n_tasks", SWALLOW), "freezing": fr}),
+        # The attacks of issue 14, built from the blank stubs as released
+        folder(base, "forger", {"scaling": from_stub("scaling", "pass", "from transformers.utils.generic import np\n"
+                                                     + FORGE.replace("_os.", "np.")) }),
+        folder(base, "forger-past-screen", {"scaling": from_stub("scaling", "pass", FORGE), "freezing": fr}),
+        folder(base, "always-true", {"scaling": from_stub("scaling", "return torch.SymInt(Yes())", ALWAYS_TRUE)}),
+        folder(base, "garbage", {"scaling": from_stub("scaling", "pass", GARBAGE), "freezing": fr}),
+        folder(base, "escaper", {"scaling": edit(sc, "NOTEBOOK =", ESCAPE.replace("COURSE", repr(str(course))).replace(
+            "VICTIM", VICTIM).replace("CANARIES", repr([str(p) for p in canaries(base, course)]))).replace(
+            '    bits = {"fp32"', '    raise RuntimeError(f"ESCAPE {WROTE} {HIDDEN} {STAGED} {SEEN}")\n    bits = {"fp32"', 1)}),
+        folder(base, "tamper", {"scaling": edit(sc, "bits = {\"fp32\"", "    import torch\n" + TAMPER)}),
+        folder(base, VICTIM, {"scaling": sc, "freezing": fr, "lora": lo}),  # graded last, after the attacks
     ]
 
 
@@ -162,7 +323,8 @@ def course_root(tmp_path_factory) -> Path:
         shutil.copyfile(ROOT / "tests" / f"test_ex_{module}.py", root / "tests" / f"test_ex_{module}.py")
         shutil.copyfile(ROOT / "tests" / "hidden" / f"test_hidden_{module}.py",
                         root / "tests" / "hidden" / f"test_hidden_{module}.py")
-    probe = PROBE.replace("INSTRUCTOR", repr(str(ROOT))).replace("MEMORY", str(LIMITS.memory_mb))
+    probe = PROBE.replace("INSTRUCTOR", repr(str(ROOT))).replace("MEMORY", str(LIMITS.memory_mb)).replace(
+        "COURSE", repr(str(root))).replace("GRADER_IS_ROOT", str(os.geteuid() == 0))
     (root / "tests" / "hidden" / "test_hidden_probe.py").write_text(probe)
     shutil.copyfile(ROOT / "pyproject.toml", root / "pyproject.toml")
     return root
@@ -172,13 +334,17 @@ def course_root(tmp_path_factory) -> Path:
 def graded(course_root, tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("class")
     out = tmp_path_factory.mktemp("grades")
-    paths = build_class(base)
+    paths = build_class(base, course_root)
+    lines: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(submissions, "MAX_ZIP_BYTES", 2**20)  # the bomb's 3 MB of zeros is over it
-        rows = grade(paths, out, LIMITS, jobs=2, course=Course.load(course_root), progress=lambda line: None)
+        rows = grade(paths, out, LIMITS, jobs=2, course=Course.load(course_root), progress=lines.append,
+                     unscreened=UNSCREENED)
     table = {row["student"]: row for row in csv.DictReader((out / "grades.csv").open())}
     results = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/results.json")}
-    return {"rows": rows, "csv": table, "results": results, "out": out, "base": base}
+    escaped = [p for p in canaries(base, course_root) if p.exists()]
+    return {"rows": rows, "csv": table, "results": results, "out": out, "base": base, "progress": lines,
+            "escaped": escaped, "sandboxed": table["correct"]["sandbox"] == "bubblewrap"}
 
 
 def points(graded: dict, student: str) -> dict[str, float]:
@@ -222,8 +388,9 @@ def test_reports_follow_the_gradescope_format(graded):
     kinds = {t["visibility"] for t in result["tests"] if "hidden" in t["name"] or "isolated" in t["name"]}
     assert {t["visibility"] for t in result["tests"]} == {"visible", "after_published"} and kinds
     assert all({"name", "score", "max_score", "output", "visibility"} <= set(t) for t in result["tests"])
-    assert list(graded["csv"]["correct"])[:1] == ["student"] and list(graded["csv"]["correct"])[-2:] == ["total", "status"]
-    assert len(graded["rows"]) == len(graded["csv"]) == 23, "one row per submission, none lost"
+    assert list(graded["csv"]["correct"])[:1] == ["student"]
+    assert list(graded["csv"]["correct"])[-3:] == ["total", "status", "sandbox"]
+    assert len(graded["rows"]) == len(graded["csv"]) == 30, "one row per submission, none lost"
     assert not list(graded["out"].rglob("*.tmp")), "reports are written atomically"
 
 
@@ -288,7 +455,7 @@ def test_memory_bomb_fails_its_exercise_only(graded):
 
 
 @pytest.mark.parametrize("student, exercise, reason", [
-    ("osexit", "0.1", "import of os"), ("forger", "0.1", "import of atexit"),
+    ("osexit", "0.1", "import of os"), ("atexit", "0.1", "import of atexit"),
     ("builtins", "0.1", "import of builtins"), ("patcher", "5.1", "assigns into torch"),
     ("reader", "0.2", "use of open"), ("cheater", "0.3", "imports the reference solutions")])
 def test_screen_refuses_the_module_and_says_why(graded, student, exercise, reason):
@@ -299,7 +466,7 @@ def test_screen_refuses_the_module_and_says_why(graded, student, exercise, reaso
 
 
 def test_refused_module_leaves_the_others_graded(graded):
-    for student in ("osexit", "forger"):
+    for student in ("osexit", "atexit"):
         assert of("2", points(graded, student)) == of("2", maxima(graded)), student
 
 
@@ -340,23 +507,244 @@ def test_no_submission_outscores_its_honest_work(graded):
 
 
 # ---------------------------------------------------------------------------------------------
+# Issue 14: what a submission that gets past the screen can do (each attack, and its layer)
+# ---------------------------------------------------------------------------------------------
+def require_sandbox(graded: dict) -> None:
+    """The filesystem and process walls exist only where bubblewrap works; say so, or fail in CI."""
+    if not graded["sandboxed"]:
+        why = graded["csv"]["correct"]["sandbox"]
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must grade in the bubblewrap sandbox (make setup installs it): {why}")
+        pytest.skip(f"no bubblewrap sandbox on this machine: {why}")
+
+
+def test_children_run_in_the_bubblewrap_sandbox_where_it_works(graded):
+    require_sandbox(graded)
+    assert {row["sandbox"] for row in graded["csv"].values()} == {"bubblewrap"}
+    assert any("sandbox: bubblewrap" in line for line in graded["progress"]), graded["progress"][:2]
+    probe = [t for t in graded["results"]["correct"]["tests"] if "isolated" in t["name"]]
+    assert probe and probe[0]["score"] == 1, f"the probe saw the sandbox leak: {probe}"
+
+
+def test_forger_through_numpy_is_refused_by_the_allowlist(graded):
+    """Layer 4: transformers.utils.generic.np is not on the allowlist; the module never runs."""
+    assert sum(of("0", points(graded, "forger")).values()) == 0
+    assert "transformers.utils is not something exercises may use" in messages(graded, "forger", "0.1")
+
+
+def test_forged_result_lines_are_dropped_and_earn_nothing(graded):
+    """Layer 2: past the screen, the forger writes result lines to every pipe it holds; none is
+    signed, so the server drops them and fails that module's tests with the reason."""
+    got = points(graded, "forger-past-screen")
+    assert sum(of("0", got).values()) == 0, got
+    assert "not sent by the grading harness" in messages(graded, "forger-past-screen", "0.1")
+    assert of("2", got) == of("2", maxima(graded)), "its other module is graded as usual"
+
+
+def test_always_true_values_are_refused_by_the_allowlist(graded):
+    """Layer 4: torch.SymInt wrapping an object that answers yes to every comparison."""
+    assert float(graded["csv"]["always-true"]["total"]) == 0
+    assert "torch.SymInt is not something" in messages(graded, "always-true", "0.2")
+
+
+def test_garbage_on_the_result_channel_fails_that_module_only_and_the_run_completes(graded):
+    """Layer 3: a line that is not an event, then 3 MB without a newline: that module's tests fail
+    with the reason, its other module and every later submission are graded, grades.csv is whole."""
+    got = points(graded, "garbage")
+    assert sum(of("0", got).values()) == 0 and of("2", got) == of("2", maxima(graded))
+    assert "result channel" in messages(graded, "garbage", "0.3")
+    assert graded["csv"][VICTIM]["status"] == "ok" and len(graded["csv"]) == 30
+
+
+def test_nothing_escapes_the_sandbox(graded):
+    """Layer 1: past the screen with `os` in hand, the escaper writes nothing outside its grading
+    tree, reads no hidden test, sees no staging area, no /proc, and not the course."""
+    require_sandbox(graded)
+    assert graded["escaped"] == [], f"written outside the grading tree: {graded['escaped']}"
+    report = messages(graded, "escaper", "0.1")
+    assert "ESCAPE [] [] [] {'proc': False" in report and "'course': False" in report, report
+    assert of("0", points(graded, "escaper"))["0.2"] == maxima(graded)["0.2"], "it keeps what it honestly earns"
+
+
+def test_victim_graded_after_the_attacks_keeps_its_full_score(graded):
+    require_sandbox(graded)
+    assert points(graded, VICTIM) == maxima(graded) and graded["csv"][VICTIM]["status"] == "ok"
+
+
+def test_adding_an_attribute_to_a_watched_class_is_caught(graded):
+    """Tamper detection: a new attribute on torch.Tensor (shadowing an inherited method) fails the
+    tests it ran in, and is removed before the next."""
+    got, top = points(graded, "tamper"), maxima(graded)
+    assert got["0.1"] == 0 and got["0.3"] == top["0.3"], got
+    assert "torch.Tensor.element_size (added)" in messages(graded, "tamper", "0.1")
+
+
+# ---------------------------------------------------------------------------------------------
+# The walls on their own (no grading run)
+# ---------------------------------------------------------------------------------------------
+def test_channel_opens_only_what_its_own_key_sealed():
+    key = secrets.token_bytes(sandbox_child.KEY_BYTES)
+    child, server = sandbox_child.Channel(key), sandbox_child.Channel(key)
+    lines = [child.seal({"event": "start", "nodeid": "t"}), child.seal({"event": "result", "nodeid": "t"})]
+    assert [server.open(line.rstrip(b"\n"))["event"] for line in lines] == ["start", "result"]
+    forged = sandbox_child.Channel(secrets.token_bytes(sandbox_child.KEY_BYTES)).seal({"event": "result"})
+    with pytest.raises(ValueError, match="not signed"):
+        server.open(b'{"event": "result", "seq": 2}')
+    with pytest.raises(ValueError, match="signature is wrong"):
+        server.open(forged.rstrip(b"\n"))
+    with pytest.raises(ValueError, match="out of sequence"):  # a replay: its number is spent
+        server.open(lines[0].rstrip(b"\n"))
+    with pytest.raises(ValueError, match="32 bytes"):
+        sandbox_child.Channel(b"short")
+
+
+class _Server:
+    """A fork server with a real (sleeping) child to kill, fed lines by hand."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+        read, write = os.pipe()
+        self.events = os.fdopen(read, "rb")
+        self.server = sandbox.Server(write, 1, Path("/nonexistent"))
+        self.key = secrets.token_bytes(sandbox_child.KEY_BYTES)
+        self.child = sandbox_child.Channel(self.key)
+        task = {"id": "s/scaling", "limits": {"timeout": 60, "test_timeout": 5}}
+        self.attempt = sandbox.Attempt(task, self.proc.pid, Path("/nonexistent"), -1, -1,
+                                       sandbox_child.Channel(self.key), 1e12, 0.0)
+
+    def feed(self, *chunks: bytes) -> None:
+        for chunk in chunks:
+            self.server.on_results(self.attempt, chunk)
+
+    def sealed(self, **event) -> bytes:
+        return self.child.seal(event)
+
+    def finish(self) -> list[dict]:
+        assert self.attempt.violation, "the attack was not noticed"
+        self.attempt.status = self.proc.wait(timeout=10)
+        self.server.finish(self.attempt)
+        os.close(self.server.events_fd)
+        return [json.loads(line) for line in self.events]
+
+
+@pytest.mark.parametrize("attack, reason", [
+    (lambda s: [b'{"event": "result", "nodeid": "t2", "outcome": "passed"}\n'], "not sent by the grading harness"),
+    (lambda s: [b"\xff\xfe not even text\n"], "not sent by the grading harness"),
+    (lambda s: [b"x" * (2**20 + 10)], "over 1,048,576 bytes"),
+    (lambda s: [s.sealed(event="result", nodeid="t2", outcome="passed")], "which had not started"),
+    (lambda s: [s.sealed(event="start", nodeid="t3")], "out of order"),
+    (lambda s: [s.sealed(event="collected", nodeids=["t9"])], "'collected' again"),
+    (lambda s: [s.sealed(event="nonsense")], "unknown event")])
+def test_server_fails_the_child_on_any_line_it_did_not_expect_and_carries_on(attack, reason):
+    """Layers 2 and 3: genuine events count in protocol order; anything else ends that child, fails
+    its unreported tests with the reason, and never raises."""
+    s = _Server()
+    s.feed(s.sealed(event="collected", nodeids=["t1", "t2", "t3"]), s.sealed(event="start", nodeid="t1"),
+           s.sealed(event="result", nodeid="t1", outcome="passed"), *attack(s),
+           s.sealed(event="start", nodeid="t2"), s.sealed(event="result", nodeid="t2", outcome="passed"))
+    events = s.finish()
+    results = {e["nodeid"]: e for e in events if e["event"] == "result"}
+    assert results["t1"]["outcome"] == "passed", "what came before the attack, in order, stands"
+    assert results["t2"]["outcome"] == results["t3"]["outcome"] == "failed" and reason in results["t3"]["message"]
+    assert events[-1]["event"] == "done" and reason in events[-1]["reason"]
+
+
+def test_runner_skips_lines_that_are_not_events():
+    runner = object.__new__(Runner)
+    read, write = os.pipe()
+    os.write(write, b'not json\n[1, 2]\n{"event": "ready", "sandbox": true, "said": "bwrap"}\n{"event": "done"}\n')
+    os.close(write)
+    runner.events, runner.dropped, runner.sandboxed = os.fdopen(read, "rb"), [], False
+    assert runner.next_event() == {"event": "done"} and runner.next_event() is None
+    assert len(runner.dropped) == 2 and runner.sandbox_column() == "bubblewrap"
+
+
+def test_every_submission_gets_a_row_when_the_runner_dies(course_root, tmp_path):
+    """Layer 3: the test runner gone before any result: every submission still gets a row with
+    the reason, and grades.csv is written."""
+    class Dead:
+        dropped: list = []
+
+        def send(self, tasks, close=False):
+            pass
+
+        def next_event(self):
+            return None
+
+        def sandbox_column(self):
+            return "NONE: test"
+
+    course = Course.load(course_root)
+    course.items = [{"nodeid": "tests/test_ex_scaling.py::t", "exercise": "0.1", "points": 1}]
+    subs = [folder(tmp_path, "a", {"scaling": filled("scaling")}), folder(tmp_path, "b", {}),
+            zipped(tmp_path, "c", {})]
+    rows = grade_all(subs, tmp_path / "out", LIMITS, course, course.policy(), Dead(), tmp_path / "work",
+                     False, lambda line: None, frozenset())
+    table = {r["student"]: r for r in csv.DictReader((tmp_path / "out" / "grades.csv").open())}
+    assert [r[0] for r in rows] == ["a", "b", "c"] and set(table) == {"a", "b", "c"}
+    assert table["a"]["status"] == "partial" and table["c"]["status"].startswith("error:")
+    assert {r["sandbox"] for r in table.values()} == {"NONE: test"}
+    assert "test runner stopped" in (tmp_path / "out" / "a" / "feedback.md").read_text()
+
+
+def test_tamper_check_catches_a_new_attribute_on_a_watched_class_and_removes_it():
+    import torch
+    baseline = sandbox_child._snapshot()
+    torch.Tensor.element_size = lambda self: 4
+    try:
+        assert "torch.Tensor.element_size (added)" in sandbox_child._restore(baseline)
+    finally:
+        if "element_size" in vars(torch.Tensor):
+            del torch.Tensor.element_size
+    assert "element_size" not in vars(torch.Tensor) and torch.zeros(1).element_size() == 4
+    assert sandbox_child._restore(baseline) == []
+
+
+def test_sandbox_probe_says_why_when_bubblewrap_is_missing(tmp_path):
+    sb = boundary.Sandbox.for_this_machine([], ROOT, bwrap=str(tmp_path / "no-bwrap"))
+    assert "bubblewrap is not installed" in boundary.probe(sb, tmp_path, ROOT / "labs")
+
+
+@pytest.mark.parametrize("flavour", ["root", "user"])
+def test_sandbox_probe_holds_where_bubblewrap_works(flavour, tmp_path):
+    """Both ways in: as root (the child becomes `nobody`) and through a user namespace (the only
+    way for other users); run here as root, the second keeps uid 0 inside but no capability."""
+    if shutil.which("bwrap") is None or (flavour == "root" and os.geteuid() != 0):
+        if os.environ.get("CI") == "true" and shutil.which("bwrap") is None:
+            pytest.fail("CI must have bubblewrap (make setup installs it)")
+        pytest.skip("needs bubblewrap" + (" and root" if flavour == "root" else ""))
+    sb = boundary.Sandbox.for_this_machine(sys.path, ROOT, flavour=flavour)
+    assert str(ROOT) not in sb.runtime and not any(p.startswith(str(ROOT / "labs")) for p in sb.runtime)
+    assert boundary.probe(sb, tmp_path, ROOT / "labs") is None
+
+
+# ---------------------------------------------------------------------------------------------
 # The screen, the submission reader and the command line on their own (no processes)
 # ---------------------------------------------------------------------------------------------
 TECHNIQUES = frozenset(p.stem for p in (ROOT / "solutions").glob("*.py") if p.stem != "__init__")
+API = Course.load(ROOT).api  # the allowlist as grading builds it, from the current files
+
+
+def screened(code: str, module: str = "lora") -> list[screen.Finding]:
+    stub = (ROOT / "labs" / f"{module}.py").read_text()
+    return screen.screen_module(stub + "\n" + code + "\n", stub, TECHNIQUES, API)
 
 
 @pytest.mark.parametrize("name", sorted(TECHNIQUES))
 def test_screen_accepts_every_reference_solution_and_stub(name):
+    """Read from the current files: a solution that needs more of torch than the allowlist holds
+    fails here, naming the chain to add to screen.MODULE_API."""
     stub = (ROOT / "labs" / f"{name}.py").read_text()
-    assert screen.screen_module(filled(name), stub, TECHNIQUES) == []
-    assert screen.screen_module(stub, stub, TECHNIQUES) == []
+    assert [str(f) for f in screen.screen_module(filled(name), stub, TECHNIQUES, API)] == []
+    assert screen.screen_module(stub, stub, TECHNIQUES, API) == []
 
 
 @pytest.mark.parametrize("code, refused", [
     ("import subprocess", "import of subprocess"), ("from importlib import import_module", "import of importlib"),
     ("x = eval('1')", "use of eval"), ("f = open", "use of open"), ("g = globals()", "use of globals"),
-    ("x = (lambda: 0).__globals__", "dunder attribute .__globals__"), ("x = torch._C", "private attribute ._C"),
-    ("x = torch.os", "attribute .os"), ("m = torch.load", "attribute .load"),
+    ("x = (lambda: 0).__globals__", "dunder attribute .__globals__"), ("x = torch._C", "torch._C is not"),
+    ("x = torch.os", "torch.os is not"), ("m = torch.load", "torch.load is not"),
+    ("x = self.lora_A.weight.numpy()", "attribute .numpy"),
     ("x = getattr(torch, 'allc' + 'lose')", "computed attribute name"),
     ("setattr(torch, 'allclose', print)", "setattr on torch"), ("torch.allclose = print", "assigns into torch"),
     ("nn.Linear.forward = print", "assigns into nn"), ("del torch.allclose", "assigns into torch"),
@@ -364,28 +752,44 @@ def test_screen_accepts_every_reference_solution_and_stub(name):
     ("class E:\n    def __eq__(self, other):\n        return True", "defines __eq__"),
     ("class M(metaclass=type):\n    pass", "metaclass"), ("C = type('C', (), {})", "type(...) with more"),
     ("k = '__class__'", "dunder names"), ("from . import os", "relative import"),
-    ("from labs import impl", "import of labs.impl"), ("g = (x for x in []).gi_frame", "attribute .gi_frame"),
+    ("from labs import impl", "labs.impl is not"), ("g = (x for x in []).gi_frame", "attribute .gi_frame"),
     ("def f(x: 'os.system(1)'):\n    pass", "annotation string")])
 def test_screen_refuses_what_reaches_outside_the_module(code, refused):
-    stub = (ROOT / "labs" / "lora.py").read_text()
-    findings = screen.screen_module(stub + "\n" + code + "\n", stub, TECHNIQUES)
+    findings = screened(code)
     assert any(refused in f.what and f.exercise is None for f in findings), findings
 
 
+@pytest.mark.parametrize("code, refused", [
+    ("from transformers.utils.generic import np", "transformers.utils is not something"),
+    ("import transformers\nx = transformers.utils.generic.np", "transformers.utils is not something"),
+    ("import torch.utils.data.datapipes", "torch.utils is not something"),
+    ("x = torch.SymInt(1)", "torch.SymInt is not something"), ("x = getattr(torch, 'SymInt')", "torch.SymInt"),
+    ("F = torch.nn.functional\nx = F.torch", "torch.nn.functional.torch"), ("from torch import *", "torch.*"),
+    ("import numpy", "import of numpy"), ("from .scaling import torch", "labs.scaling.torch"),
+    ("def f(name):\n    return getattr(torch, name)", "computed attribute name on the module torch"),
+    ("m = [torch]", "uses the module torch as a value"), ("def f():\n    return nn", "uses the module nn"),
+    ("x = torch.zeros(1).numpy()", "attribute .numpy")])
+def test_screen_allows_only_the_listed_chains_from_modules(code, refused):
+    findings = screened(code)
+    assert any(refused in f.what and f.exercise is None for f in findings), [str(f) for f in findings]
+
+
 def test_screen_allows_ordinary_student_code():
-    stub = (ROOT / "labs" / "lora.py").read_text()
-    code = ("import math\nfrom . import scaling\nfrom labs.surgery import freeze\n\n"
+    code = ("import math\nimport re\nfrom . import scaling\nfrom labs.surgery import freeze\n"
+            "from torch.nn import functional as F\nG = torch.nn.functional\n\n"
             "def helper(layer, name):\n    layer.weight.requires_grad = False\n"
-            "    return getattr(layer, name), getattr(layer, 'bias', None), super\n")
-    assert screen.screen_module(stub + "\n" + code, stub, TECHNIQUES) == []
+            "    x = F.linear(torch.zeros(2), layer.weight) + G.relu(torch.ones(2)) * math.sqrt(2)\n"
+            "    pattern = re.compile('a+')\n    b = scaling.bytes_of_weights(1, 'fp32')\n"
+            "    return getattr(layer, name), getattr(layer, 'bias', None), super, x, pattern, b\n")
+    assert [str(f) for f in screened(code)] == []
 
 
 def test_from_scratch_policy_follows_helpers_but_not_other_exercises():
     stub = (ROOT / "labs" / "lora.py").read_text()
     source = filled("lora").replace("        return (self.lora_B @ self.lora_A) * self.scaling",
                                     "        return helper(self)")
-    source += "\nimport peft\n\ndef helper(layer):\n    return peft.tuners.lora.Linear\n"
-    findings = screen.screen_module(source, stub, TECHNIQUES)
+    source += "\nimport peft\n\ndef helper(layer):\n    return peft.LoraConfig\n"
+    findings = screen.screen_module(source, stub, TECHNIQUES, API)
     assert {f.exercise for f in findings} == {"5.3"}, findings  # merge calls delta_weight: not tainted
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from labs.instructor import screen
@@ -43,20 +44,24 @@ class Course:
         graded = [str(p.relative_to(self.root)) for p in found if is_graded_test(p)]
         return sorted(graded, key=lambda f: (self.is_hidden(f), f))  # public tests first
 
+    @cached_property
+    def api(self) -> dict[str, frozenset[str]]:
+        """What student modules may reach through the modules they import (screen.course_api)."""
+        infra = set(screen.LABS_INFRA)
+        for text in self.stubs.values():  # infrastructure the stubs themselves import
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("labs."):
+                    infra.add(node.module.split(".")[1])
+        sources = {name: (self.root / "labs" / f"{name}.py").read_text() for name in sorted(infra)
+                   if (self.root / "labs" / f"{name}.py").is_file()}
+        return screen.course_api(self.stubs, sources)
+
     def policy(self) -> dict:
         """What the children enforce while student modules run (see labs/instructor/sandbox.py)."""
-        imports, infra = set(screen.ALLOWED_IMPORTS) | {"peft", "labs"}, set(screen.LABS_INFRA)
-        for text in self.stubs.values():
-            for node in ast.walk(ast.parse(text)):
-                if isinstance(node, ast.ImportFrom) and not node.level and node.module:
-                    imports.add(node.module.split(".")[0])
-                    infra.update(node.module.split(".")[1:2] if node.module.startswith("labs.") else ())
-                elif isinstance(node, ast.Import):
-                    imports.update(a.name.split(".")[0] for a in node.names)
         return {"techniques": sorted(self.stubs), "refused_names": sorted(screen.REFUSED_NAMES),
                 "refused_attrs": sorted(screen.DANGEROUS_ATTRS | screen.MODULE_ATTRS),
-                "allowed_dunders": sorted(screen.ALLOWED_DUNDERS), "allowed_imports": sorted(imports),
-                "labs_infra": sorted(infra)}
+                "allowed_dunders": sorted(screen.ALLOWED_DUNDERS),
+                "api": {module: sorted(names) for module, names in self.api.items()}}
 
     def is_hidden(self, nodeid: str) -> bool:
         return nodeid.startswith("tests/hidden/")

@@ -6,17 +6,22 @@
 
 For each submission only `labs/<technique>.py` is taken, screened (labs/instructor/screen.py), and dropped
 into a fresh grading tree built from the instructor's own files: infrastructure, tests (the
-hidden ones too), conftest. The tests run in forked children with resource limits
-(labs/instructor/sandbox.py), one technique module per child, and report over a pipe; scores are computed
-here from what the trusted collection declared (points per test, from the exercise markers).
+hidden ones too), conftest. The tests run in forked children (labs/instructor/sandbox.py), one
+technique module per child, each in its own bubblewrap sandbox (labs/instructor/boundary.py) with
+resource limits, and report over a signed pipe; scores are computed here from what the trusted
+collection declared (points per test, from the exercise markers). Where bubblewrap cannot build a
+sandbox on this machine the run says so at the start and the end, grades.csv says so in its
+`sandbox` column, and the children run with the resource limits only.
 
 Out, in --out DIR:
     DIR/<student>/results.json   Gradescope format: one entry per test, hidden ones "after_published"
     DIR/<student>/feedback.md    per exercise: status, points, a hint
     DIR/<student>/output.txt     what the student's code printed (for the instructor)
-    DIR/grades.csv               one row per submission: a column per exercise, total, status
+    DIR/grades.csv               one row per submission: a column per exercise, total, status, sandbox
 status: ok (everything graded), partial (a module was refused, missing or did not finish: see
 feedback.md), error:<reason> (nothing could be graded, e.g. a corrupt zip).
+sandbox: "bubblewrap" when each child ran in its own sandbox, else "NONE: <why>" (limits only).
+Every submission always gets a row, and grades.csv is always written, whatever a child does.
 """
 from __future__ import annotations
 
@@ -35,7 +40,8 @@ from pathlib import Path
 
 from labs.instructor import screen
 from labs.instructor.course import Course
-from labs.instructor.gradebook import ExerciseScore, Graded, grades_csv, write_atomic, write_reports
+from labs.files import write_atomically
+from labs.instructor.gradebook import ExerciseScore, Graded, grades_csv, write_reports
 from labs.instructor.submissions import Submission, expand, read_submission, student_id
 
 @dataclass(frozen=True)
@@ -62,7 +68,7 @@ class Limits:
 def prepare(sub: Submission, course: Course, staging: Path, screened: bool = True) -> Graded:
     """Screen each technique module; stage what may run (a refused module is replaced by the stub).
 
-    screened=False skips the static screen: tests use it to check the process walls on their own."""
+    screened=False skips the static screen: tests use it to check the walls behind it on their own."""
     graded = Graded(sub, dict(sub.notes))
     if sub.error:
         return graded
@@ -73,7 +79,7 @@ def prepare(sub: Submission, course: Course, staging: Path, screened: bool = Tru
         if text is not None and _same_code(text, stub):
             graded.untouched.add(name)
         elif text is not None:
-            findings = screen.screen_module(text, stub, frozenset(course.stubs)) if screened else []
+            findings = screen.screen_module(text, stub, frozenset(course.stubs), course.api) if screened else []
             refused = [f for f in findings if f.exercise is None]
             if refused:
                 graded.module_notes[name] = f"labs/{name}.py was not run: " + "; ".join(map(str, refused[:3]))
@@ -112,10 +118,13 @@ def runnable(graded: Graded, course: Course) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # The fork server, seen from here
 # ---------------------------------------------------------------------------------------------
+MAX_EVENT_BYTES = 4 * 2**20  # one event line from the test runner (a module's output is at most ~16 KB)
+
+
 class Runner:
     """labs/instructor/sandbox.py as a child process: tasks go in as JSON lines, events come back."""
 
-    def __init__(self, course: Course, jobs: int, workdir: Path):
+    def __init__(self, course: Course, jobs: int, workdir: Path, sandbox: str = "auto"):
         read_end, write_end = os.pipe()
         trees = workdir / "trees"
         trees.mkdir(parents=True, exist_ok=True)
@@ -124,13 +133,15 @@ class Runner:
                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "MPLBACKEND": "Agg", "HF_HOME": str(workdir / "hf")}
         cmd = [sys.executable, "-I", str(Path(__file__).with_name("sandbox.py")), "--events", str(write_end),
-               "--jobs", str(jobs), "--workdir", str(trees)]
+               "--jobs", str(jobs), "--workdir", str(trees), "--course", str(course.root), "--sandbox", sandbox]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, pass_fds=(write_end,), env=env, cwd=workdir,
                                      start_new_session=True)
         os.close(write_end)
         self.events = os.fdopen(read_end, "rb")
         self.stderr: list[bytes] = []
+        self.sandboxed, self.sandbox_said = False, "the test runner did not say"
+        self.dropped: list[str] = []   # event lines that were not JSON objects (none expected)
         threading.Thread(target=self._drain_stderr, daemon=True).start()
 
     def _drain_stderr(self) -> None:
@@ -150,8 +161,24 @@ class Runner:
         threading.Thread(target=write, daemon=True).start()
 
     def next_event(self) -> dict | None:
-        line = self.events.readline()
-        return json.loads(line) if line else None
+        """The next event from the test runner, None once it is gone; a line that is not a JSON
+        object (it cannot come from the runner) is noted and skipped, never fatal."""
+        while line := self.events.readline(MAX_EVENT_BYTES):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = None
+            if isinstance(event, dict):
+                if event.get("event") == "ready":
+                    self.sandboxed, self.sandbox_said = bool(event.get("sandbox")), str(event.get("said"))
+                    continue
+                return event
+            self.dropped.append(line[:200].decode(errors="replace"))
+        return None
+
+    def sandbox_column(self) -> str:
+        """What grades.csv says about the sandbox: short when it held, the reason when it did not."""
+        return "bubblewrap" if self.sandboxed else f"NONE: {self.sandbox_said}"
 
     def collect(self, course: Course, limits: Limits, policy: dict) -> list[dict]:
         """The graded tests, their exercises and points, collected on the instructor's stubs."""
@@ -199,21 +226,29 @@ def tasks_for(graded: Graded, course: Course, staging: Path, limits: Limits, pol
         tasks.append({"id": f"{graded.sub.student}/{module}", "base": str(course.root), "labs": str(staging / "labs"),
                       "tests": files, "hidden": [f for f in files if course.is_hidden(f)], "exercises": ids,
                       "policy": policy, "limits": vars(limits)})
+        graded.expected[tasks[-1]["id"]] = {i["nodeid"] for i in course.items if i["exercise"] in ids}
     graded.pending = {t["id"] for t in tasks}
     return tasks
 
 
 def on_event(event: dict, by_student: dict[str, Graded]) -> Graded | None:
-    """Fold one event into its submission; return the submission when its last task is done."""
-    student, _, module = str(event.get("task", "")).partition("/")
+    """Fold one event into its submission; return the submission when its last task is done.
+    Only a pending task's events count, and only for tests that task runs, once each."""
+    task = str(event.get("task", ""))
+    student, _, module = task.partition("/")
     graded = by_student.get(student)
-    if graded is None:
+    if graded is None or task not in graded.pending:
         return None
     if event.get("event") == "result":
-        graded.results[event["nodeid"]] = event
+        nodeid = event.get("nodeid")
+        if nodeid in graded.expected.get(task, ()) and nodeid not in graded.results:
+            graded.results[nodeid] = {"outcome": str(event.get("outcome")), "message": str(event.get("message") or "")}
     elif event.get("event") == "done":
-        graded.pending.discard(event["task"])
-        graded.seconds += float(event.get("seconds", 0))
+        graded.pending.discard(task)
+        try:
+            graded.seconds += float(event.get("seconds", 0))
+        except (TypeError, ValueError):
+            pass
         if event.get("output"):
             graded.output.append(f"===== labs/{module}.py =====\n{event['output']}\n")
         if event.get("reason"):
@@ -226,57 +261,101 @@ def on_event(event: dict, by_student: dict[str, Graded]) -> Graded | None:
 # The command
 # ---------------------------------------------------------------------------------------------
 def grade(paths: list[Path], out: Path, limits: Limits, jobs: int, single: bool = False,
-          course: Course | None = None, progress=print, screened: bool = True
-          ) -> list[tuple[str, list[ExerciseScore], str]]:
-    """Grade every submission in `paths`; write the reports under `out`; return the grades.csv rows."""
+          course: Course | None = None, progress=print, unscreened: frozenset[str] = frozenset(),
+          sandbox: str = "auto") -> list[tuple[str, list[ExerciseScore], str]]:
+    """Grade every submission in `paths`; write the reports under `out`; return the grades.csv rows.
+
+    unscreened: student ids whose modules skip the static screen (tests use it to check the walls
+    behind the screen on their own). sandbox: "auto" (bubblewrap where it works) or "off"."""
     course = course or Course.load()
     policy = course.policy()
     workdir = Path(tempfile.mkdtemp(prefix="labs-grade-"))
     started = time.monotonic()
-    runner = Runner(course, jobs, workdir)
+    runner = Runner(course, jobs, workdir, sandbox)
     try:
-        course.items = runner.collect(course, limits, policy)
+        try:
+            course.items = runner.collect(course, limits, policy)
+        except RuntimeError:
+            _write_ungraded(paths, out, course, runner, "not graded: the course's own tests could not be collected")
+            raise
         progress(f"ready: {len(course.items)} graded tests collected, test runner up in "
-                 f"{time.monotonic() - started:.1f} s")
-        return _grade_all(expand(paths), out, limits, course, policy, runner, workdir, single, progress, screened)
+                 f"{time.monotonic() - started:.1f} s; sandbox: {runner.sandbox_said}")
+        if not runner.sandboxed:
+            progress(_no_sandbox_banner(runner))
+        rows = _grade_all(expand(paths), out, limits, course, policy, runner, workdir, single, progress, unscreened)
+        if not runner.sandboxed:
+            progress(_no_sandbox_banner(runner))
+        if runner.dropped:
+            progress(f"note: {len(runner.dropped)} line(s) from the test runner were not events and were "
+                     f"skipped, e.g. {runner.dropped[0][:100]!r}")
+        return rows
     finally:
         runner.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _grade_all(paths, out, limits, course, policy, runner, workdir, single, progress, screened):
+def _no_sandbox_banner(runner: Runner) -> str:
+    line = "!" * 100
+    return (f"{line}\n!! NO SANDBOX: {runner.sandbox_said}\n!! Student code ran with resource limits only: "
+            "no filesystem, PID or network isolation.\n!! grades.csv says so in its sandbox column. On Debian: "
+            "apt-get install bubblewrap; user namespaces must be allowed.\n{line}")
+
+
+def _write_ungraded(paths: list[Path], out: Path, course: Course, runner: Runner, why: str) -> None:
+    """A row per submission even when nothing could be graded, so no one is silently missing."""
+    taken: set[str] = set()
+    rows = [(student_id(p, taken), [], f"error:{why}") for p in expand(paths)]
+    write_atomically(out / "grades.csv", grades_csv(rows, course, runner.sandbox_column()))
+
+
+def _grade_all(paths, out, limits, course, policy, runner, workdir, single, progress, unscreened):
     taken: set[str] = set()
     subs = [read_submission(p, student_id(p, taken), list(course.stubs)) for p in paths]
     if single and len(subs) != 1:
         raise ValueError(f"--gradescope-single grades exactly one submission, got {len(subs)}")
-    by_student = {s.student: prepare(s, course, workdir / "staged" / s.student, screened) for s in subs}
-    tasks = [t for g in by_student.values()
-             for t in tasks_for(g, course, workdir / "staged" / g.sub.student, limits, policy)]
+    by_student = {s.student: Graded(s) for s in subs}
     rows: dict[str, tuple] = {}
 
     def finish(graded: Graded) -> None:
-        folder = out if single else out / graded.sub.student
-        scores, status = write_reports(graded, course, folder)
-        rows[graded.sub.student] = (graded.sub.student, scores, status)
+        student = graded.sub.student
+        try:
+            scores, status = write_reports(graded, course, out if single else out / student)
+        except Exception as err:  # noqa: BLE001 - the row is written whatever the reports do
+            scores, status = [], f"error:the reports could not be written ({err})"
+        rows[student] = (student, scores, status)
         total, top = sum(s.points for s in scores), sum(s.max_points for s in scores)
-        progress(f"[{len(rows)}/{len(by_student)}] {graded.sub.student}: {total:g}/{top:g} {status} "
-                 f"({graded.seconds:.1f} s)")
-        shutil.rmtree(workdir / "staged" / graded.sub.student, ignore_errors=True)
+        progress(f"[{len(rows)}/{len(by_student)}] {student}: {total:g}/{top:g} {status} ({graded.seconds:.1f} s)")
+        shutil.rmtree(workdir / "staged" / student, ignore_errors=True)
 
-    for graded in by_student.values():
-        if not graded.pending:
-            finish(graded)
-    runner.send(tasks, close=True)
-    while len(rows) < len(by_student) and (event := runner.next_event()) is not None:
-        done = on_event(event, by_student)
-        if done is not None:
-            finish(done)
-    for graded in by_student.values():  # the runner stopped early: nothing is lost, it is reported
-        if graded.sub.student not in rows:
-            graded.problems.append("the grader's test runner stopped before these tests finished")
-            finish(graded)
-    ordered = [rows[s] for s in by_student]
-    write_atomic(out / "grades.csv", grades_csv(ordered, course))
+    try:
+        tasks = []
+        for student, sub in [(s.student, s) for s in subs]:
+            staging = workdir / "staged" / student
+            try:
+                by_student[student] = prepare(sub, course, staging, student not in unscreened)
+                tasks += tasks_for(by_student[student], course, staging, limits, policy)
+            except Exception as err:  # noqa: BLE001 - one odd submission never stops the class
+                by_student[student].problems.append(f"could not be prepared for grading ({err!r})")
+                by_student[student].pending.clear()
+        for graded in by_student.values():
+            if not graded.pending:
+                finish(graded)
+        runner.send(tasks, close=True)
+        while len(rows) < len(by_student) and (event := runner.next_event()) is not None:
+            try:
+                done = on_event(event, by_student)
+            except Exception as err:  # noqa: BLE001
+                runner.dropped.append(f"{err!r}: {str(event)[:100]}")
+                continue
+            if done is not None:
+                finish(done)
+    finally:
+        for graded in by_student.values():  # the runner stopped early: nothing is lost, it is reported
+            if graded.sub.student not in rows:
+                graded.problems.append("the grader's test runner stopped before these tests finished")
+                finish(graded)
+        ordered = [rows[s] for s in by_student]
+        write_atomically(out / "grades.csv", grades_csv(ordered, course, runner.sandbox_column()))
     return ordered
 
 
@@ -295,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="address-space limit of one child in MB (default: %(default)s)")
     parser.add_argument("--gradescope-single", action="store_true",
                         help="one submission; write results.json straight into --out (Gradescope)")
+    parser.add_argument("--no-sandbox", action="store_true",
+                        help="do not use bubblewrap even where it works (resource limits only; "
+                             "grades.csv says so)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
@@ -302,13 +384,11 @@ def main(argv: list[str] | None = None) -> int:
                     memory_mb=args.memory_mb)
     if not hasattr(os, "fork"):
         raise ValueError("labs grade needs Linux or macOS: it forks and sets resource limits")
-    if os.geteuid() == 0:
-        print("labs grade: running as root, so the process-count limit is not enforced; "
-              "an unprivileged user is safer", file=sys.stderr)
     started = time.monotonic()
     try:
         rows = grade(args.submissions, args.out, limits, args.jobs, args.gradescope_single,
-                     progress=lambda line: print(line, file=sys.stderr))
+                     progress=lambda line: print(line, file=sys.stderr),
+                     sandbox="off" if args.no_sandbox else "auto")
     except RuntimeError as err:  # the course's own tests or test runner failed: not the students' fault
         print(f"labs grade: {err}", file=sys.stderr)
         return 1

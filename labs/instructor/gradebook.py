@@ -2,7 +2,7 @@
 
     results.json   Gradescope's format: one entry per test (hidden ones "after_published")
     feedback.md    per exercise: status, points and a hint, for the student
-    grades.csv     one row per submission: a column per exercise, total, status
+    grades.csv     one row per submission: a column per exercise, total, status, sandbox
 
 Points come from the graded tests' exercise markers as the trusted collection read them (see
 labs/instructor/grade.py); the tests' outcomes come from the grading children. Partial credit falls out of
@@ -13,11 +13,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labs.files import write_atomically
 from labs.instructor.course import Course
 from labs.instructor.submissions import Submission
 
@@ -32,6 +31,7 @@ class Graded:
     problems: list[str] = field(default_factory=list)              # children that did not finish
     output: list[str] = field(default_factory=list)
     pending: set[str] = field(default_factory=set)                 # task ids still running
+    expected: dict[str, set[str]] = field(default_factory=dict)    # task id -> the test node ids it runs
     seconds: float = 0.0
 
 
@@ -158,34 +158,23 @@ def feedback_md(scores: list[ExerciseScore], graded: Graded) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def grades_csv(rows: list[tuple[str, list[ExerciseScore], str]], course: Course) -> str:
+def grades_csv(rows: list[tuple[str, list[ExerciseScore], str]], course: Course, sandbox: str) -> str:
+    """sandbox: how the children were isolated in this run ("bubblewrap", or "NONE: <why>")."""
     exercises = sorted(course.exercises, key=_id_key)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["student", *exercises, "total", "status"])
+    writer.writerow(["student", *exercises, "total", "status", "sandbox"])
     for student, scores, status in rows:
         points = {s.exercise: s.points for s in scores}
         writer.writerow([student, *(f"{points.get(ex, 0):g}" for ex in exercises),
-                         f"{sum(points.values()):g}", status])
+                         f"{sum(points.values()):g}", status, sandbox])
     return out.getvalue()
 
 
 def write_reports(graded: Graded, course: Course, folder: Path) -> tuple[list[ExerciseScore], str]:
     tests = score_tests(graded, course)
     scores = exercise_scores(tests, graded, course)
-    write_atomic(folder / "results.json", json.dumps(results_json(tests, graded, course), indent=1))
-    write_atomic(folder / "feedback.md", feedback_md(scores, graded))
-    write_atomic(folder / "output.txt", "".join(graded.output))
+    write_atomically(folder / "results.json", json.dumps(results_json(tests, graded, course), indent=1))
+    write_atomically(folder / "feedback.md", feedback_md(scores, graded))
+    write_atomically(folder / "output.txt", "".join(graded.output))
     return scores, status_of(graded)

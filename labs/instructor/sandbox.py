@@ -6,18 +6,27 @@ one submission) builds a fresh grading tree and forks a child, which isolates it
 student code loads and runs pytest with a result plugin (labs/instructor/sandbox_child.py):
 
 1. its own session and process group (a timeout kills the whole group),
-2. resource limits (CPU seconds, address space, file size, processes, no core files),
-3. a scrubbed environment (HOME and TMPDIR inside its tree, offline, one thread),
-4. only the standard library, site-packages and its tree on sys.path, so neither an editable
+2. its own operating-system sandbox built by bubblewrap (labs/instructor/boundary.py): only its
+   grading tree and the Python environment, read-only; a private /tmp; no /proc; its own PID
+   namespace; no network; no privileges. Where bubblewrap cannot work here, the server says so
+   once (the `ready` event) and the children run with the limits below only,
+3. resource limits (CPU seconds, address space, file size, processes, no core files),
+4. a scrubbed environment (HOME and TMPDIR in its private tmp, offline, one thread),
+5. only the standard library, site-packages and its tree on sys.path, so neither an editable
    install nor the instructor's checkout can expose `solutions`,
-5. student technique modules loaded with checked builtins (no exec/eval/open, a checked
+6. student technique modules loaded with checked builtins (no exec/eval/open, a checked
    __import__, getattr/setattr that refuse dunder names and changing modules or classes).
 
-The plugin streams one JSON line per test over an inherited pipe; this server accepts only tests
-that were collected before student code ran, each once, and forwards them. A child's stdout and
-stderr go to a second pipe and are only kept as text. If a child dies or a test ignores its
-timeout, that test fails with the reason and the rest run again in a new child, within the
-module's time budget. Tasks arrive as JSON lines on stdin; events leave on the --events fd.
+The plugin streams one signed JSON line per event over an inherited pipe, under a key this
+server writes to the child through a second pipe after forking (sandbox_child.Channel). The
+server accepts a child's events only in protocol order: its collected tests once, before any
+student code ran; then for each test, in collection order, its start and then its one result.
+A line that is unsigned, forged, malformed, oversized or out of order is dropped and ends the
+child: its unreported tests fail with the reason, and the server carries on with the others.
+A child's stdout and stderr go to a third pipe and are only kept as text. If a child dies or a
+test ignores its timeout, that test fails with the reason and the rest run again in a new child,
+within the module's time budget. Tasks arrive as JSON lines on stdin; events leave on the
+--events fd.
 """
 from __future__ import annotations
 
@@ -35,19 +44,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def _load_child_module():
-    """labs/instructor/sandbox_child.py: imported as usual inside the package, by path when run as a script."""
+def _load(name: str):
+    """A sibling module: imported as usual inside the package, by path when this runs as a script."""
     if __package__:
-        from labs.instructor import sandbox_child
-        return sandbox_child
-    spec = importlib.util.spec_from_file_location("sandbox_child", Path(__file__).with_name("sandbox_child.py"))
+        return importlib.import_module(f"labs.instructor.{name}")
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
 
-CHILD = _load_child_module()
+CHILD = _load("sandbox_child")
+BOUNDARY = _load("boundary")
 
 OUTPUT_HEAD, OUTPUT_TAIL = 4_000, 12_000  # characters of a child's output kept (start and end)
 MAX_RESTARTS = 60                          # new children per task after crashes (each one costs a test)
@@ -68,6 +77,7 @@ class Attempt:
     tree: Path
     results: int                   # read end of the result pipe
     output: int                    # read end of the output pipe
+    channel: object                # sandbox_child.Channel: opens this child's signed lines
     deadline: float
     started: float
     buffer: bytes = b""
@@ -79,17 +89,19 @@ class Attempt:
     tail: str = ""
     killed: str | None = None      # why we killed it, if we did
     out_of_time: bool = False      # killed because the module's whole budget was spent
+    violation: str | None = None   # the result channel carried something the harness did not send
     status: int | None = None      # waitpid status once reaped
     open_fds: int = 2
 
 
 class Server:
-    def __init__(self, events_fd: int, jobs: int, workdir: Path):
+    def __init__(self, events_fd: int, jobs: int, workdir: Path, sandbox=None):
         self.events_fd, self.jobs, self.workdir = events_fd, max(1, jobs), workdir
+        self.sandbox = sandbox     # a boundary.Sandbox, or None: limits only
         self.queue: list[dict] = []
         self.running: dict[int, Attempt] = {}
         self.selector = selectors.DefaultSelector()
-        self.clean_path = [p for p in sys.path if p and Path(p).exists() and not CHILD.is_editable(p)]
+        self.clean_path = clean_path()
         self.stdin_open, self.stdin_buffer = True, b""
         self.counter = 0
 
@@ -106,7 +118,13 @@ class Server:
                 self.start(self.queue.pop(0))
             closing = any(a.open_fds == 0 and a.status is None for a in self.running.values())
             for key, _ in self.selector.select(timeout=0.01 if closing else 0.2):  # reap exits promptly
-                self.readable(key)
+                try:
+                    self.readable(key)
+                except Exception as err:  # noqa: BLE001 - one child's mess never stops the class
+                    if isinstance(key.data, tuple):
+                        self.violate(key.data[1], f"the grader could not read what it sent ({err!r})")
+                    else:
+                        print(f"grading server: {err!r}", file=sys.stderr)
             self.check_deadlines()
             self.reap()
 
@@ -118,7 +136,15 @@ class Server:
                 self.selector.unregister(0)
             self.stdin_buffer += chunk
             *lines, self.stdin_buffer = self.stdin_buffer.split(b"\n")
-            self.queue += [json.loads(line) for line in lines if line.strip()]
+            for line in filter(bytes.strip, lines):
+                try:
+                    task = json.loads(line)
+                    if not isinstance(task, dict) or "id" not in task:
+                        raise ValueError("not a task")
+                except ValueError as err:
+                    print(f"grading server: ignored a task line ({err}): {line[:200]!r}", file=sys.stderr)
+                    continue
+                self.queue.append(task)
             return
         kind, attempt = key.data
         chunk = os.read(key.fd, 65536)
@@ -138,41 +164,77 @@ class Server:
         attempt.tail = (attempt.tail + text)[-OUTPUT_TAIL:]
 
     def on_results(self, attempt: Attempt, chunk: bytes) -> None:
+        """Open each signed line; anything else ends the child (see the module's docstring)."""
+        if attempt.violation:
+            return  # already ended: what it still writes is dropped unread
         attempt.buffer += chunk
         *lines, attempt.buffer = attempt.buffer.split(b"\n")
+        if len(attempt.buffer) > CHILD.MAX_LINE or any(len(line) > CHILD.MAX_LINE for line in lines):
+            return self.violate(attempt, f"a line of over {CHILD.MAX_LINE:,} bytes arrived on the result channel")
         for line in lines:
             try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            self.on_event(attempt, event)
+                event = attempt.channel.open(line)
+            except ValueError as err:
+                return self.violate(attempt, f"a line on the result channel was not sent by the grading "
+                                             f"harness and was dropped: {err} ({line[:60]!r})")
+            problem = self.on_event(attempt, event)
+            if problem:
+                return self.violate(attempt, f"the result channel carried an unexpected event: {problem}")
 
-    def on_event(self, attempt: Attempt, event: dict) -> None:
-        kind, task_id = event.get("event"), attempt.task["id"]
-        if kind == "collect_error" and attempt.task.get("collect_only"):
-            self.emit(task=task_id, event="collect_error", where=str(event.get("where")),
-                      message=str(event.get("message", ""))[-2000:])
-        elif kind == "items" and attempt.collected is None and attempt.task.get("collect_only"):
-            attempt.collected = [i["nodeid"] for i in event.get("items", [])]
-            self.emit(task=task_id, event="items", items=event.get("items", []))
-        elif kind == "collected" and attempt.collected is None:
-            attempt.collected = [str(n) for n in event.get("nodeids", [])]
-        elif kind == "start" and attempt.collected is not None and event.get("nodeid") in attempt.collected:
-            attempt.current, attempt.current_since = event["nodeid"], time.monotonic()
-        elif (kind == "result" and attempt.collected is not None and event.get("nodeid") in attempt.collected
-              and event["nodeid"] not in attempt.reported):
-            attempt.reported.add(event["nodeid"])
+    def on_event(self, attempt: Attempt, event: dict) -> str | None:
+        """Take one genuine event in protocol order; return what is wrong with it, if anything."""
+        kind, task_id, collect_only = event.get("event"), attempt.task["id"], bool(attempt.task.get("collect_only"))
+        if kind == "collect_error" and attempt.collected is None:
+            if collect_only:
+                self.emit(task=task_id, event="collect_error", where=str(event.get("where")),
+                          message=str(event.get("message", ""))[-2000:])
+            return None
+        if kind in ("items", "collected"):
+            if attempt.collected is not None or (kind == "items") != collect_only:
+                return f"{kind!r} {'again' if attempt.collected is not None else 'in this kind of run'}"
+            items = event.get("items") if kind == "items" else [{"nodeid": n} for n in event.get("nodeids", ())]
+            nodeids = [i.get("nodeid") if isinstance(i, dict) else None for i in items or ()]
+            if not all(isinstance(n, str) for n in nodeids) or len(set(nodeids)) != len(nodeids):
+                return "a malformed list of collected tests"
+            attempt.collected = nodeids
+            if collect_only:
+                self.emit(task=task_id, event="items", items=items)
+            return None
+        if attempt.collected is None:
+            return f"{kind!r} before the tests were collected"
+        position = len(attempt.reported)
+        expected = attempt.collected[position] if position < len(attempt.collected) else None
+        nodeid = event.get("nodeid")
+        if kind == "start":
+            if attempt.current is not None or nodeid != expected:
+                return f"the start of {nodeid!r} out of order (expected {expected!r})"
+            attempt.current, attempt.current_since = nodeid, time.monotonic()
+            return None
+        if kind == "result":
+            if attempt.current is None or nodeid != attempt.current:
+                return f"a result for {nodeid!r}, which had not started"
+            attempt.reported.add(nodeid)
             attempt.current = None
             outcome = event.get("outcome") if event.get("outcome") in ("passed", "skipped") else "failed"
-            self.emit(task=task_id, event="result", nodeid=event["nodeid"], outcome=outcome,
+            self.emit(task=task_id, event="result", nodeid=nodeid, outcome=outcome,
                       error=str(event.get("error") or "")[:80] or None, message=str(event.get("message", ""))[:300])
+            return None
+        return f"an unknown event {str(kind)[:40]!r}"
+
+    def violate(self, attempt: Attempt, reason: str) -> None:
+        """End a child whose result channel was tampered with: no more of its results count."""
+        if attempt.violation is None:
+            attempt.violation = reason
+            attempt.buffer = b""
+            if attempt.status is None:
+                _kill_group(attempt.pid)
 
     def check_deadlines(self) -> None:
         """Kill a child past its module's budget, or one whose test ignored its timeout."""
         now = time.monotonic()
         for attempt in self.running.values():
             limits = attempt.task["limits"]
-            if attempt.killed is not None or attempt.status is not None:
+            if attempt.killed is not None or attempt.status is not None or attempt.violation:
                 continue
             if now > attempt.deadline:
                 attempt.killed = f"ran out of time ({limits['timeout']:g} s for this module)"
@@ -202,28 +264,43 @@ class Server:
 
     def start(self, task: dict) -> None:
         self.counter += 1
-        tree = build_tree(task, self.workdir / f"run-{self.counter}")
+        try:
+            tree = build_tree(task, self.workdir / f"run-{self.counter}", self.sandbox)
+        except (OSError, KeyError, TypeError) as err:
+            return self.done(task, f"could not be prepared ({err})")
         results_r, results_w = os.pipe()
         output_r, output_w = os.pipe()
+        key_r, key_w = os.pipe()
         pid = os.fork()
         if pid == 0:
-            CHILD.run_child(task, tree, results_w, output_w, self.clean_path)
-        os.close(results_w)
-        os.close(output_w)
+            self.running.clear()  # other children's state is none of this one's business
+            CHILD.run_child(task, tree, {"results": results_w, "output": output_w, "key": key_r},
+                            self.clean_path, self.sandbox)
+        for fd in (results_w, output_w, key_r):
+            os.close(fd)
+        key = os.urandom(CHILD.KEY_BYTES)  # made after the fork: the child's memory never held it
+        os.write(key_w, key)
+        os.close(key_w)
         now = time.monotonic()
         budget = float(task["limits"]["timeout"]) - task.get("_seconds", 0.0)  # --timeout covers all restarts
-        attempt = Attempt(task, pid, tree, results_r, output_r, now + max(budget, 1.0), now)
+        attempt = Attempt(task, pid, tree, results_r, output_r, CHILD.Channel(key), now + max(budget, 1.0), now)
+        del key
         self.selector.register(results_r, selectors.EVENT_READ, ("results", attempt))
         self.selector.register(output_r, selectors.EVENT_READ, ("output", attempt))
         self.running[pid] = attempt
 
     def finish(self, attempt: Attempt) -> None:
         """A child is gone: report what it left unfinished, or run the rest in a new child."""
-        task, reason = attempt.task, attempt.killed or _exit_reason(attempt.status)
+        task, reason = attempt.task, attempt.violation or attempt.killed or _exit_reason(attempt.status)
         shutil.rmtree(attempt.tree, ignore_errors=True)
         task["_output"] = task.get("_output", "") + _output_text(attempt)
         task["_seconds"] = task.get("_seconds", 0.0) + time.monotonic() - attempt.started
         remaining = [n for n in attempt.collected or () if n not in attempt.reported]
+        if attempt.violation:
+            for nodeid in remaining:
+                self.emit(task=task["id"], event="result", nodeid=nodeid, outcome="failed", error="ResultChannel",
+                          message=attempt.violation[:300])
+            return self.done(task, attempt.violation)
         if not remaining or task.get("collect_only"):
             reason = None if attempt.collected is not None else reason
             return self.done(task, reason)
@@ -275,8 +352,8 @@ def _exit_reason(status: int | None) -> str:
             return "was killed (SIGKILL: a CPU or memory limit)"
         return f"crashed ({signal.Signals(sig).name})"
     code = os.WEXITSTATUS(status)
-    return {0: "exited early", 1: "exited early", 2: "was interrupted",
-            70: "failed inside the grading harness"}.get(code, f"exited with status {code}")
+    return {0: "exited early", 1: "exited early", 2: "was interrupted", 70: "failed inside the grading harness",
+            BOUNDARY.ENTER_FAILED: "could not enter its sandbox (see output.txt)"}.get(code, f"exited with status {code}")
 
 
 def _output_text(attempt: Attempt) -> str:
@@ -284,7 +361,7 @@ def _output_text(attempt: Attempt) -> str:
     return attempt.head + cut + attempt.tail
 
 
-def build_tree(task: dict, tree: Path) -> Path:
+def build_tree(task: dict, tree: Path, sandbox=None) -> Path:
     """A fresh grading tree: instructor infrastructure and tests, the submission's technique modules."""
     base, staged = Path(task["base"]), Path(task["labs"])
     (tree / "labs").mkdir(parents=True)
@@ -299,11 +376,40 @@ def build_tree(task: dict, tree: Path) -> Path:
             (tree / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(base / rel, tree / rel)
     shutil.copyfile(base / "pyproject.toml", tree / "pyproject.toml")
-    if (base / "data").is_dir():
-        (tree / "data").symlink_to(base / "data")
-    for folder in ("tmp", "home"):
-        (tree / folder).mkdir()
+    if sandbox is not None:  # data/ is mounted read-only in the sandbox; only tests/hidden may change
+        sandbox.prepare_tree(tree, CHILD.hidden_folders(tree))
+    else:
+        if (base / "data").is_dir():
+            (tree / "data").symlink_to(base / "data")
+        (tree / "tmp").mkdir()
     return tree
+
+
+def clean_path() -> list[str]:
+    """sys.path for the children: the standard library and site-packages; no editable finder, no
+    folder of the course itself (this script's folder, labs/instructor/, is on sys.path here)."""
+    course = Path(__file__).resolve().parents[2]
+    prefix = Path(sys.prefix).resolve()
+    keep = []
+    for entry in sys.path:
+        path = Path(entry).resolve() if entry else None
+        if path is None or not path.exists() or CHILD.is_editable(entry):
+            continue
+        if (path == course or course in path.parents) and not (path == prefix or prefix in path.parents):
+            continue
+        keep.append(entry)
+    return keep
+
+
+def choose_sandbox(mode: str, course: Path, workdir: Path):
+    """(the boundary.Sandbox children will use or None, and what to tell the instructor)."""
+    if mode == "off":
+        return None, "turned off (--no-sandbox): resource limits only"
+    sandbox = BOUNDARY.Sandbox.for_this_machine(clean_path(), course)
+    problem = BOUNDARY.probe(sandbox, workdir, course / "labs")
+    if problem:
+        return None, problem
+    return sandbox, f"{BOUNDARY.version(sandbox.bwrap)} ({sandbox.flavour} flavour)"
 
 
 def _preload() -> None:
@@ -326,11 +432,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, required=True, help="file descriptor for events")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--course", type=Path, required=True, help="the instructor's checkout")
+    parser.add_argument("--sandbox", choices=("auto", "off"), default="auto",
+                        help="auto: bubblewrap where it works here, else limits only")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    BOUNDARY.make_undumpable()  # children of the same user cannot read this process's descriptors
     _preload()
-    server = Server(args.events, args.jobs, args.workdir)
-    server.emit(event="ready")
+    sandbox, said = choose_sandbox(args.sandbox, args.course.resolve(), args.workdir)
+    server = Server(args.events, args.jobs, args.workdir, sandbox)
+    server.emit(event="ready", sandbox=sandbox is not None, said=said)
     try:
         server.serve()
     except BrokenPipeError:

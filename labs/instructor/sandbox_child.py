@@ -1,18 +1,22 @@
 """Inside a grading child: isolation set up before pytest starts, and the result plugin.
 
 labs/instructor/sandbox.py (the fork server) forks a child per task and calls `run_child` in it. Before any
-student code is imported, the child leaves the server's process group, takes its resource
-limits, scrubs its environment, narrows sys.path to the standard library, site-packages and its
-own grading tree (no editable finders, `solutions` blocked), and installs a loader that runs the
-student's technique modules with checked builtins. Then pytest runs with `ResultPlugin`, which
-reports each test over a pipe, deletes the hidden test files once collected, bounds each test's
-time, and fails any test during which a library function was replaced.
+student code is imported, the child leaves the server's process group, moves into its own
+sandbox (labs/instructor/boundary.py, where bubblewrap works), reads its result-channel key from
+a pipe, takes its resource limits, scrubs its environment, narrows sys.path to the standard
+library, site-packages and its own grading tree (no editable finders, `solutions` blocked), and
+installs a loader that runs the student's technique modules with checked builtins. Then pytest
+runs with `ResultPlugin`, which reports each test over an authenticated pipe (`Channel`),
+deletes the hidden test files once collected, bounds each test's time, and fails any test during
+which a library function was replaced or a watched class gained an attribute.
 
 This file imports nothing from labs: the fork server runs outside the package and loads it by path.
 """
 from __future__ import annotations
 
 import builtins
+import hashlib
+import hmac
 import json
 import os
 import resource
@@ -23,7 +27,7 @@ import traceback
 from importlib.machinery import SourceFileLoader
 from importlib.util import spec_from_file_location
 from pathlib import Path
-from types import ModuleType
+from types import FunctionType, ModuleType
 
 import pytest
 
@@ -41,17 +45,66 @@ class Interrupted(Exception):
     """A KeyboardInterrupt raised by the code under test: a failure of that test, not the end of the run."""
 
 
-class ResultPlugin:
-    """Reports collection and each test's outcome as JSON lines on a pipe, and guards the run."""
+KEY_BYTES = 32
+MAX_LINE = 2**20  # bytes in one line of the result channel; a longer one is a protocol violation
 
-    def __init__(self, fd: int, task: dict):
-        self.fd, self.task = fd, task
+
+class Channel:
+    """One end of a result channel: each line is `<HMAC-SHA256 hex> <JSON>`, the JSON numbered in
+    order, under a key only this child and the server know. The child seals, the server opens;
+    a line written by anyone else (student code that found the descriptor) does not open."""
+
+    def __init__(self, key: bytes):
+        if len(key) != KEY_BYTES:
+            raise ValueError(f"a channel key has {KEY_BYTES} bytes, got {len(key)}")
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)  # keyed once; the raw key is not kept
+        self.seq = 0
+
+    def seal(self, event: dict) -> bytes:
+        body = json.dumps({**event, "seq": self.seq}, separators=(",", ":")).encode()
+        self.seq += 1
+        return self._digest(body) + b" " + body + b"\n"
+
+    def open(self, line: bytes) -> dict:
+        """The event in one line (without its newline); ValueError says why it is not genuine."""
+        digest, _, body = line.partition(b" ")
+        if len(digest) != 64 or not hmac.compare_digest(digest, self._digest(body)):
+            raise ValueError("its signature is wrong" if len(digest) == 64 else "it is not signed")
+        event = json.loads(body)
+        if not isinstance(event, dict) or event.get("seq") != self.seq:
+            raise ValueError(f"it is out of sequence (expected number {self.seq})")
+        self.seq += 1
+        return event
+
+    def _digest(self, body: bytes) -> bytes:
+        mac = self._mac.copy()
+        mac.update(body)
+        return mac.hexdigest().encode()
+
+
+def read_key(fd: int) -> bytes:
+    """The channel key, read from the pipe the server wrote it to after forking; the pipe is closed."""
+    key = b""
+    while len(key) < KEY_BYTES:
+        chunk = os.read(fd, KEY_BYTES - len(key))
+        if not chunk:
+            raise OSError("the server closed the key pipe before sending the key")
+        key += chunk
+    os.close(fd)
+    return key
+
+
+class ResultPlugin:
+    """Reports collection and each test's outcome over the result channel, and guards the run."""
+
+    def __init__(self, fd: int, channel: Channel, task: dict):
+        self.fd, self.channel, self.task = fd, channel, task
         self.outcomes: dict[str, tuple[str, str | None, str]] = {}  # nodeid -> (outcome, error, message)
         self.baseline: dict = {}
         self.item_deadline = 0.0
 
     def send(self, **event) -> None:
-        data = (json.dumps(event) + "\n").encode()
+        data = self.channel.seal(event)
         while data:
             data = data[os.write(self.fd, data):]
 
@@ -144,17 +197,15 @@ def _raise_timeout(limit: float):
 
 
 def _snapshot() -> dict:
-    """What student code must leave alone: library namespaces, torch.nn classes, global hooks."""
+    """What student code must leave alone: library namespaces, watched classes, global hooks."""
     spaces = {name: sys.modules[name].__dict__ for name in WATCHED_MODULES if name in sys.modules}
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        for cls in [torch.Tensor, *(v for v in vars(torch.nn).values() if isinstance(v, type))]:
-            spaces[f"{cls.__module__}.{cls.__qualname__}"] = cls.__dict__
+    classes = {f"{c.__module__}.{c.__qualname__}": c for c in _watched_classes()}
+    spaces.update({name: cls.__dict__ for name, cls in classes.items()})
     snapshot = {name: dict(space) for name, space in spaces.items()}
     module = sys.modules.get("torch.nn.modules.module")
     hooks = {k: len(v) for k, v in vars(module).items() if k.startswith("_global_") and isinstance(v, dict)} \
         if module else {}
-    return {"spaces": spaces, "values": snapshot, "hooks": hooks, "modes": _mode_depth()}
+    return {"spaces": spaces, "classes": classes, "values": snapshot, "hooks": hooks, "modes": _mode_depth()}
 
 
 def _mode_depth() -> tuple[int, int]:
@@ -165,14 +216,19 @@ def _mode_depth() -> tuple[int, int]:
 
 
 def _restore(baseline: dict) -> list[str]:
-    """Names whose value changed since the baseline; each is put back."""
+    """Names changed since the baseline, each put back: a replaced value anywhere watched, and a new
+    attribute on a watched class (it would shadow an inherited method, e.g. Tensor.element_size)."""
     changed = []
     for name, original in baseline.get("values", {}).items():
         space = baseline["spaces"][name]
         for key, value in original.items():
             if space.get(key, _MISSING) is not value:
                 changed.append(f"{name}.{key}")
-                _put_back(name, space, key, value)
+                _put_back(baseline, name, key, value)
+        if name in baseline["classes"]:  # modules gain attributes legitimately (lazy submodules)
+            for key in [k for k in list(space) if k not in original and not _library_addition(k, space[k])]:
+                changed.append(f"{name}.{key} (added)")
+                _put_back(baseline, name, key, _MISSING)
     module = sys.modules.get("torch.nn.modules.module")
     for key, size in baseline.get("hooks", {}).items():
         if len(getattr(module, key)) != size:
@@ -185,36 +241,68 @@ def _restore(baseline: dict) -> list[str]:
 _MISSING = object()
 
 
-def _put_back(name: str, space, key: str, value) -> None:
+def _library_addition(key: str, value) -> bool:
+    """A class attribute a library adds by itself while tests run: copyreg's __slotnames__ cache,
+    or a plain function from library code (transformers installs nn.Module.smart_apply the first
+    time a model initialises its weights). Anything else, or code from the grading tree (the
+    student's modules), is tampering."""
+    if key == "__slotnames__":
+        return True
+    code = getattr(value, "__code__", None) if isinstance(value, FunctionType) else None
+    return code is not None and not Path(code.co_filename).resolve().is_relative_to(Path.cwd().resolve())
+
+
+def _put_back(baseline: dict, name: str, key: str, value) -> None:
+    """Restore one name (value _MISSING: remove it); a class dict is read-only, so go through the class."""
+    owner = baseline["classes"].get(name)
     try:
-        if isinstance(space, dict):
-            space[key] = value
-        else:  # a class dict is read-only: go through the class
-            owner = next(c for c in _watched_classes() if f"{c.__module__}.{c.__qualname__}" == name)
+        if owner is None:
+            baseline["spaces"][name][key] = value
+        elif value is _MISSING:
+            delattr(owner, key)
+        else:
             setattr(owner, key, value)
-    except (TypeError, AttributeError, StopIteration):
+    except (TypeError, AttributeError):
         pass
 
 
 def _watched_classes() -> list[type]:
-    torch = sys.modules["torch"]
-    return [torch.Tensor, *(v for v in vars(torch.nn).values() if isinstance(v, type))]
+    """torch.Tensor, every torch.nn class, and the transformers classes exercises use."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return []
+    found = [torch.Tensor, *(v for v in vars(torch.nn).values() if isinstance(v, type))]
+    for module, name in (("transformers.pytorch_utils", "Conv1D"), ("transformers.cache_utils", "DynamicCache"),
+                         ("transformers.cache_utils", "Cache")):
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type):
+            found.append(cls)
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
 # Inside the child: isolation before pytest starts
 # ---------------------------------------------------------------------------------------------
-def run_child(task: dict, tree: Path, results_w: int, output_w: int, clean_path: list[str]) -> None:
-    """Runs in the forked child; never returns."""
+def run_child(task: dict, tree: Path, fds: dict[str, int], clean_path: list[str], sandbox=None) -> None:
+    """Runs in the forked child; never returns. fds: "results" and "output" (write ends), "key"
+    (read end of the pipe the server writes this child's channel key to). sandbox: a
+    boundary.Sandbox to move into first, or None where none can be built (limits only)."""
     code = 70
     try:
         os.setsid()
-        _redirect(output_w, results_w)
+        _redirect(fds["output"], keep=(fds["results"], fds["key"]))
+        if sandbox is not None:
+            sandbox.enter(tree, hidden_folders(tree))  # returns inside the sandbox, in a new process
+            tree, tmp = Path(sandbox.inside), Path("/tmp")
+        else:
+            tmp = tree / "tmp"
+        channel = Channel(read_key(fds["key"]))
         _apply_limits(task["limits"])
-        _scrub_environment(tree)
+        _scrub_environment(tmp)
         _isolate_imports(tree, task, clean_path)
         os.chdir(tree)
-        code = int(pytest.main(_pytest_args(task, tree), plugins=[ResultPlugin(results_w, task)]))
+        plugin = ResultPlugin(fds["results"], channel, task)
+        code = int(pytest.main(_pytest_args(task, tree, tmp), plugins=[plugin]))
     except BaseException:  # noqa: BLE001 - report anything, then leave without running cleanups
         traceback.print_exc()
     finally:
@@ -223,14 +311,22 @@ def run_child(task: dict, tree: Path, results_w: int, output_w: int, clean_path:
         os._exit(code)
 
 
-def _redirect(output_w: int, results_w: int) -> None:
+def hidden_folders(tree: Path) -> list[Path]:
+    """The only folders of a grading tree a sandboxed child may change: it deletes the hidden tests."""
+    return [tree / "tests" / "hidden"]
+
+
+def _redirect(output_w: int, keep: tuple[int, ...]) -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(output_w, 1)
     os.dup2(output_w, 2)
     top = min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 65536)
-    os.closerange(3, results_w)  # the server's pipes, sockets and files: none of the child's business
-    os.closerange(results_w + 1, top)
+    low = 3
+    for fd in sorted(keep):  # the server's pipes, sockets and files: none of the child's business
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, top)
 
 
 def _apply_limits(limits: dict) -> None:
@@ -245,11 +341,12 @@ def _apply_limits(limits: dict) -> None:
             print(f"grading: could not set {name}: {err}", file=sys.stderr)
 
 
-def _scrub_environment(tree: Path) -> None:
+def _scrub_environment(tmp: Path) -> None:
     keep = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL") if k in os.environ}
     os.environ.clear()
     os.environ.update(keep)
-    os.environ.update(HOME=str(tree / "home"), TMPDIR=str(tree / "tmp"), HF_HOME=str(tree / "home" / "hf"),
+    (tmp / "home").mkdir(parents=True, exist_ok=True)
+    os.environ.update(HOME=str(tmp / "home"), TMPDIR=str(tmp), HF_HOME=str(tmp / "home" / "hf"),
                       HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
                       PYTHONDONTWRITEBYTECODE="1", LABS_IMPL="labs", LABS_PRESET="quick",
                       OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
@@ -274,10 +371,10 @@ def is_editable(obj) -> bool:
     return "__editable__" in (getattr(owner, "__module__", "") or "") or "__editable__" in repr(obj)
 
 
-def _pytest_args(task: dict, tree: Path) -> list[str]:
+def _pytest_args(task: dict, tree: Path, tmp: Path) -> list[str]:
     args = [*task["tests"], "-q", "--no-header", "-rN", "--tb=no", "-p", "no:cacheprovider",
             "-m", "exercise", "--impl=labs", f"--rootdir={tree}", "-c", str(tree / "pyproject.toml"),
-            f"--confcutdir={tree}", f"--basetemp={tree / 'tmp' / 'pytest'}", "-o", "addopts=",
+            f"--confcutdir={tree}", f"--basetemp={tmp / 'pytest'}", "-o", "addopts=",
             "-W", "ignore::DeprecationWarning", "-W", "ignore::FutureWarning"]
     return args + (["--collect-only"] if task.get("collect_only") else [])
 
@@ -315,31 +412,37 @@ def checked_builtins(policy: dict) -> dict:
     """The builtins a student module sees: refused names gone, attribute access and import checked."""
     refused = set(policy["refused_names"])
     safe = {k: v for k, v in vars(builtins).items() if k not in refused}
-    check = _attribute_check(set(policy["refused_attrs"]), set(policy["allowed_dunders"]))
+    api = {module: frozenset(names) for module, names in policy["api"].items()}
+    check = _attribute_check(set(policy["refused_attrs"]), set(policy["allowed_dunders"]), api)
 
     def checked_getattr(obj, name, *default):
-        return getattr(obj, check(name), *default)
+        return getattr(obj, check(obj, name), *default)
 
     def checked_hasattr(obj, name):
-        return hasattr(obj, check(name))
+        return hasattr(obj, check(obj, name))
 
     def checked_setattr(obj, name, value):
         _refuse_shared(obj, name)
-        setattr(obj, check(name), value)
+        setattr(obj, check(obj, name), value)
 
     def checked_delattr(obj, name):
         _refuse_shared(obj, name)
-        delattr(obj, check(name))
+        delattr(obj, check(obj, name))
 
     safe.update(getattr=checked_getattr, hasattr=checked_hasattr, setattr=checked_setattr,
-                delattr=checked_delattr, __import__=_checked_import(policy))
+                delattr=checked_delattr, __import__=_checked_import(policy, api))
     return safe
 
 
-def _attribute_check(refused: set[str], allowed_dunders: set[str]):
-    def check(name):
+def _attribute_check(refused: set[str], allowed_dunders: set[str], api: dict[str, frozenset[str]]):
+    def check(obj, name):
         if not isinstance(name, str):
             raise TypeError(f"attribute name must be a string, got {type(name).__name__}")
+        if isinstance(obj, ModuleType):  # on a module, the allowlist decides (as the screen did)
+            module = getattr(obj, "__name__", "?")
+            if name not in api.get(module, ()):
+                raise AttributeError(f"grading refuses {module}.{name}: not something exercises may use")
+            return name
         if (name.startswith("__") and name not in allowed_dunders) or name in refused:
             raise AttributeError(f"grading refuses access to attribute {name!r}")
         return name
@@ -353,20 +456,32 @@ def _refuse_shared(obj, name: str) -> None:
                              "modules and classes are shared with the tests")
 
 
-def _checked_import(policy: dict):
-    allowed, infra = set(policy["allowed_imports"]), set(policy["labs_infra"])
+def _allowed_chain(chain: list[str], api: dict[str, frozenset[str]]) -> bool:
+    """Every step of a module chain is in the allowlist (screen.refused_prefix, repeated here)."""
+    module = chain[0]
+    if module not in api:
+        return False
+    for name in chain[1:]:
+        if name not in api[module]:
+            return False
+        module = f"{module}.{name}"
+        if module not in api:
+            return True
+    return True
+
+
+def _checked_import(policy: dict, api: dict[str, frozenset[str]]):
     techniques = set(policy["techniques"])
 
     def checked(name, globals=None, locals=None, fromlist=(), level=0):
         parts = name.split(".") if name else []
         if level:
             targets = parts[:1] or list(fromlist or ())
-            ok = level == 1 and all(t in techniques for t in targets)
-        elif parts[0] == "labs":
-            sub = parts[1] if len(parts) > 1 else None
-            ok = (sub in infra | techniques) if sub else all(n in infra | techniques for n in fromlist or ())
+            ok = level == 1 and all(t in techniques for t in targets) and \
+                all(_allowed_chain(["labs", *parts, f], api) for f in (fromlist or ()) if parts)
         else:
-            ok = parts[0] in allowed
+            ok = bool(parts) and _allowed_chain(parts, api) and ".".join(parts) in api and \
+                all(f in api[".".join(parts)] for f in fromlist or ())
         if not ok:
             raise ImportError(f"grading refuses the import of {'.' * level}{name or ', '.join(fromlist)}")
         return builtins.__import__(name, globals, locals, fromlist, level)

@@ -6,8 +6,15 @@ first of several walls (see labs/instructor/sandbox.py for the others). It reads
 - Code identical to the generated stub (the instructor's own file) is trusted as it stands: whole
   functions, module and class statements, and the opening statements of an exercise function
   that come before the student's part. Everything else is the student's and is screened.
-- Refused (the whole module is not run; its exercises score zero with the reason): imports
-  outside a short allowlist, exec/eval/open/globals and friends, dunder attributes and names,
+- Allowed, not denied: every chain of attributes that starts at an imported module
+  (`torch.nn.functional.linear`, `from transformers import DynamicCache`, `import torch.utils`)
+  must be in `MODULE_API`, what the exercises need: torch's tensor, nn and optimiser APIs, math
+  and a few standard-library helpers, the listed transformers classes, the course's public
+  infrastructure and its technique modules. `transformers.utils.generic.np` (numpy, with its
+  file functions), `torch.utils.data.datapipes` or `torch.SymInt` are refused with the reason.
+  A module may not be used as a value (passed, stored, returned), only as the start of a chain.
+- Refused (the whole module is not run; its exercises score zero with the reason): chains
+  outside the allowlist, exec/eval/open/globals and friends, dunder attributes and names,
   private attributes of other objects, getattr/setattr with a name built by an expression (a
   plain variable is allowed: its value is checked while the module runs), defining dunder methods
   such as __eq__ or __torch_function__, metaclasses, and assigning into imported modules or classes.
@@ -20,13 +27,102 @@ grader also isolates the process and watches for tampering while the tests run.
 from __future__ import annotations
 
 import ast
+import math
 import re
 from dataclasses import dataclass
+from typing import Mapping
 
 MAX_SOURCE_BYTES = 400_000  # a technique module is a few hundred lines; more is not a submission
-ALLOWED_IMPORTS = frozenset({"__future__", "torch", "math", "typing", "dataclasses", "functools",
-                             "itertools", "collections", "transformers", "copy", "re", "enum",
-                             "abc", "numbers"})
+
+
+def _names(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# What a technique module may reach through the modules it imports. A name that is itself a key
+# (torch -> nn -> "torch.nn") is a module the chain continues into; any other name is an object
+# (function, class, dtype, constant) whose own attributes are checked like any attribute. The
+# course adds its infrastructure and technique modules and whatever its stubs use (course.py).
+# Keep it to what exercises need; tests/test_grade.py checks every reference solution passes.
+MODULE_API: dict[str, frozenset[str]] = {
+    "__future__": _names("annotations"),
+    "torch": _names("""
+        nn optim linalg random autograd
+        Tensor Size Generator device dtype finfo iinfo
+        float float16 half bfloat16 float32 float64 double int int8 int16 short int32 int64 long
+        uint8 bool complex64 inf nan pi e
+        tensor as_tensor zeros ones empty full zeros_like ones_like empty_like full_like eye
+        arange linspace logspace rand randn randint rand_like randn_like randint_like randperm
+        normal bernoulli multinomial manual_seed
+        cat concat stack hstack vstack split chunk tensor_split unbind reshape flatten squeeze
+        unsqueeze transpose permute movedim swapaxes t narrow gather scatter index_select
+        masked_select masked_fill where take take_along_dim roll flip repeat_interleave
+        broadcast_to broadcast_tensors meshgrid tril triu tril_indices triu_indices diag diagonal
+        einsum matmul mm bmm mv dot outer addmm baddbmm kron trace
+        sum mean std var prod cumsum cumprod max min amax amin argmax argmin maximum minimum
+        clamp clip abs sign sqrt rsqrt exp log log2 log10 log1p expm1 pow square sin cos tan
+        tanh sigmoid relu softmax log_softmax erf floor ceil round trunc frac fmod remainder
+        div mul add sub neg reciprocal lerp allclose isclose equal eq ne lt le gt ge isnan isinf
+        isfinite logical_and logical_or logical_not logical_xor all any count_nonzero nonzero
+        sort argsort topk kthvalue median quantile nanquantile unique bucketize searchsorted
+        histc norm dist cdist numel is_tensor is_floating_point is_complex
+        no_grad enable_grad inference_mode set_grad_enabled is_grad_enabled
+        promote_types result_type get_default_dtype"""),
+    "torch.nn": _names("""
+        functional init utils Module Parameter Buffer Linear Bilinear Identity Embedding
+        EmbeddingBag LayerNorm RMSNorm GroupNorm BatchNorm1d Dropout GELU ReLU SiLU Tanh Sigmoid
+        Softmax LogSoftmax Softplus LeakyReLU ELU Sequential ModuleList ModuleDict ParameterList
+        ParameterDict Flatten Unflatten Conv1d CrossEntropyLoss MSELoss NLLLoss BCEWithLogitsLoss"""),
+    "torch.nn.functional": _names("""
+        linear bilinear relu gelu silu tanh sigmoid softmax log_softmax softplus leaky_relu elu
+        glu dropout layer_norm rms_norm group_norm embedding cross_entropy mse_loss nll_loss
+        binary_cross_entropy_with_logits kl_div pad normalize cosine_similarity one_hot
+        scaled_dot_product_attention"""),
+    "torch.nn.init": _names("""
+        kaiming_uniform_ kaiming_normal_ xavier_uniform_ xavier_normal_ zeros_ ones_ normal_
+        uniform_ constant_ trunc_normal_ orthogonal_ eye_ calculate_gain"""),
+    "torch.nn.utils": _names("clip_grad_norm_ parameters_to_vector vector_to_parameters"),
+    "torch.optim": _names("Optimizer AdamW Adam SGD"),
+    "torch.linalg": _names("""
+        norm vector_norm matrix_norm svd svdvals qr eigh eigvalsh solve inv pinv det
+        matrix_rank lstsq cholesky"""),
+    "torch.random": _names("fork_rng manual_seed seed initial_seed get_rng_state set_rng_state"),
+    "torch.autograd": _names("grad Function"),
+    "math": frozenset(n for n in dir(math) if not n.startswith("_")),  # arithmetic only
+    "dataclasses": _names("""
+        dataclass field fields asdict astuple replace is_dataclass Field FrozenInstanceError
+        InitVar KW_ONLY MISSING"""),
+    "typing": _names("""
+        Any Callable ClassVar Final Generic Iterable Iterator Generator List Dict Tuple Set
+        FrozenSet Literal Mapping MutableMapping Sequence NamedTuple Optional Protocol TypeVar
+        Union TYPE_CHECKING cast overload Type Hashable Sized Collection Container NoReturn Self"""),
+    "functools": _names("partial reduce lru_cache cache cached_property total_ordering partialmethod wraps"),
+    "itertools": _names("""
+        accumulate chain combinations combinations_with_replacement compress count cycle
+        dropwhile filterfalse groupby islice pairwise permutations product repeat starmap
+        takewhile tee zip_longest"""),
+    "collections": _names("OrderedDict defaultdict Counter deque namedtuple ChainMap abc"),
+    "collections.abc": _names("Iterable Iterator Mapping MutableMapping Sequence Callable Sized Collection Hashable"),
+    "copy": _names("copy deepcopy"),
+    "re": _names("""
+        compile search match fullmatch sub subn split findall finditer escape IGNORECASE I
+        MULTILINE M DOTALL S VERBOSE X ASCII A Pattern Match error"""),
+    "enum": _names("Enum IntEnum Flag IntFlag StrEnum auto unique"),
+    "abc": _names("ABC abstractmethod"),
+    "numbers": _names("Number Complex Real Rational Integral"),
+    "transformers": _names("""
+        DynamicCache Cache PreTrainedModel PretrainedConfig GenerationMixin pytorch_utils
+        cache_utils modeling_outputs"""),
+    "transformers.pytorch_utils": _names("Conv1D"),
+    "transformers.cache_utils": _names("Cache DynamicCache"),
+    "transformers.modeling_outputs": _names("""
+        BaseModelOutput BaseModelOutputWithPast CausalLMOutput CausalLMOutputWithPast
+        SequenceClassifierOutput"""),
+    # peft is reachable only so that the from-scratch rule can zero the exercise that leans on it
+    "peft": _names("""
+        LoraConfig PromptTuningConfig PrefixTuningConfig PeftConfig PeftModel TaskType
+        get_peft_model"""),
+}
 # Infrastructure a student module may import (besides what its stub imports); the rest read or
 # write files (data, models, peft_format), start processes (check, memory) or import by name (impl).
 LABS_INFRA = frozenset({"surgery", "presets"})
@@ -60,7 +156,9 @@ DANGEROUS_ATTRS = frozenset({
     "killpg", "abort", "settrace", "setprofile", "setrecursionlimit", "exit", "exec", "eval",
     "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "cr_await", "ag_frame",
     "ag_code", "f_back", "f_globals", "f_locals", "f_builtins", "f_code", "f_trace", "tb_frame",
-    "tb_next", "co_code", "co_consts", "func_globals"})
+    "tb_next", "co_code", "co_consts", "func_globals",
+    # numpy arrays (and their file functions) and raw storage, reached from a tensor
+    "numpy", "tofile", "fromfile", "untyped_storage", "storage", "data_ptr", "share_memory_"})
 DUNDER = re.compile(r"^__\w+__$")
 SAFE_ANNOTATION = re.compile(r"^[A-Za-z_][\w.]*(\[[\w., \[\]|]*\])?( \| [\w.\[\], ]+)*$")
 
@@ -88,15 +186,70 @@ def stub_exercises(stub_source: str) -> dict[str, str]:
     return found
 
 
-def screen_module(source: str, reference: str, techniques: frozenset[str] | set[str]) -> list[Finding]:
-    """Findings for one student module; `reference` is the instructor's stub of the same module."""
+def public_names(source: str) -> frozenset[str]:
+    """Names a module defines at its top level (functions, classes, assigned names), not those it
+    imports: what another module may reach through it."""
+    found: set[str] = set()
+    body = list(ast.parse(source).body)
+    while body:
+        node = body.pop(0)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            found.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            found.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.If, ast.Try)):
+            body += [*node.body, *node.orelse, *getattr(node, "finalbody", []),
+                     *(s for h in getattr(node, "handlers", []) for s in h.body)]
+    return frozenset(n for n in found if not n.startswith("_"))
+
+
+def course_api(stubs: Mapping[str, str], infrastructure: Mapping[str, str]) -> dict[str, frozenset[str]]:
+    """MODULE_API plus the course: its infrastructure modules and technique modules (their public
+    names), and every chain the instructor's own stubs use."""
+    api = {k: set(v) for k, v in MODULE_API.items()}
+    api["labs"] = set(infrastructure) | set(stubs)
+    for name, source in [*infrastructure.items(), *stubs.items()]:
+        api[f"labs.{name}"] = set(public_names(source))
+    for source in stubs.values():
+        tree = ast.parse(source)
+        bound = bindings(tree, api)
+        chains = [_path(n, bound) for n in ast.walk(tree) if isinstance(n, ast.Attribute)]
+        chains += [bound[a.asname or a.name].split(".") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                   for a in n.names if (a.asname or a.name) in bound]
+        for chain in filter(None, chains):
+            _allow(api, chain)
+    return {k: frozenset(v) for k, v in api.items()}
+
+
+def _allow(api: dict[str, set[str]], chain: list[str]) -> None:
+    """Add a chain the course itself uses; a name not yet known and followed by more is a module."""
+    if chain[0] not in api:
+        api[chain[0]] = set()
+    for i, name in enumerate(chain[1:], 1):
+        module, known = ".".join(chain[:i]), name in api[".".join(chain[:i])]
+        api[module].add(name)
+        child = f"{module}.{name}"
+        if child in api:
+            continue
+        if known or i == len(chain) - 1:
+            return  # an object (or the chain's last name): what follows is ordinary attributes
+        api[child] = set()
+
+
+def screen_module(source: str, reference: str, techniques: frozenset[str] | set[str],
+                  api: Mapping[str, frozenset[str]] | None = None) -> list[Finding]:
+    """Findings for one student module; `reference` is the instructor's stub of the same module;
+    `api` the allowlist of module chains (the course's, Course.api; MODULE_API alone by default)."""
     if len(source.encode()) > MAX_SOURCE_BYTES:
         return [Finding(1, f"file is {len(source.encode()):,} bytes; the limit is {MAX_SOURCE_BYTES:,}")]
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
         return [Finding(getattr(err, "lineno", None) or 1, f"does not parse: {getattr(err, 'msg', err)}")]
-    visitor = _Screen(_protected_names(tree), _module_names(tree), frozenset(techniques))
+    api = MODULE_API if api is None else api
+    visitor = _Screen(_protected_names(tree), _module_names(tree), frozenset(techniques), api, bindings(tree, api))
+    visitor.chain_bases = _chain_bases(tree)
     for node in _untrusted(tree, ast.parse(reference)):
         visitor.visit(node)
     return visitor.findings + _imports_solutions(tree) + _from_scratch(tree, stub_exercises(reference))
@@ -221,9 +374,89 @@ def _root_name(node: ast.AST, chain_only: bool = False) -> str | None:
     return node.id if isinstance(node, ast.Name) else None
 
 
+def refused_prefix(chain: list[str], api: Mapping[str, frozenset[str]]) -> str | None:
+    """The first prefix of a chain from a module that the allowlist does not hold; None when it
+    holds all of it (past an allowed object the chain goes on as ordinary attributes)."""
+    if chain[0] not in api:
+        return chain[0]
+    module = chain[0]
+    for i, name in enumerate(chain[1:], 1):
+        if name not in api[module]:
+            return ".".join(chain[:i + 1])
+        module = f"{module}.{name}"
+        if module not in api:
+            return None
+    return None
+
+
+def _allowed_depth(chain: list[str], api: Mapping[str, frozenset[str]]) -> int:
+    """How many names of an allowed chain the allowlist itself vouched for."""
+    module = chain[0]
+    for i, name in enumerate(chain[1:], 1):
+        module = f"{module}.{name}"
+        if module not in api:
+            return i + 1
+    return len(chain)
+
+
+def bindings(tree: ast.Module, api: Mapping[str, frozenset[str]]) -> dict[str, str]:
+    """Name -> the dotted path it stands for: names bound by imports (`from . import lora` is
+    labs.lora), and names assigned a module (`F = torch.nn.functional`). peft and solutions are
+    left to the from-scratch rule."""
+    found: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] != "solutions":
+                    found[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else alias.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] != "solutions":
+            base = "labs" + (f".{node.module}" if node.module else "") if node.level else node.module or ""
+            for alias in node.names:
+                found[alias.asname or alias.name] = f"{base}.{alias.name}"
+    changed = True
+    while changed:  # x = torch.nn.functional: x is that module too
+        changed = False
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                    and node.targets[0].id not in found):
+                path = _path(node.value, found)
+                if path and ".".join(path) in api:
+                    found[node.targets[0].id], changed = ".".join(path), True
+    return found
+
+
+def _path(node: ast.AST, bound: Mapping[str, str]) -> list[str] | None:
+    """torch.nn.functional.linear -> ["torch", "nn", "functional", "linear"] through `bound`."""
+    attrs = []
+    while isinstance(node, ast.Attribute):
+        attrs.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name) or node.id not in bound:
+        return None
+    return bound[node.id].split(".") + attrs[::-1]
+
+
+def _chain_bases(tree: ast.Module) -> set[int]:
+    """Names that stand where a module may: the start of an attribute chain, or `alias = module`."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            found.add(id(node.value))
+        elif (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+              and isinstance(node.value, ast.Name)):
+            found.add(id(node.value))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ATTR_BUILTINS
+              and node.args and isinstance(node.args[0], ast.Name)):
+            found.add(id(node.args[0]))  # getattr(torch, "name"): checked as the chain torch.name
+    return found
+
+
 class _Screen(ast.NodeVisitor):
-    def __init__(self, protected: frozenset[str], module_names: frozenset[str], techniques: frozenset[str]):
+    def __init__(self, protected: frozenset[str], module_names: frozenset[str], techniques: frozenset[str],
+                 api: Mapping[str, frozenset[str]], bound: dict[str, str]):
         self.protected, self.module_names, self.techniques = protected, module_names, techniques
+        self.api, self.bound = api, bound
+        self.chain_bases: set[int] = set()
         self.findings: list[Finding] = []
 
     def refuse(self, node: ast.AST, what: str) -> None:
@@ -243,8 +476,9 @@ class _Screen(ast.NodeVisitor):
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         self._check_import(node, node.module or "", node.level, [a.name for a in node.names])
-        for alias in node.names:
-            self._check_attr_name(node, alias.name)
+        if node.level or (node.module or "").split(".")[0] == "solutions":
+            for alias in node.names:  # absolute imports: the allowlist already vouched for each name
+                self._check_attr_name(node, alias.name)
 
     def _check_import(self, node: ast.AST, module: str, level: int, names: list[str] = ()) -> None:
         parts = module.split(".") if module else []
@@ -253,22 +487,36 @@ class _Screen(ast.NodeVisitor):
             if level > 1 or any(t not in self.techniques for t in targets):
                 self.refuse(node, f"relative import of {'.' * level}{module or ', '.join(names)}: only "
                                   f"other technique modules ({', '.join(sorted(self.techniques))})")
+            elif module:
+                self._check_chain(node, ["labs", *parts, *names[:1]] if len(names) == 1 else ["labs", *parts])
             return
-        top = parts[0] if parts else ""
-        if top in REFERENCE:
+        if parts[:1] == ["solutions"]:
             return  # the from-scratch check decides which exercises this costs
-        if top == "labs":
-            sub = parts[1] if len(parts) > 1 else (names[0] if len(names) == 1 else "")
-            if sub not in LABS_INFRA:
-                self.refuse(node, f"import of labs.{sub or '*'}: allowed are labs."
-                                  f"{{{', '.join(sorted(LABS_INFRA))}}} and `from . import <technique>`")
-        elif top not in ALLOWED_IMPORTS:
-            self.refuse(node, f"import of {module}: allowed are {', '.join(sorted(ALLOWED_IMPORTS - {'__future__'}))}")
-        for part in parts[1:]:
-            self._check_attr_name(node, part)
+        if not names:  # import a.b.c: every step must be allowed
+            self._check_chain(node, parts)
+        for name in names:
+            self._check_chain(node, [*parts, name])
+
+    def _check_chain(self, node: ast.AST, chain: list[str]) -> None:
+        refused = refused_prefix(chain, self.api)
+        if refused:
+            self._refuse_chain(node, refused)
+
+    def _refuse_chain(self, node: ast.AST, refused: str) -> None:
+        parent, _, name = refused.rpartition(".")
+        if not parent:
+            allowed = sorted(m for m in self.api if "." not in m and m != "__future__")
+            return self.refuse(node, f"import of {refused}: allowed are {', '.join(allowed)}")
+        names = sorted(self.api.get(parent, ()))
+        listed = f"allowed: {', '.join(names)}" if len(names) <= 12 else f"{len(names)} names are allowed"
+        self.refuse(node, f"{refused} is not something exercises may use from {parent} ({listed}; "
+                          "ask your instructor if an exercise needs another)")
 
     # names and attributes ------------------------------------------------------------------
     def visit_Name(self, node: ast.Name) -> None:
+        if node.id in self.bound and self.bound[node.id] in self.api and id(node) not in self.chain_bases \
+                and isinstance(node.ctx, ast.Load):
+            self.refuse(node, f"uses the module {node.id} as a value (only `{node.id}.name` is allowed)")
         if node.id in REFUSED_NAMES:
             self.refuse(node, f"use of {node.id}")
         elif node.id in ATTR_BUILTINS:
@@ -277,10 +525,17 @@ class _Screen(ast.NodeVisitor):
             self.refuse(node, f"use of {node.id}")
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
-        self._check_attr_name(node, node.attr, base=node.value)
+        path = _path(node, self.bound)
         if isinstance(node.ctx, (ast.Store, ast.Del)) and _root_name(node.value) in self.protected:
             self.refuse(node, f"assigns into {_root_name(node.value)} (.{node.attr}): imported modules and "
                               "classes are shared with the tests and must not be changed")
+        if path is not None:  # a chain from an imported module: the allowlist decides
+            refused = refused_prefix(path, self.api)
+            if refused is not None and len(refused.split(".")) == len(path):
+                self._refuse_chain(node, refused)
+            if refused is not None or len(path) <= _allowed_depth(path, self.api):
+                return self.generic_visit(node)
+        self._check_attr_name(node, node.attr, base=node.value)
         self.generic_visit(node)
 
     def _check_attr_name(self, node: ast.AST, attr: str, base: ast.AST | None = None) -> None:
@@ -331,6 +586,17 @@ class _Screen(ast.NodeVisitor):
     def _check_attr_builtin(self, node: ast.Call, name: str) -> None:
         """getattr(obj, "name") or getattr(obj, variable); a variable's value is checked as it runs."""
         attr = node.args[1] if len(node.args) >= 2 else None
+        base = _path(node.args[0], self.bound) if node.args else None
+        if base is not None and ".".join(base) in self.api:  # on a module: the allowlist decides
+            if name in ("setattr", "delattr"):
+                self.refuse(node, f"{name} on {'.'.join(base)}: imported modules and classes are shared with "
+                                  "the tests and must not be changed")
+            elif isinstance(attr, ast.Constant) and isinstance(attr.value, str):
+                self._check_chain(node, [*base, attr.value])
+            else:
+                self.refuse(node, f"{name} with a computed attribute name on the module {'.'.join(base)} "
+                                  f"(write {'.'.join(base)}.name)")
+            return
         if isinstance(attr, ast.Constant) and isinstance(attr.value, str):
             self._check_attr_name(node, attr.value, base=node.args[0])
         elif not isinstance(attr, ast.Name):
