@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -203,16 +204,66 @@ def _answer_index(item: dict) -> int:
     return answer if isinstance(answer, int) else list(item["choices"]).index(answer)
 
 
-def probe_accuracy(model: nn.Module, tokenizer, items: Sequence[dict], normalize: bool = True) -> float:
-    """Fraction of {"question", "choices", "answer"} items where the answer is the likeliest choice."""
+def probe_correct(model: nn.Module, tokenizer, items: Sequence[dict], normalize: bool = True) -> list[bool]:
+    """For each {"question", "choices", "answer"} item, whether the answer is the likeliest choice.
+
+    Keep these per-question results when you score the same items before and after training:
+    the change is a paired comparison (see paired_change), not two independent accuracies.
+    """
     if not items:
         raise ValueError("no probe items to score")
-    correct = 0
+    hits = []
     for item in items:
         context = probe_context(tokenizer, item["question"])
         scores = choice_logprobs(model, tokenizer, context, item["choices"], normalize)
-        correct += int(max(range(len(scores)), key=scores.__getitem__) == _answer_index(item))
-    return correct / len(items)
+        hits.append(max(range(len(scores)), key=scores.__getitem__) == _answer_index(item))
+    return hits
+
+
+def probe_accuracy(model: nn.Module, tokenizer, items: Sequence[dict], normalize: bool = True) -> float:
+    """Fraction of {"question", "choices", "answer"} items where the answer is the likeliest choice."""
+    hits = probe_correct(model, tokenizer, items, normalize)
+    return sum(hits) / len(hits)
+
+
+@dataclass(frozen=True)
+class PairedChange:
+    n: int           # questions scored both times
+    gained: int      # wrong before, right after
+    lost: int        # right before, wrong after
+    p_value: float   # exact two-sided McNemar test: how likely a split at least this uneven is by chance
+
+    @property
+    def unchanged(self) -> int:
+        """Questions with the same verdict both times: they say nothing about the change."""
+        return self.n - self.gained - self.lost
+
+    @property
+    def accuracy_change(self) -> float:
+        """after - before, as a fraction of the questions."""
+        return (self.gained - self.lost) / self.n
+
+
+def paired_change(before_correct: Sequence[bool], after_correct: Sequence[bool]) -> PairedChange:
+    """What changed between two scorings of the same questions, with McNemar's exact test.
+
+    A question right both times, or wrong both times, says nothing about the change: only the
+    discordant ones do. If training changed nothing systematic, each discordant question was as
+    likely to go one way as the other, so `gained` is Binomial(gained + lost, 1/2); the p-value is
+    the two-sided tail of that coin: 2 * P(X <= min(gained, lost)), at most 1 (1 when none changed).
+    """
+    before, after = list(before_correct), list(after_correct)
+    if len(before) != len(after) or not before:
+        raise ValueError(f"need the same questions scored twice: got {len(before)} results before and "
+                         f"{len(after)} after (at least one each)")
+    bad = [v for v in before + after if v not in (0, 1)]   # bool, 0/1, numpy or torch booleans
+    if bad:
+        raise ValueError(f"per-question results must be True/False (or 1/0), got {bad[:3]!r}")
+    gained = sum(1 for b, a in zip(before, after) if not b and a)
+    lost = sum(1 for b, a in zip(before, after) if b and not a)
+    discordant = gained + lost
+    tail = sum(math.comb(discordant, k) for k in range(min(gained, lost) + 1)) / 2 ** discordant
+    return PairedChange(n=len(before), gained=gained, lost=lost, p_value=min(1.0, 2 * tail))
 
 
 # ---------------------------------------------------------------------------------------------

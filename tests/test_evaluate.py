@@ -95,6 +95,33 @@ def test_shared_context_cache_gives_the_same_scores(normalize):
     assert shared == pytest.approx(whole, abs=1e-5)
 
 
+def test_probe_correct_is_per_question_and_averages_to_the_accuracy():
+    tok, model = tiny_tokenizer(), unigram(red=0.2, green=0.3, blue=0.3)
+    item = {"question": "what colour is the grass ?", "choices": ["red", "green blue"], "answer": 1}
+    items = [item, dict(item, answer=0), dict(item, answer="green blue")]
+    assert evaluate.probe_correct(model, tok, items) == [True, False, True]
+    assert evaluate.probe_accuracy(model, tok, items) == pytest.approx(2 / 3)
+
+
+def test_paired_change_counts_the_discordant_questions_and_gives_mcnemars_exact_p():
+    before = [True] * 10 + [False] * 10 + [True] * 6 + [False] * 1
+    after = [True] * 10 + [False] * 10 + [False] * 6 + [True] * 1   # 6 lost, 1 gained, 20 unchanged
+    change = evaluate.paired_change(before, after)
+    assert (change.n, change.gained, change.lost, change.unchanged) == (27, 1, 6, 20)
+    assert change.accuracy_change == pytest.approx(-5 / 27)
+    # two-sided exact binomial on 7 discordant questions: 2 * P(X <= 1) = 2 * (1 + 7) / 2**7
+    assert change.p_value == pytest.approx(2 * 8 / 128)
+    assert evaluate.paired_change([1, 0, 1], [1, 0, 1]).p_value == 1.0      # nothing changed
+    assert evaluate.paired_change([1, 0], [0, 1]).p_value == 1.0            # a balanced swap
+    assert evaluate.paired_change([True] * 12, [False] * 12).p_value == pytest.approx(2 / 2 ** 12)
+
+
+@pytest.mark.parametrize("before, after", [([True], [True, False]), ([], []), ([True, None], [True, True])])
+def test_paired_change_rejects_unpaired_or_non_boolean_results(before, after):
+    with pytest.raises(ValueError, match="scored twice|True/False"):
+        evaluate.paired_change(before, after)
+
+
 # ---------------------------------------------------------------------------------------------
 # Perplexity
 # ---------------------------------------------------------------------------------------------
