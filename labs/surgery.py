@@ -74,6 +74,18 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def is_norm(module: nn.Module) -> bool:
+    """LayerNorm, RMSNorm and the models' own norm classes (LlamaRMSNorm, T5LayerNorm, ...)."""
+    return isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or type(module).__name__.endswith("Norm")
+
+
+def norm_parameter_names(model: nn.Module) -> list[str]:
+    """Names of the parameters that belong directly to a normalisation layer (gains, LayerNorm shifts)."""
+    return [f"{module_name}.{name}" if module_name else name
+            for module_name, module in model.named_modules() if is_norm(module)
+            for name, _ in module.named_parameters(recurse=False)]
+
+
 # ---------------------------------------------------------------------------------------------
 # Linear layers of both layouts
 # ---------------------------------------------------------------------------------------------
@@ -158,13 +170,26 @@ class AdapterRecord:
     module: str        # the technique module that applied it, e.g. "solutions.lora"
 
 
-def mark_adapted(model: nn.Module, method: str, config: object, module: str) -> None:
-    """Record on `model` which technique was applied; refuse a second one on the same model."""
+def mark_adapted(model: nn.Module, config: object, module: str) -> None:
+    """Record on `model` that technique `module` (its __name__) applied `config`; refuse a second one.
+
+    The method's name comes from the registry (labs.methods): "solutions.lora" -> "lora".
+    """
+    from labs.methods import method_for_module
+    refuse_second_adapter(model, module)
+    model.labs_adapter = AdapterRecord(method_for_module(module).name, config, module)
+
+
+def refuse_second_adapter(model: nn.Module, module: str) -> None:
+    """Raise if `model` already carries an adapter. Technique `module` (its __name__) calls it before
+    changing the model, so a refused technique leaves the model as it was."""
+    from labs.methods import method_for_module
+    method = method_for_module(module).name
     existing = getattr(model, "labs_adapter", None)
     if existing is not None:
         raise ValueError(f"this model already carries a {existing.method!r} adapter; applying "
-                         f"{method!r} on top is not supported: load a fresh base model first")
-    model.labs_adapter = AdapterRecord(method, config, module)
+                         f"{method!r} on top is not supported: load a fresh base model first "
+                         "(a LoRA adapter can also be merged away with lora.merge_and_unload)")
 
 
 def adapter_record(model: nn.Module) -> AdapterRecord:

@@ -82,10 +82,10 @@ def test_a_second_adapter_is_refused():
     model = tiny_llama()
     with pytest.raises(ValueError, match="carries no adapter"):
         surgery.adapter_record(model)
-    surgery.mark_adapted(model, "lora", {"r": 4}, "solutions.lora")
+    surgery.mark_adapted(model, {"r": 4}, "solutions.lora")
     assert surgery.adapter_record(model).method == "lora"
     with pytest.raises(ValueError, match="already carries a 'lora' adapter"):
-        surgery.mark_adapted(model, "prefix", {}, "solutions.prefix_tuning")
+        surgery.mark_adapted(model, {}, "solutions.prefix_tuning")
 
 
 def test_trainable_parameters_and_state_dict_follow_requires_grad():
