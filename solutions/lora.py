@@ -16,18 +16,18 @@ Hugging Face peft and theirs load here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from labs.surgery import (adapter_record, freeze, get_submodule_parent, is_linear, linear_dims,
-                          linear_weight, mark_adapted, match_names, replace_modules, unfreeze)
+from labs.options import config_from_options
+from labs.peft_format import (KEY_PREFIX, check_peft_type, config_fields, load_tensors, modules_to_save,
+                              prepared_by, require_all, tensors_under, trained_tensors)
+from labs.surgery import (freeze, get_submodule_parent, is_linear, linear_dims, linear_weight, mark_adapted,
+                          match_names, refuse_second_adapter, replace_modules, unfreeze)
 
 NOTEBOOK = "notebooks/05_lora.ipynb"
-METHOD = "lora"
-PEFT_TYPE = "LORA"
-PEFT_PREFIX = "base_model.model."  # peft stores every tensor under the wrapped model's name
 
 # The usual targets per model family: attention query and value projections, as in the paper.
 DEFAULT_TARGETS = {"q_proj": ("q_proj", "v_proj"),   # Llama, Mistral, Qwen, Gemma, ...
@@ -63,10 +63,6 @@ class LoRAConfig:
         if self.target_modules is not None and not self.target_modules:
             raise ValueError(f"target_modules={self.target_modules!r} is empty; name at least one layer, "
                              "e.g. ('q_proj', 'v_proj'), or 'all-linear'")
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / math.sqrt(self.r) if self.use_rslora else self.alpha / self.r
 
 
 def adapter_dtype(layer: nn.Module) -> torch.dtype:
@@ -183,13 +179,10 @@ def apply(model: nn.Module, config: LoRAConfig) -> nn.Module:
     """Wrap every target layer of `model` in a LoRALinear and train only the LoRA factors.
 
     replace_modules(model, match_names(config.target_modules), factory) swaps the layers,
-    mark_only_lora_as_trainable freezes everything else, mark_adapted(model, METHOD, config,
-    __name__) records what was done. Returns the model.
+    mark_only_lora_as_trainable freezes everything else, mark_adapted(model, config, __name__)
+    records what was done. Returns the model.
     """
-    record = getattr(model, "labs_adapter", None)  # refuse before touching the model
-    if record is not None:
-        raise ValueError(f"this model already carries a {record.method!r} adapter; load a fresh base "
-                         "model to apply LoRA (or call merge_and_unload first)")
+    refuse_second_adapter(model, __name__)  # before touching the model
     if config.target_modules is None:
         config = replace(config, target_modules=default_targets(model))
     # BEGIN SOLUTION 5.6
@@ -198,7 +191,7 @@ def apply(model: nn.Module, config: LoRAConfig) -> nn.Module:
                                                    config.use_rslora),
                     what=f"LoRA target_modules {list(config.target_modules)}")
     mark_only_lora_as_trainable(model, config.modules_to_save)
-    mark_adapted(model, METHOD, config, __name__)
+    mark_adapted(model, config, __name__)
     return model
     # END SOLUTION
 
@@ -229,56 +222,43 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
 # ---------------------------------------------------------------------------------------------
 # The PEFT two-file format (adapter_config.json + adapter_model.safetensors)
 # ---------------------------------------------------------------------------------------------
-def peft_task_type(model: nn.Module) -> str | None:
-    """peft's task_type, which picks the PeftModel class: from the model's class name."""
-    kinds = {"ForCausalLM": "CAUSAL_LM", "LMHeadModel": "CAUSAL_LM", "ForSequenceClassification": "SEQ_CLS"}
-    return next((t for suffix, t in kinds.items() if type(model).__name__.endswith(suffix)), None)
+def peft_name(name: str) -> str:
+    """peft names a factor `<layer>.lora_A.default.weight` in memory, `<layer>.lora_A.weight` on disk."""
+    return name + ".weight" if name.endswith((".lora_A", ".lora_B")) else name
+
+
+def our_name(name: str) -> str:
+    return name.removesuffix(".weight") if name.endswith((".lora_A.weight", ".lora_B.weight")) else name
 
 
 def to_peft(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(adapter_config dict, tensors under peft's key names) for the LoRA adapter on `model`.
-
-    peft names a factor `<layer>.lora_A.default.weight` in memory and `<layer>.lora_A.weight`
-    on disk; other trained modules (e.g. a new classifier head) keep their plain names.
-    """
-    config = adapter_record(model).config
-    state = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            key = PEFT_PREFIX + name + (".weight" if name.endswith((".lora_A", ".lora_B")) else "")
-            state[key] = param.detach().clone()
-    saved = sorted({n.rsplit(".", 1)[0] for n in state if ".lora_" not in n})
+    """(adapter_config dict, tensors under peft's key names) for the LoRA adapter on `model`."""
+    record = prepared_by(model, __name__)
+    config, state = record.config, trained_tensors(model, rename=peft_name)
     conv1d = any(not isinstance(layer.base_layer, nn.Linear) for _, layer in lora_layers(model))
-    config_dict = {
-        "peft_type": PEFT_TYPE, "task_type": peft_task_type(model),
-        "base_model_name_or_path": getattr(getattr(model, "config", None), "name_or_path", None) or None,
-        "r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
-        "target_modules": list(config.target_modules), "use_rslora": config.use_rslora,
-        "bias": config.bias, "modules_to_save": [n[len(PEFT_PREFIX):] for n in saved] or None,
-        "fan_in_fan_out": conv1d,  # peft's flag for weights stored (in, out), as in GPT-2's Conv1D
-        "init_lora_weights": True, "inference_mode": True, "use_dora": False,
-    }
-    return config_dict, state
+    return {**config_fields(model, record),
+            "r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
+            "target_modules": list(config.target_modules), "use_rslora": config.use_rslora,
+            "bias": config.bias, "modules_to_save": modules_to_save(state),
+            "fan_in_fan_out": conv1d,  # peft's flag for weights stored (in, out), as in GPT-2's Conv1D
+            "init_lora_weights": True, "use_dora": False}, state
 
 
 UNSUPPORTED = {"use_dora": False, "rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
                "target_parameters": None, "lora_bias": False, "layer_replication": None}
 
 
-def config_from_peft(config_dict: dict, state_dict: dict, model: nn.Module) -> LoRAConfig:
+def config_from_peft(config_dict: dict, tensors: dict[str, torch.Tensor], model: nn.Module) -> LoRAConfig:
     """Our LoRAConfig from peft's adapter_config fields (refusing features this module lacks)."""
-    if config_dict.get("peft_type") != PEFT_TYPE:
-        raise ValueError(f"this is a {config_dict.get('peft_type')!r} adapter, not a {PEFT_TYPE!r} one")
+    check_peft_type(config_dict, __name__)
     for key, plain in UNSUPPORTED.items():
         if config_dict.get(key, plain) not in (plain, None):
             raise ValueError(f"adapter_config has {key}={config_dict[key]!r}; only plain LoRA "
                              f"({key}={plain!r}) is supported here")
-    plain_keys = [k[len(PEFT_PREFIX):] for k in state_dict]
-    odd = [k for k in plain_keys if ".lora_" in k and not k.endswith((".lora_A.weight", ".lora_B.weight"))]
+    odd = [n for n in tensors if ".lora_" in n and not n.endswith((".lora_A", ".lora_B"))]
     if odd:
         raise ValueError(f"adapter tensor {odd[0]!r} is not a plain LoRA factor (lora_A / lora_B of a linear layer)")
-    adapted = sorted({k.rsplit(".lora_", 1)[0] for k in plain_keys if ".lora_" in k})
-    saved = sorted({k.rsplit(".", 1)[0] for k in plain_keys if ".lora_" not in k})
+    adapted = sorted({n.rsplit(".lora_", 1)[0] for n in tensors if ".lora_" in n})
     # The tensors say exactly which layers were adapted; keep the file's short names if they agree.
     targets = config_dict.get("target_modules")
     if not (isinstance(targets, list) and targets and adapted == sorted(
@@ -287,43 +267,38 @@ def config_from_peft(config_dict: dict, state_dict: dict, model: nn.Module) -> L
     return LoRAConfig(r=config_dict.get("r", 8), alpha=config_dict.get("lora_alpha", 8),  # peft's defaults
                       dropout=config_dict.get("lora_dropout") or 0.0, target_modules=tuple(targets),
                       use_rslora=bool(config_dict.get("use_rslora")), bias=config_dict.get("bias", "none"),
-                      modules_to_save=tuple(saved))
+                      modules_to_save=tuple(sorted({n.rsplit(".", 1)[0] for n in tensors if ".lora_" not in n})))
 
 
-def expected_shape(model: nn.Module, key: str, r: int) -> tuple[int, ...]:
-    """The shape `model` needs for peft tensor `key` (ValueError if it names no such layer)."""
-    path = key[len(PEFT_PREFIX):]
-    module_name, _, tensor = path.rpartition(".lora_")
-    try:
-        if tensor in ("A.weight", "B.weight"):
-            in_features, out_features = linear_dims(model.get_submodule(module_name))
-            return (r, in_features) if tensor == "A.weight" else (out_features, r)
-        return tuple(model.get_parameter(path).shape)
-    except (AttributeError, TypeError) as err:
-        raise ValueError(f"the adapter was made for another base model: it has {key!r}, "
-                         f"which names no matching layer in {type(model).__name__}") from err
+def check_shapes(model: nn.Module, tensors: dict[str, torch.Tensor], r: int) -> None:
+    """Before the model changes: A must be (r, in) and B (out, r) for its layer; others as in the model."""
+    for name, tensor in tensors.items():
+        layer, lora, factor = name.rpartition(".lora_")
+        try:
+            if lora:
+                in_features, out_features = linear_dims(model.get_submodule(layer))
+                want = (r, in_features) if factor == "A" else (out_features, r)
+            else:
+                want = tuple(model.get_parameter(name).shape)
+        except (AttributeError, TypeError) as err:
+            raise ValueError(f"the adapter was made for another base model: it has {name!r}, "
+                             f"which names no matching layer in {type(model).__name__}") from err
+        if tuple(tensor.shape) != want:
+            raise ValueError(f"the adapter was made for another base model: {name} has shape "
+                             f"{tuple(tensor.shape)}, this model needs {want}")
 
 
 def from_peft(model: nn.Module, config_dict: dict, state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """Apply the LoRA adapter described by peft's config and tensors to the base `model`."""
-    bad = [k for k in state_dict if not k.startswith(PEFT_PREFIX)]
+    bad = [k for k in state_dict if not k.startswith(KEY_PREFIX)]
     if bad:
-        raise ValueError(f"tensor {bad[0]!r} does not start with {PEFT_PREFIX!r}: not a peft adapter file")
-    config = config_from_peft(config_dict, state_dict, model)
-    for key, tensor in state_dict.items():  # check every shape before changing the model
-        want = expected_shape(model, key, config.r)
-        if tuple(tensor.shape) != want:
-            raise ValueError(f"the adapter was made for another base model: {key} has shape "
-                             f"{tuple(tensor.shape)}, this model needs {want}")
+        raise ValueError(f"tensor {bad[0]!r} does not start with {KEY_PREFIX!r}: not a peft adapter file")
+    tensors = tensors_under(state_dict, rename=our_name)
+    config = config_from_peft(config_dict, tensors, model)
+    check_shapes(model, tensors, config.r)
     apply(model, config)
-    ours = {PEFT_PREFIX + n + (".weight" if ".lora_" in n else ""): p
-            for n, p in model.named_parameters() if p.requires_grad}
-    if set(ours) != set(state_dict):
-        missing = sorted(set(ours) ^ set(state_dict))[:3]
-        raise ValueError(f"the adapter and this model disagree on tensors, e.g. {missing}")
-    with torch.no_grad():
-        for key, param in ours.items():
-            param.copy_(state_dict[key])
+    load_tensors(model, tensors)
+    require_all(model, tensors)
     return model
 
 
@@ -335,12 +310,4 @@ def prepare_for_finetune(model: nn.Module, task, options: dict | None = None) ->
 
     The task does not change the choice (labs.methods unfreezes a new classification head).
     """
-    options = dict(options or {})
-    known = [f.name for f in fields(LoRAConfig)]
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(f"unknown LoRA option(s) {unknown}; accepted: {', '.join(known)}")
-    casts = {"r": int, "alpha": float, "dropout": float,
-             "use_rslora": lambda v: str(v).lower() in ("1", "true", "yes")}
-    return apply(model, LoRAConfig(**{k: casts.get(k, str)(v) if isinstance(v, str) else v
-                                      for k, v in options.items()}))
+    return apply(model, config_from_options(LoRAConfig, options))

@@ -207,8 +207,11 @@ def test_merging_twice_changes_nothing(impl):
     lora = impl("lora")
     layer = lora.LoRALinear(linear(), r=4, alpha=8)
     randomize_B(layer)
+    original = layer.base_layer.weight.detach().clone()
     layer.merge()
     once = layer.base_layer.weight.detach().clone()
+    assert layer.merged and torch.allclose(once, original + layer.delta_weight(), atol=1e-6), \
+        "the first merge() adds delta_weight() into the base weight and sets merged"
     layer.merge()
     assert torch.equal(layer.base_layer.weight, once), "a second merge() must not add the update again"
 
@@ -240,6 +243,10 @@ def test_unmerge_without_merge_changes_nothing(impl):
     layer.unmerge()
     assert torch.equal(layer.base_layer.weight, original), "unmerge() on an unmerged layer must do nothing"
     assert not layer.merged, "unmerge() on an unmerged layer leaves merged = False"
+    layer.merge()
+    layer.unmerge()  # ...and on a merged one it really undoes the merge
+    assert not layer.merged and torch.allclose(layer.base_layer.weight, original, atol=1e-6), \
+        "unmerge() after merge() subtracts the update again and clears merged"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,7 +341,6 @@ def test_config_rejects_bad_values_by_name(impl, bad, field):
 def test_config_reads_comma_separated_targets(impl):
     lora = impl("lora")
     assert lora.LoRAConfig(target_modules="q_proj, v_proj").target_modules == ("q_proj", "v_proj")
-    assert lora.LoRAConfig(r=16, alpha=8, use_rslora=True).scaling == pytest.approx(2.0)
 
 
 def test_wrapping_a_non_linear_layer_is_refused(impl):
