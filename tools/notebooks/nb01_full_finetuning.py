@@ -27,7 +27,6 @@ import time
 
 START = time.perf_counter()  # the wall time of the whole notebook
 
-import math
 from pathlib import Path
 
 import torch
@@ -79,7 +78,7 @@ for ex in train_ex[:3]:
 Greedy decoding (always the likeliest next token) on three held-out prompts, so before and after are
 directly comparable."""),
     ("code", r"""
-from labs.evaluate import evaluate_task, generate, probe_accuracy
+from labs.evaluate import evaluate_task, generate, paired_change, probe_correct
 
 shown = eval_ex[:3]
 before_text = generate(model, tok, [ex["prompt"] for ex in shown])
@@ -96,7 +95,8 @@ Two numbers to compare later:
     ("code", r"""
 probe = load_probe(n=preset.n_probe)
 before = evaluate_task(model, tok, task, eval_ex, preset)   # {"loss", "perplexity"}
-before["probe"] = probe_accuracy(model, tok, probe)
+before_hits = probe_correct(model, tok, probe)             # one True/False per question, kept for later
+before["probe"] = sum(before_hits) / len(before_hits)
 print({k: round(v, 4) for k, v in before.items()}, f"({len(probe)} probe questions)")"""),
     ("md", r"""
 ## The bill, predicted
@@ -187,7 +187,8 @@ for ex, old, new in zip(shown, before_text, after_text):
     print(f"{ex['prompt']}\n  before:    {old}\n  after:     {new}\n  reference: {ex['response']}\n")"""),
     ("code", r"""
 after = evaluate_task(model, tok, task, eval_ex, preset)
-after["probe"] = probe_accuracy(model, tok, probe)
+after_hits = probe_correct(model, tok, probe)              # the same questions, in the same order
+after["probe"] = sum(after_hits) / len(after_hits)
 print({k: round(v, 4) for k, v in after.items()})
 shown_metrics = ("perplexity", "probe")  # the loss is log(perplexity): one of the two is enough
 viz.before_after({k: before[k] for k in shown_metrics}, {k: after[k] for k in shown_metrics},
@@ -214,17 +215,24 @@ each (notebook 00). Notebook 10 stores a LoRA adapter for the same task in a few
 ## Did it forget?
 
 The probe score moved (or not) while the model learned definitions. Careful before calling that
-forgetting: with a few dozen questions, one question is several percentage points, and the standard
-error of an accuracy $p$ on $n$ questions is $\sqrt{p(1-p)/n}$:"""),
+forgetting. With a few dozen questions one question is several percentage points, and the two scores
+are not two independent samples: the *same* questions were asked twice. A question answered right
+both times, or wrong both times, says nothing about a change; only the questions whose verdict
+flipped do. If training changed nothing systematic, each flip was as likely to go one way as the
+other, like a fair coin. **McNemar's exact test** asks how often a coin would split the flips at
+least as unevenly as we see (`labs.evaluate.paired_change`):"""),
     ("code", r"""
-n = len(probe)
-se = math.sqrt(before["probe"] * (1 - before["probe"]) / n)
-change = after["probe"] - before["probe"]
-print(f"probe accuracy {before['probe']:.3f} -> {after['probe']:.3f} on {n} questions: "
-      f"change {change:+.3f}, one standard error about {se:.3f} ({abs(change) / se:.1f} standard errors)")"""),
+change = paired_change(before_hits, after_hits)
+print(f"probe accuracy {before['probe']:.3f} -> {after['probe']:.3f} on {change.n} questions "
+      f"({change.accuracy_change:+.3f})")
+print(f"  {change.gained} gained (wrong -> right), {change.lost} lost (right -> wrong), {change.unchanged} unchanged")
+print(f"  McNemar exact test: p = {change.p_value:.2f}")"""),
     ("md", r"""
-A change smaller than about two standard errors is indistinguishable from noise at this sample size.
-Notebook 11 comes back to this question properly: more questions, longer training, and every
+A p-value above about 0.05 means a fair coin splits the flips this unevenly often enough: at this
+sample size there is no evidence of forgetting (or of a gain). That is not evidence of *no*
+forgetting either: with a handful of flips only a lopsided split, such as 0 gained against 6 lost
+(p = 0.03), would count. Many flips in both directions mean the model's answers moved a lot even if
+the accuracy did not. Notebook 11 comes back to this question properly: more questions, longer training, and every
 technique side by side, because *how much a method forgets* is one of the main reasons to prefer one.
 
 ## The baseline, in one table
@@ -241,6 +249,7 @@ metrics = {
     "checkpoint (MiB)": round(checkpoint_bytes / MiB, 1),
     "held-out perplexity": f"{before['perplexity']:.2f} -> {after['perplexity']:.2f}",
     "probe accuracy": f"{before['probe']:.3f} -> {after['probe']:.3f}",
+    "probe gained / lost": f"{change.gained} / {change.lost} (McNemar p = {change.p_value:.2f})",
     "notebook wall time (s)": round(time.perf_counter() - START),
 }
 write_json(out / "metrics.json", metrics)
