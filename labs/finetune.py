@@ -247,6 +247,7 @@ def _quality(setup: Setup, before: dict, after: dict) -> dict:
     quality = {"eval_before": before["eval"], "eval_after": after["eval"]}
     if "probe" in before:
         quality["probe_before"], quality["probe_after"] = before["probe"], after["probe"]
+        quality["probe_items"] = len(setup.probe_items)
     if setup.gen_examples:
         quality["generations"] = [{"prompt": ex["prompt"], "reference": ex["response"], "before": b, "after": a}
                                   for ex, b, a in zip(setup.gen_examples, before["generations"], after["generations"])]
@@ -270,18 +271,24 @@ def _fmt_bytes(n: float) -> str:
         n /= 1024
 
 
+FORMATS = {"loss": ".3f", "perplexity": ".1f", "accuracy": ".3f"}  # one format per metric, before and after
+
+
 def summary(metrics: dict, out: Path | None = None) -> str:
-    """A few lines for people: what trained, what changed, what it cost."""
+    """A few lines for people: what trained, what changed on held-out data, what it cost."""
     from labs.surgery import ParamCount
     b, a = metrics["eval_before"], metrics["eval_after"]
-    changes = [f"{k} {b[k]:.4g} -> {a[k]:.4g}" for k in b if k in a]
-    if "probe_before" in metrics:
-        changes.append(f"probe {metrics['probe_before']:.3f} -> {metrics['probe_after']:.3f}")
+    changes = [f"{k} {b[k]:{FORMATS.get(k, '.4g')}} -> {a[k]:{FORMATS.get(k, '.4g')}}" for k in b if k in a]
     lines = [f"{metrics['method']} fine-tune of {metrics['model']} on {metrics['task']} "
              f"({metrics['preset']} preset, {metrics['device']})",
              "  " + str(ParamCount(metrics["trainable_params"], metrics["total_params"])),
-             "  " + "   ".join(changes),
-             f"  step {metrics['step_time_median_s']:.2f} s (median of {metrics['steps']}), "
-             f"peak memory {_fmt_bytes(metrics['peak_memory_bytes'])}, {metrics['wall_time_s']:.0f} s in all, "
-             f"saved {_fmt_bytes(metrics['saved_bytes'])}" + (f" to {out}" if out else "")]
+             "  held-out: " + ", ".join(changes)]
+    if "probe_before" in metrics:
+        n, p0, p1 = metrics["probe_items"], metrics["probe_before"], metrics["probe_after"]
+        se = (max(p0 * (1 - p0), 1 / n) / n) ** 0.5  # standard error of one accuracy on n questions
+        lines.append(f"  general-knowledge probe (forgetting): {p0:.3f} -> {p1:.3f} on {n} questions "
+                     f"(standard error {se:.3f}: a change within two of them is noise)")
+    lines.append(f"  step {metrics['step_time_median_s']:.2f} s (median of {metrics['steps']}), "
+                 f"peak memory {_fmt_bytes(metrics['peak_memory_bytes'])}, {metrics['wall_time_s']:.0f} s in all, "
+                 f"saved {_fmt_bytes(metrics['saved_bytes'])}" + (f" to {out}" if out else ""))
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 COMPONENTS = ("weights", "gradients", "optimizer", "activations")
 COLORS = {"weights": "#4c72b0", "gradients": "#dd8452", "optimizer": "#c44e52", "activations": "#55a868"}
@@ -56,20 +57,31 @@ def _smooth(values: Sequence[float], window: int) -> list[float]:
 # Training
 # ---------------------------------------------------------------------------------------------
 def loss_curves(histories, *, smooth: int = 1, title: str = "Training loss", logy: bool = False) -> Figure:
-    """Training loss per optimizer step; a dict {label: History} puts several runs on one axes."""
+    """Training loss per optimizer step; a dict {label: History} puts several runs on one axes.
+
+    smooth > 1 draws each run's raw losses faintly and their trailing mean over `smooth` steps
+    on top, both in the legend, so the smoothing is visible and named.
+    """
     if not isinstance(histories, Mapping):
         histories = {"run": histories}
     if not histories:
         raise ValueError("no histories to plot")
+    if isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 1:
+        raise ValueError(f"smooth={smooth!r} is not valid; use a whole number of steps >= 1 (1 = no smoothing)")
     fig, (ax,) = new_figure()
     for label, history in histories.items():
         marker = "." if len(history.steps) < 40 else None  # few steps: show each one
-        ax.plot(history.steps, _smooth(history.losses, smooth), label=label, marker=marker)
+        if smooth > 1:
+            raw, = ax.plot(history.steps, history.losses, alpha=0.3, label=f"{label} (each step)")
+            ax.plot(history.steps, _smooth(history.losses, smooth), color=raw.get_color(), marker=marker,
+                    label=f"{label} (mean of {smooth} steps)")
+        else:
+            ax.plot(history.steps, history.losses, label=label, marker=marker)
     ax.set(xlabel="optimizer step", ylabel="training loss (nats / target)", title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     if logy:
         ax.set_yscale("log")
-    if len(histories) > 1:
-        ax.legend()
+    ax.legend()
     ax.grid(alpha=0.3)
     return fig
 
@@ -80,7 +92,7 @@ def before_after(before: Mapping[str, float], after: Mapping[str, float], *,
     metrics = [k for k in before if k in after]
     if not metrics:
         raise ValueError(f"before and after share no metric: {sorted(before)} vs {sorted(after)}")
-    fig, axes = new_figure(2.6 * len(metrics) + 0.6, 3.4, ncols=len(metrics))
+    fig, axes = new_figure(2.8 * len(metrics) + 0.6, 3.6, ncols=len(metrics))
     for ax, name in zip(axes, metrics):
         values = [before[name], after[name]]
         bars = ax.bar(["before", "after"], values, color=["#999999", "#4c72b0"])
@@ -91,8 +103,9 @@ def before_after(before: Mapping[str, float], after: Mapping[str, float], *,
 
 
 def _metric_label(name: str) -> str:
-    hints = {"loss": "loss (lower is better)", "perplexity": "perplexity (lower is better)",
-             "accuracy": "accuracy (higher is better)", "probe": "probe accuracy (higher is better)"}
+    hints = {"loss": "held-out loss\n(lower is better)", "perplexity": "held-out perplexity\n(lower is better)",
+             "accuracy": "held-out accuracy\n(higher is better)",
+             "probe": "general-knowledge probe\n(higher is better)"}
     return hints.get(name, name)
 
 
