@@ -137,36 +137,6 @@ def estimate_memory(n_params: int, method: str = "full", *, trainable_params: in
 
 
 # ---------------------------------------------------------------------------------------------
-# Storage: one fine-tuned copy per task, or one base plus one small adapter per task
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class StorageEstimate:
-    n_tasks: int               # how many fine-tuned tasks are kept
-    full_copies: float         # bytes: one whole model per task
-    base_plus_adapters: float  # bytes: one shared base + one adapter per task
-
-    @property
-    def ratio(self) -> float:
-        """How many times smaller base + adapters is than full copies."""
-        return self.full_copies / self.base_plus_adapters
-
-
-def storage_bytes(n_params: int, bytes_per_param: float | str = 2) -> float:
-    """Bytes on disk for `n_params` parameters (70e9 at 2 bytes = 140e9 = 140 GB)."""
-    return n_params * _bytes_per_param(bytes_per_param, "bytes_per_param")
-
-
-def storage_for_tasks(base_params: int, adapter_params: int, n_tasks: int,
-                      bytes_per_param: float | str = 2) -> StorageEstimate:
-    """Full copies vs one base + adapters: 70B, 10 tasks, 16-bit -> 1.4 TB vs ~141 GB."""
-    if n_tasks < 1:
-        raise ValueError(f"n_tasks must be at least 1, not {n_tasks}")
-    base = storage_bytes(base_params, bytes_per_param)
-    adapter = storage_bytes(adapter_params, bytes_per_param)
-    return StorageEstimate(n_tasks, full_copies=n_tasks * base, base_plus_adapters=base + n_tasks * adapter)
-
-
-# ---------------------------------------------------------------------------------------------
 # Measurement: real tensors, in process (cheap, deterministic)
 # ---------------------------------------------------------------------------------------------
 def _unique_bytes(tensors) -> int:

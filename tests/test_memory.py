@@ -7,8 +7,7 @@ from torch import nn
 
 from conftest import tiny_llama
 from labs import memory
-from labs.memory import (MemoryEstimate, estimate_memory, measure_activations, measure_components,
-                         measure_peak, storage_bytes, storage_for_tasks)
+from labs.memory import MemoryEstimate, estimate_memory, measure_activations, measure_components, measure_peak
 
 MB = 2 ** 20
 
@@ -16,19 +15,6 @@ MB = 2 ** 20
 # ---------------------------------------------------------------------------------------------
 # Analytic model
 # ---------------------------------------------------------------------------------------------
-def test_storage_of_a_70b_model_in_16_bit_is_140_gb():
-    assert storage_bytes(70e9, 2) == 140e9
-    assert storage_bytes(70e9, "bf16") == storage_bytes(70e9, 2)
-    assert storage_bytes(70e9, "fp32") == 280e9
-
-
-def test_ten_tasks_full_copies_vs_one_base_plus_adapters():
-    s = storage_for_tasks(70e9, 50e6, n_tasks=10, bytes_per_param=2)
-    assert s.full_copies == 10 * 140e9                      # 1.4 TB
-    assert s.base_plus_adapters == 140e9 + 10 * 100e6       # ~141 GB
-    assert s.ratio == pytest.approx(1400 / 141)
-
-
 def test_full_fine_tune_pays_gradients_and_adam_states_for_every_weight():
     est = estimate_memory(7e9, "full", weight_bytes="bf16")
     assert est.weights == 14e9 and est.gradients == 14e9
