@@ -14,20 +14,20 @@ gains of their normalisation layers (RMSNorm / LayerNorm weights), `BitFitConfig
     cfg = BitFitConfig(subset="all")
     model = apply(model, cfg)               # only biases have requires_grad=True
     count_parameters(model)                 # trainable / total / percent
+    bias_change(before, after)              # after training: how far each bias moved
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from labs.surgery import ParamCount, freeze, mark_adapted, unfreeze
+from labs.options import config_from_options
+from labs.peft_format import plain_from_peft, plain_to_peft
+from labs.surgery import ParamCount, freeze, mark_adapted, norm_parameter_names, unfreeze
 
 NOTEBOOK = "notebooks/03_bitfit.ipynb"
-METHOD = "bitfit"
-PEFT_TYPE = "LABS_BITFIT"   # peft has no BitFit: same two-file layout, our own type name
-KEY_PREFIX = "base_model.model."  # peft's prefix for every tensor key in adapter_model.safetensors
 
 SUBSETS = ("all", "query_mlp")
 # The paper's small subset: the query bias and the first MLP layer's bias, per architecture.
@@ -53,11 +53,6 @@ class BitFitConfig:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
 
-def is_norm(module: nn.Module) -> bool:
-    """LayerNorm, RMSNorm and the models' own norm classes (LlamaRMSNorm, T5LayerNorm, ...)."""
-    return isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or type(module).__name__.endswith("Norm")
-
-
 def no_bias_error(model: nn.Module, subset: str) -> ValueError:
     """The error for a model that has nothing BitFit could train."""
     return ValueError(
@@ -79,9 +74,14 @@ def bias_parameter_names(model: nn.Module, subset: str = "all") -> list[str]:
     raise NotImplementedError("Exercise 3.1: bias_parameter_names - see notebooks/03_bitfit.ipynb")
 
 
-def norm_parameter_names(model: nn.Module) -> list[str]:
-    """Names of every parameter that belongs directly to a normalisation layer (see is_norm)."""
-    raise NotImplementedError("Exercise 3.2: norm_parameter_names - see notebooks/03_bitfit.ipynb")
+def bias_change(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, float]:
+    """How far each trained tensor moved: {name: mean |after - before|}, in the order of `after`.
+
+    The mean absolute change (1/n) * ||after - before||_1 makes vectors of different lengths
+    comparable (a query bias has D numbers, an MLP bias 4 D). A name of `after` that `before`
+    lacks, or a tensor whose shape differs -> ValueError naming it.
+    """
+    raise NotImplementedError("Exercise 3.2: bias_change - see notebooks/03_bitfit.ipynb")
 
 
 def apply(model: nn.Module, config: BitFitConfig) -> nn.Module:
@@ -105,65 +105,14 @@ def count_without(model: nn.Module, exclude: tuple[str, ...] = ("classifier",)) 
 # ---------------------------------------------------------------------------------------------
 # The technique-module protocol: PEFT two-file format and the command line
 # ---------------------------------------------------------------------------------------------
-def _task_type(model: nn.Module) -> str:
-    name = type(model).__name__
-    if name.endswith("ForSequenceClassification"):
-        return "SEQ_CLS"
-    return "CAUSAL_LM" if name.endswith("ForCausalLM") else "FEATURE_EXTRACTION"
-
-
 def to_peft(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(adapter_config.json dict, tensors): every trainable tensor under peft's key names.
-
-    Besides the biases this stores whatever else trains (a classification head unfrozen for the
-    task), listed in `modules_to_save` as peft does, so a reload gives the same logits.
-    """
-    record = getattr(model, "labs_adapter", None)
-    if record is None or record.method != METHOD:
-        raise ValueError(f"to_peft needs a model prepared with {__name__}.apply; this one carries "
-                         f"{record.method if record else 'no adapter'!r}")
-    ours = set(bias_parameter_names(model, record.config.subset)) | set(norm_parameter_names(model))
-    state = {KEY_PREFIX + n: p.detach().clone().contiguous()
-             for n, p in model.named_parameters() if p.requires_grad}
-    extra = sorted({n.rsplit(".", 1)[0] for n, p in model.named_parameters() if p.requires_grad and n not in ours})
-    config = {"peft_type": PEFT_TYPE, "task_type": _task_type(model),
-              "base_model_name_or_path": getattr(getattr(model, "config", None), "name_or_path", "") or "",
-              "inference_mode": True, "modules_to_save": extra or None, **asdict(record.config)}
-    return config, state
+    """(adapter_config.json dict, tensors): BitFitConfig's fields, every trained tensor (and the head)."""
+    return plain_to_peft(model, __name__)
 
 
 def from_peft(model: nn.Module, config_dict: dict, state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """Apply BitFit as `config_dict` describes and load the saved tensors (strict on shapes)."""
-    if config_dict.get("peft_type") != PEFT_TYPE:
-        raise ValueError(f"peft_type {config_dict.get('peft_type')!r} is not {PEFT_TYPE!r}: "
-                         "this file was not written by bitfit.to_peft")
-    config = BitFitConfig(**{f.name: config_dict[f.name] for f in fields(BitFitConfig) if f.name in config_dict})
-    apply(model, config)
-    params = dict(model.named_parameters())
-    expected = {n for n, p in params.items() if p.requires_grad}
-    loaded = _load_tensors(params, state_dict)
-    missing = sorted(expected - loaded)
-    if missing:
-        raise ValueError(f"the adapter file lacks {len(missing)} tensors this model trains, e.g. {missing[0]!r}")
-    return model
-
-
-def _load_tensors(params: dict[str, nn.Parameter], state_dict: dict[str, torch.Tensor]) -> set[str]:
-    """Copy each saved tensor into its parameter (and make it trainable); return the names loaded."""
-    loaded = set()
-    for key, tensor in state_dict.items():
-        name = key[len(KEY_PREFIX):] if key.startswith(KEY_PREFIX) else key
-        if name not in params:
-            raise ValueError(f"adapter tensor {key!r} has no parameter {name!r} in this model: "
-                             "the adapter was made for another base model")
-        if tuple(params[name].shape) != tuple(tensor.shape):
-            raise ValueError(f"the adapter was made for another base model: {name!r} has shape "
-                             f"{tuple(tensor.shape)} in the file but {tuple(params[name].shape)} in this model")
-        with torch.no_grad():
-            params[name].copy_(tensor.to(params[name].dtype))
-        params[name].requires_grad_(True)
-        loaded.add(name)
-    return loaded
+    return plain_from_peft(model, config_dict, state_dict, __name__, BitFitConfig, apply)
 
 
 def prepare_for_finetune(model: nn.Module, task, options: dict | None = None) -> nn.Module:
@@ -172,25 +121,4 @@ def prepare_for_finetune(model: nn.Module, task, options: dict | None = None) ->
     `options` are command-line overrides of BitFitConfig fields, e.g. {"subset": "query_mlp"}.
     The task does not change the choice (a classification head is unfrozen by labs.methods).
     """
-    options = _parse_options(options or {})
-    return apply(model, BitFitConfig(**{"norm_fallback": True, **options}))
-
-
-def _parse_options(options: dict) -> dict:
-    """Check option names against BitFitConfig and turn command-line strings into ints and bools."""
-    types = {f.name: f.type for f in fields(BitFitConfig)}
-    unknown = sorted(set(options) - set(types))
-    if unknown:
-        raise ValueError(f"unknown bitfit option(s) {', '.join(unknown)}; accepted: {', '.join(types)}")
-    parsed = {}
-    for name, value in options.items():
-        if types[name] == "bool" and isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(f"bitfit option {name}={value!r} is not valid; use true or false")
-            value = value.lower() in ("true", "1", "yes")
-        elif types[name] == "int" and isinstance(value, str):
-            if not value.strip().isdigit():
-                raise ValueError(f"bitfit option {name}={value!r} is not valid; use a whole number")
-            value = int(value)
-        parsed[name] = value
-    return parsed
+    return apply(model, config_from_options(BitFitConfig, options, norm_fallback=True))

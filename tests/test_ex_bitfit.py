@@ -81,25 +81,36 @@ def test_llama_has_no_biases_and_bad_subset(impl):
 
 
 # ---------------------------------------------------------------------------------------------
-# 3.2 norm_parameter_names
+# 3.2 bias_change
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.exercise("3.2", points=1)
-def test_norm_names_of_llama(impl):
+def test_bias_change_is_the_mean_absolute_change(impl):
     bitfit = impl("bitfit")
-    expected = [f"model.layers.{i}.{norm}.weight" for i in range(L)
-                for norm in ("input_layernorm", "post_attention_layernorm")] + ["model.norm.weight"]
-    names = bitfit.norm_parameter_names(tiny_llama())
-    assert sorted(names) == sorted(expected), f"expected the RMSNorm gains {expected}, got {names}"
+    before = {"a.bias": torch.zeros(4), "b.bias": torch.tensor([1.0, 2.0]), "c.weight": torch.ones(2, 2)}
+    after = {"b.bias": torch.tensor([2.0, 0.0]), "a.bias": torch.tensor([0.4, -0.4, 0.0, 0.0])}
+    change = bitfit.bias_change(before, after)
+    assert list(change) == ["b.bias", "a.bias"], f"one entry per tensor of `after`, in its order; got {list(change)}"
+    assert change["b.bias"] == pytest.approx(1.5) and change["a.bias"] == pytest.approx(0.2), \
+        f"mean |after - before|: (1 + 2) / 2 = 1.5 and (0.4 + 0.4) / 4 = 0.2; got {change}"
+    assert all(type(v) is float for v in change.values()), "give plain Python floats (tensor.item())"
 
 
 @pytest.mark.exercise("3.2", points=1)
-def test_norm_names_of_bert_include_weight_and_bias(impl):
+def test_bias_change_names_what_moved_and_refuses_a_mismatch(impl):
     bitfit = impl("bitfit")
-    names = bitfit.norm_parameter_names(tiny_bert())
-    layer_norms = 1 + 2 * L  # embeddings + two per layer
-    assert len(names) == 2 * layer_norms and len(set(names)) == len(names), \
-        f"each of the {layer_norms} LayerNorms has a weight and a bias; got {len(names)} names"
-    assert all(".LayerNorm." in n for n in names), "only LayerNorm parameters belong here"
+    model = tiny_bert()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    moved = "bert.encoder.layer.1.intermediate.dense.bias"
+    with torch.no_grad():
+        model.get_parameter(moved).sub_(0.5)
+    after = {n: p.detach() for n, p in model.named_parameters() if n.endswith(".bias")}
+    change = bitfit.bias_change(before, after)
+    assert change[moved] == pytest.approx(0.5), f"{moved} moved by 0.5 everywhere, got {change[moved]}"
+    assert all(v == 0.0 for n, v in change.items() if n != moved), "the other biases did not move"
+    with pytest.raises(ValueError, match="classifier.bias"):
+        bitfit.bias_change({n: t for n, t in before.items() if n != "classifier.bias"}, after)
+    with pytest.raises(ValueError, match="pooler.dense.bias"):
+        bitfit.bias_change({**before, "bert.pooler.dense.bias": torch.zeros(3)}, after)
 
 
 # ---------------------------------------------------------------------------------------------

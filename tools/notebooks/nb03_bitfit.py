@@ -72,17 +72,6 @@ for subset in ("all", "query_mlp"):
     print(f"{subset:>9}: {len(names):3d} tensors, {sum(params[n].numel() for n in names):,} numbers")
 print(*bitfit.bias_parameter_names(bert)[:10], sep="\n")"""),
     ("md", r"""
-**Exercise 3.2.** Some models have no biases (section 5). The only other per-channel vectors they have
-are the gains of their normalisation layers. Write `norm_parameter_names(model)`: the names of every
-parameter that belongs *directly* to a normalisation module (`is_norm(module)` recognises
-`nn.LayerNorm`, `nn.RMSNorm` and model-specific classes such as `LlamaRMSNorm`). Walk
-`model.named_modules()` and use `module.named_parameters(recurse=False)`; the full name is
-`f"{module_name}.{param_name}"`."""),
-    ("code", r"""check("3.2")"""),
-    ("code", r"""
-norms = bitfit.norm_parameter_names(bert)
-print(f"{len(norms)} norm tensors, e.g. {norms[:2]}")"""),
-    ("md", r"""
 ## 2. Applying BitFit
 
 `apply(model, config)` is the same three steps as in notebook 02: freeze everything, unfreeze the
@@ -96,10 +85,13 @@ chosen few, and record what was done. `BitFitConfig` has three fields:
 
 **Exercise 3.3.** Write `apply`: collect the bias names of `config.subset`; if there are none and
 neither `norms` nor `norm_fallback` is set, `raise no_bias_error(model, config.subset)`; add the norm
-names when `config.norms` is set or when there are no biases (the fallback), without duplicates. Then
-call `mark_adapted(model, METHOD, config, __name__)` (it refuses a model that already carries an
-adapter, so call it *before* changing anything), `freeze(model)`, unfreeze exactly the chosen names,
-and return the model."""),
+names when `config.norms` is set or when there are no biases (the fallback), without duplicates.
+Some models have no biases (section 5), and the only other per-channel vectors they have are the gains
+of their normalisation layers: `norm_parameter_names(model)` (from `labs.surgery`, which adapters use
+too) lists every parameter that belongs directly to a `LayerNorm`, `RMSNorm` or `LlamaRMSNorm`. Then
+call `mark_adapted(model, config, __name__)` (it refuses a model that already carries an adapter, so
+call it *before* changing anything), `freeze(model)`, unfreeze exactly the chosen names, and return
+the model."""),
     ("code", r"""check("3.3")"""),
     ("code", r"""
 bitfit.apply(bert, bitfit.BitFitConfig(subset="all"))
@@ -171,6 +163,37 @@ ax_acc.legend(loc="lower right")
 bars = ax_pct.bar(labels, [runs[k]["trainable_percent"] for k in labels], color=colors)
 ax_pct.bar_label(bars, fmt="%.3g%%")
 ax_pct.set(yscale="log", ylabel="trainable parameters (%, with head)", title="What trains")
+fig"""),
+    ("md", r"""
+Which biases moved? The BitFit paper asked the same question: after fine-tuning it measured how far each
+bias vector had travelled, and found the change concentrated in a few kinds -- the query bias and the
+first MLP layer's among them, the observation behind its small subset.
+
+**Exercise 3.2.** Write `bias_change(before, after)`: for every tensor in `after`, the mean absolute
+change $\frac{1}{n}\lVert b_\text{after} - b_\text{before} \rVert_1$ from the tensor of the same name in
+`before`, as a plain float, in the order of `after`. A name `before` lacks, or a shape that differs, is
+a `ValueError` naming it. The mean makes vectors of different lengths comparable (a query bias has $D$
+numbers, the first MLP layer's $4D$). Below, `after` is what the "BitFit all" run saved (its adapter
+file) and `before` the pretrained model; the bars average each kind of bias over the six layers."""),
+    ("code", r"""check("3.2")"""),
+    ("code", r"""
+import re
+from labs.peft_format import KEY_PREFIX, read_adapter
+
+_, saved = read_adapter(runs_dir / "BitFit-all" / "adapter")       # what the run trained and saved
+after = {k.removeprefix(KEY_PREFIX): t for k, t in saved.items() if "classifier" not in k}
+pretrained, _ = load_model("minilm-l6", task_kind="classify", num_labels=2)
+change = bitfit.bias_change(dict(pretrained.named_parameters()), after)
+by_kind = {}
+for name, value in change.items():   # bert.encoder.layer.3.attention.self.query.bias -> attention.self.query
+    by_kind.setdefault(re.sub(r"^bert\.encoder\.layer\.\d+\.", "", name).removesuffix(".bias"), []).append(value)
+mean = {kind: sum(values) / len(values) for kind, values in by_kind.items()}
+fig, (ax,) = viz.new_figure(9, 3.8)
+kinds = sorted(mean, key=mean.get)
+ax.barh(kinds, [mean[k] for k in kinds], color="#dd8452")
+ax.set(xlabel="mean |change| per number", title=f"How far each kind of bias moved (BitFit all, {STEPS} steps)")
+del pretrained
+gc.collect()
 fig"""),
     ("md", r"""
 Read the two panels together. BitFit trains the fewest numbers and writes the smallest adapter
