@@ -24,17 +24,17 @@ sequential work to every forward pass: at batch 1 that shows up as latency.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from labs.surgery import freeze, is_linear, linear_dims, linear_weight, mark_adapted, replace_modules, unfreeze
+from labs.options import config_from_options
+from labs.peft_format import plain_from_peft, plain_to_peft
+from labs.surgery import (freeze, is_linear, linear_dims, linear_weight, mark_adapted, norm_parameter_names,
+                          refuse_second_adapter, replace_modules, unfreeze)
 
 NOTEBOOK = "notebooks/04_adapters.ipynb"
-METHOD = "adapter"
-PEFT_TYPE = "LABS_BOTTLENECK_ADAPTER"   # peft has no bottleneck adapter: same layout, our own type
-KEY_PREFIX = "base_model.model."        # peft's prefix for every tensor key
 
 PLACEMENTS = ("houlsby", "pfeiffer")
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
@@ -131,89 +131,30 @@ def adapter_parameter_count(d_model: int, n_layers: int, config: AdapterConfig) 
     raise NotImplementedError("Exercise 4.6: adapter_parameter_count - see notebooks/04_adapters.ipynb")
 
 
-def _is_norm(module: nn.Module) -> bool:
-    """LayerNorm, RMSNorm and the models' own norm classes (LlamaRMSNorm, ...)."""
-    return isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or type(module).__name__.endswith("Norm")
-
-
-def norm_parameter_names(model: nn.Module) -> list[str]:
-    """Names of the parameters that belong directly to a normalisation layer."""
-    return [f"{mn}.{pn}" if mn else pn for mn, m in model.named_modules() if _is_norm(m)
-            for pn, _ in m.named_parameters(recurse=False)]
-
-
 def apply(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """Insert adapters, freeze the base, train the adapters (and the norms if config.train_norms)."""
-    if getattr(model, "labs_adapter", None) is not None:   # refuse before any surgery, not after it
-        mark_adapted(model, METHOD, config, __name__)
+    refuse_second_adapter(model, __name__)   # before any surgery, not after it
     inject_adapters(model, config)
     freeze(model)
     norms = set(norm_parameter_names(model)) if config.train_norms else set()
     unfreeze(model, lambda name: ".adapter_down." in name or ".adapter_up." in name or name in norms)
-    mark_adapted(model, METHOD, config, __name__)
+    mark_adapted(model, config, __name__)
     return model
 
 
 # ---------------------------------------------------------------------------------------------
 # The technique-module protocol: PEFT two-file format and the command line
 # ---------------------------------------------------------------------------------------------
-def _task_type(model: nn.Module) -> str:
-    name = type(model).__name__
-    if name.endswith("ForSequenceClassification"):
-        return "SEQ_CLS"
-    return "CAUSAL_LM" if name.endswith("ForCausalLM") else "FEATURE_EXTRACTION"
-
-
 def to_peft(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(adapter_config.json dict, tensors): every trainable tensor, keys like
-    base_model.model.<path>.adapter.adapter_down.weight; other trainable modules (norms, a
-    classification head) are listed in `modules_to_save` so a reload gives the same logits."""
-    record = getattr(model, "labs_adapter", None)
-    if record is None or record.method != METHOD:
-        raise ValueError(f"to_peft needs a model prepared with {__name__}.apply; this one carries "
-                         f"{record.method if record else 'no adapter'!r}")
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    state = {KEY_PREFIX + n: p.detach().clone().contiguous() for n, p in trainable}
-    extra = sorted({n.rsplit(".", 1)[0] for n, _ in trainable if ".adapter." not in n})
+    """(adapter_config.json dict, tensors): AdapterConfig's fields and the wrapped layers' names; every
+    trained tensor (adapters, norms, a classification head), so a reload gives the same logits."""
     targets = [n for n, m in model.named_modules() if isinstance(m, AdapterWrapped)]
-    config = {"peft_type": PEFT_TYPE, "task_type": _task_type(model),
-              "base_model_name_or_path": getattr(getattr(model, "config", None), "name_or_path", "") or "",
-              "inference_mode": True, "target_modules": targets, "modules_to_save": extra or None,
-              **asdict(record.config)}
-    return config, state
+    return plain_to_peft(model, __name__, target_modules=targets)
 
 
 def from_peft(model: nn.Module, config_dict: dict, state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """Insert adapters as `config_dict` describes and load the saved tensors (strict on shapes)."""
-    if config_dict.get("peft_type") != PEFT_TYPE:
-        raise ValueError(f"peft_type {config_dict.get('peft_type')!r} is not {PEFT_TYPE!r}: "
-                         "this file was not written by adapters.to_peft")
-    config = AdapterConfig(**{f.name: config_dict[f.name] for f in fields(AdapterConfig) if f.name in config_dict})
-    apply(model, config)
-    params = dict(model.named_parameters())
-    expected = {n for n, p in params.items() if p.requires_grad}
-    missing = sorted(expected - _load_tensors(params, state_dict))
-    if missing:
-        raise ValueError(f"the adapter file lacks {len(missing)} tensors this model trains, e.g. {missing[0]!r}")
-    return model
-
-
-def _load_tensors(params: dict[str, nn.Parameter], state_dict: dict[str, torch.Tensor]) -> set[str]:
-    """Copy each saved tensor into its parameter (and make it trainable); return the names loaded."""
-    loaded = set()
-    for key, tensor in state_dict.items():
-        name = key[len(KEY_PREFIX):] if key.startswith(KEY_PREFIX) else key
-        if name not in params:
-            raise ValueError(f"adapter tensor {key!r} has no parameter {name!r} in this model: "
-                             "the adapter was made for another base model")
-        if tuple(params[name].shape) != tuple(tensor.shape):
-            raise ValueError(f"the adapter was made for another base model: {name!r} has shape "
-                             f"{tuple(tensor.shape)} in the file but {tuple(params[name].shape)} in this model")
-        with torch.no_grad():
-            params[name].copy_(tensor.to(params[name].dtype))
-        params[name].requires_grad_(True)
-        loaded.add(name)
-    return loaded
+    return plain_from_peft(model, config_dict, state_dict, __name__, AdapterConfig, apply)
 
 
 def prepare_for_finetune(model: nn.Module, task, options: dict | None = None) -> nn.Module:
@@ -222,25 +163,4 @@ def prepare_for_finetune(model: nn.Module, task, options: dict | None = None) ->
     `options` are command-line overrides of AdapterConfig fields, e.g. {"bottleneck": 16}.
     The task does not change the choice (a classification head is unfrozen by labs.methods).
     """
-    options = _parse_options(options or {})
-    return apply(model, AdapterConfig(**options))
-
-
-def _parse_options(options: dict) -> dict:
-    """Check option names against AdapterConfig and turn command-line strings into ints and bools."""
-    types = {f.name: f.type for f in fields(AdapterConfig)}
-    unknown = sorted(set(options) - set(types))
-    if unknown:
-        raise ValueError(f"unknown adapter option(s) {', '.join(unknown)}; accepted: {', '.join(types)}")
-    parsed = {}
-    for name, value in options.items():
-        if types[name] == "bool" and isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(f"adapter option {name}={value!r} is not valid; use true or false")
-            value = value.lower() in ("true", "1", "yes")
-        elif types[name] == "int" and isinstance(value, str):
-            if not value.strip().isdigit():
-                raise ValueError(f"adapter option {name}={value!r} is not valid; use a whole number")
-            value = int(value)
-        parsed[name] = value
-    return parsed
+    return apply(model, config_from_options(AdapterConfig, options))
