@@ -26,19 +26,19 @@ transformers drops the cache inside checkpointed layers, so the prefix would sil
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import DynamicCache
 
+from labs.options import parse_options
+from labs.peft_format import config_fields, prepared_by
 from labs.surgery import freeze, mark_adapted
+from labs.virtual_tokens import (INITS, bind_inputs, check_context, hook_in, init_token_ids, load_head_tensors,
+                                 positions_from_mask, prompt_tensors, read_prompt_tensors)
 
 NOTEBOOK = "notebooks/06_prefix_tuning.ipynb"
-METHOD = "prefix"
-PEFT_TYPE = "PREFIX_TUNING"
-INITS = ("random", "vocab", "text")
-BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 CHECKPOINTING_REFUSED = (
     "prefix tuning passes its prefix through the key/value cache, and gradient checkpointing "
     "drops the cache inside every checkpointed layer (transformers sets cache=None there), so the "
@@ -86,40 +86,12 @@ class KVShape:
         return self.layers * 2 * self.token_dim
 
 
-# ---------------------------------------------------------------------------------------------
-# Shared by both editions (outside the exercises)
-# ---------------------------------------------------------------------------------------------
-def check_context(model_config, length: int) -> None:
-    limit = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
-    if limit is not None and length > limit:
-        raise ValueError(f"prefix + input tokens = {length} positions, but the model has only {limit} "
-                         "(max_position_embeddings): shorten the input or use a shorter prefix")
-
-
-def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) 0/1 mask -> (B, T) positions counting only real tokens (left padding skipped)."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 def uses_checkpointing(model: nn.Module) -> bool:
     return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
 
 
 def refuse_checkpointing(*args, **kwargs):
     raise ValueError(CHECKPOINTING_REFUSED)
-
-
-def bind_inputs(args: tuple, kwargs: dict) -> dict:
-    """The hook sees model(ids) as args=(ids,): name it, so every call looks like model(input_ids=ids)."""
-    kwargs = dict(kwargs)
-    if len(args) > 1:
-        raise TypeError("prefix tuning reads the model's inputs by name: call model(input_ids=..., "
-                        "attention_mask=..., ...)")
-    if args:
-        kwargs["input_ids"] = args[0]
-    if "past_key_values" in kwargs:  # the name transformers 5 is retiring in favour of `cache`
-        kwargs["cache"] = kwargs.pop("past_key_values")
-    return kwargs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,20 +189,6 @@ def prefix_from_tokens(model: nn.Module, token_ids: torch.Tensor, shape: KVShape
 # ---------------------------------------------------------------------------------------------
 # The technique-module protocol
 # ---------------------------------------------------------------------------------------------
-def _init_tokens(model: nn.Module, config: PrefixTuningConfig, tokenizer) -> torch.Tensor:
-    """The P real tokens whose keys and values start the prefix ("vocab" or "text" init)."""
-    P = config.num_virtual_tokens
-    if config.init == "vocab":  # common tokens: low ids in BPE vocabularies (as prompt tuning's "vocab")
-        vocab = model.get_input_embeddings().weight.shape[0]
-        return torch.randint(0, min(vocab, 5000), (P,), generator=torch.Generator().manual_seed(config.seed))
-    if tokenizer is None:
-        raise ValueError("init='text' needs the tokenizer: apply(model, config, tokenizer)")
-    ids = tokenizer(config.init_text)["input_ids"]
-    if not ids:
-        raise ValueError("init_text gave no tokens: choose a text with at least one word")
-    return torch.tensor((ids * -(-P // len(ids)))[:P])
-
-
 def attach(model: nn.Module, config: PrefixTuningConfig, prefix: torch.Tensor | None) -> nn.Module:
     """Freeze `model`, hang a PrefixEncoder on it (holding `prefix`, or an MLP), and hook it in."""
     if uses_checkpointing(model):
@@ -242,7 +200,7 @@ def attach(model: nn.Module, config: PrefixTuningConfig, prefix: torch.Tensor | 
                          f"({config.num_virtual_tokens}, {shape.width}) = (P, L*2*kv_heads*head_dim) with "
                          f"L={shape.layers}, kv_heads={shape.kv_heads}, head_dim={shape.head_dim}: "
                          "the adapter was made for another base model")
-    mark_adapted(model, METHOD, config, __name__)   # refuses a model that already carries an adapter
+    mark_adapted(model, config, __name__)   # refuses a model that already carries an adapter
     freeze(model)
     with torch.random.fork_rng(devices=[]):  # seeded MLP weights, the caller's random stream untouched
         torch.manual_seed(config.seed)
@@ -250,9 +208,7 @@ def attach(model: nn.Module, config: PrefixTuningConfig, prefix: torch.Tensor | 
                                 config.encoder_hidden_size if prefix is None else None)
     if prefix is not None:
         encoder.prefix_kv.data.copy_(prefix.float())
-    model.prefix_encoder = encoder.to(next(model.parameters()).device)
-    model.register_forward_pre_hook(model.prefix_encoder.before_forward, with_kwargs=True)
-    model.register_forward_hook(model.prefix_encoder.after_forward, with_kwargs=True)
+    hook_in(model, "prefix_encoder", encoder.to(next(model.parameters()).device))
     # the mistake is caught where it is made (labs.train tries both names)
     model.gradient_checkpointing_enable = model.activation_checkpointing_enable = refuse_checkpointing
     return model
@@ -271,7 +227,8 @@ def apply(model: nn.Module, config: PrefixTuningConfig = PrefixTuningConfig(), t
         was_training, device = model.training, model.get_input_embeddings().weight.device
         model.eval()
         try:
-            prefix = prefix_from_tokens(model, _init_tokens(model, config, tokenizer).to(device), shape).cpu()
+            ids = init_token_ids(config, model.get_input_embeddings().weight.shape[0], tokenizer)
+            prefix = prefix_from_tokens(model, ids.to(device), shape).cpu()
         finally:
             model.train(was_training)
     return attach(model, config, prefix)
@@ -283,69 +240,26 @@ def fold(model: nn.Module) -> nn.Module:
     return model
 
 
-def _task_type(model: nn.Module) -> str:
-    return "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
-
-
-HEAD_PREFIX = "base_model."  # peft's key prefix for the other trained tensors (a classifier head)
-
-
-def head_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A classifier's head (new, random: the logits need it) and any other trained tensor besides
-    ours, under peft's key names."""
-    return {HEAD_PREFIX + n: p.detach().clone() for n, p in model.named_parameters()
-            if not n.startswith("prefix_encoder.") and (p.requires_grad or n.split(".")[0] in ("classifier", "score"))}
-
-
-def load_head_tensors(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """Copy saved head tensors (peft's modules_to_save) into `model` and let them train."""
-    params = dict(model.named_parameters())
-    for key, tensor in state_dict.items():
-        if not key.startswith(HEAD_PREFIX):
-            continue
-        name = key[len(HEAD_PREFIX):]
-        if name not in params or tuple(params[name].shape) != tuple(tensor.shape):
-            raise ValueError(f"adapter tensor {key!r} {tuple(tensor.shape)} does not fit this model "
-                             f"({tuple(params[name].shape) if name in params else 'no such parameter'}): "
-                             "the adapter was made for another base model")
-        with torch.no_grad():
-            params[name].copy_(tensor.to(params[name].dtype))
-        params[name].requires_grad_(True)
-
-
 def to_peft(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
     """(adapter_config.json dict, {"prompt_embeddings": (P, L*2*kv_heads*head_dim)}), peft's layout.
 
     Like peft, an MLP-computed prefix is saved as its output (what inference needs).
     """
-    record = getattr(model, "labs_adapter", None)
-    if record is None or record.method != METHOD:
-        raise ValueError(f"to_peft needs a model prepared with {__name__}.apply; this one carries "
-                         f"{record.method if record else 'no adapter'!r}")
+    record = prepared_by(model, __name__)
     cfg, shape = record.config, model.prefix_encoder.shape
-    config = {"peft_type": PEFT_TYPE, "task_type": _task_type(model),
-              "base_model_name_or_path": getattr(model.config, "name_or_path", "") or "",
-              "num_virtual_tokens": cfg.num_virtual_tokens, "num_layers": shape.layers,
-              "token_dim": shape.token_dim, "num_attention_heads": shape.kv_heads,  # peft's GQA convention
-              "num_transformer_submodules": 1, "prefix_projection": cfg.prefix_projection,
-              "encoder_hidden_size": cfg.encoder_hidden_size if cfg.prefix_projection else shape.token_dim,
-              "init_weights": None, "inference_mode": True, "revision": None}
-    heads = head_tensors(model)
-    config["modules_to_save"] = sorted({k[len(HEAD_PREFIX):].split(".")[0] for k in heads}) or None
     with torch.no_grad():
-        prefix = model.prefix_encoder.prefix().detach().clone()
-    return config, {"prompt_embeddings": prefix, **heads}
+        heads, state = prompt_tensors(model, model.prefix_encoder.prefix(), own="prefix_encoder.")
+    return {**config_fields(model, record),
+            "num_virtual_tokens": cfg.num_virtual_tokens, "num_layers": shape.layers,
+            "token_dim": shape.token_dim, "num_attention_heads": shape.kv_heads,  # peft's GQA convention
+            "num_transformer_submodules": 1, "prefix_projection": cfg.prefix_projection,
+            "encoder_hidden_size": cfg.encoder_hidden_size if cfg.prefix_projection else shape.token_dim,
+            "init_weights": None, "revision": None, "modules_to_save": heads}, state
 
 
 def from_peft(model: nn.Module, config_dict: dict, state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """Prefix-tune `model` with the prefix saved by to_peft or by peft (always loaded folded)."""
-    if config_dict.get("peft_type") != PEFT_TYPE:
-        raise ValueError(f"peft_type {config_dict.get('peft_type')!r} is not {PEFT_TYPE!r}")
-    if config_dict.get("num_transformer_submodules", 1) != 1:
-        raise ValueError("this adapter is for an encoder-decoder model (num_transformer_submodules="
-                         f"{config_dict['num_transformer_submodules']}); only decoder or encoder models are supported")
-    if "prompt_embeddings" not in state_dict:
-        raise ValueError(f"the adapter file has no 'prompt_embeddings' tensor (it has {sorted(state_dict)})")
+    prefix = read_prompt_tensors(config_dict, state_dict, __name__)
     shape = kv_shape(model.config)
     saved = (config_dict.get("num_layers"), config_dict.get("num_attention_heads"), config_dict.get("token_dim"))
     if None not in saved and saved != (shape.layers, shape.kv_heads, shape.token_dim):
@@ -354,7 +268,7 @@ def from_peft(model: nn.Module, config_dict: dict, state_dict: dict[str, torch.T
     config = PrefixTuningConfig(num_virtual_tokens=int(config_dict["num_virtual_tokens"]), init="random",
                                 prefix_projection=bool(config_dict.get("prefix_projection", False)),
                                 encoder_hidden_size=int(config_dict.get("encoder_hidden_size") or shape.token_dim))
-    attach(model, config, state_dict["prompt_embeddings"])
+    attach(model, config, prefix)
     load_head_tensors(model, state_dict)
     return model
 
@@ -366,17 +280,8 @@ def prepare_for_finetune(model: nn.Module, task, options: dict | None = None) ->
     {"num_virtual_tokens": "20"}; {"prefix_projection": "true"} trains through the MLP from a random start.
     """
     options = dict(options or {})
-    tokenizer, types = options.pop("tokenizer", None), {f.name: f.type for f in fields(PrefixTuningConfig)}
-    unknown = sorted(set(options) - set(types))
-    if unknown:
-        raise ValueError(f"unknown prefix option(s) {', '.join(unknown)}; accepted: {', '.join(types)}")
-    for name, value in options.items():
-        if isinstance(value, str) and types[name] in ("int", "bool"):
-            valid = value.strip().lstrip("-").isdigit() if types[name] == "int" else value.lower() in BOOLEANS
-            if not valid:
-                raise ValueError(f"prefix option {name}={value!r} is not valid; use "
-                                 f"{'a whole number' if types[name] == 'int' else 'true or false'}")
-            options[name] = int(value) if types[name] == "int" else BOOLEANS[value.lower()]
-    if options.get("prefix_projection"):
-        options.setdefault("init", "random")
-    return apply(model, PrefixTuningConfig(**options), tokenizer)
+    tokenizer = options.pop("tokenizer", None)
+    values = parse_options(PrefixTuningConfig, options)
+    if values.get("prefix_projection"):
+        values.setdefault("init", "random")
+    return apply(model, PrefixTuningConfig(**values), tokenizer)

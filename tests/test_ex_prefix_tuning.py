@@ -2,7 +2,7 @@
 
 A tiny random Llama with grouped-query attention (D=64, 4 query heads, 2 key/value heads of 16,
 2 layers, 32 positions) and a tiny BERT classifier. Expected values come from the base model
-run with a hand-built cache, from greedy decoding by full forward passes, or from peft itself.
+run with peft's own prefix cache, from greedy decoding by full forward passes, or from peft itself.
 """
 from __future__ import annotations
 
@@ -56,13 +56,6 @@ def prefixed(impl, model=None, num_virtual_tokens: int = P, **kw):
     return pt.apply(model, pt.PrefixTuningConfig(num_virtual_tokens=num_virtual_tokens, **kw), WordTokenizer())
 
 
-def hand_cache(flat: torch.Tensor, batch_size: int, layers: int = L, kv_heads: int = KV, head_dim: int = HD):
-    """The test's own reading of peft's layout: (P, L*2*Hkv*hd) -> per layer (B, Hkv, P, hd) keys, values."""
-    kv = flat.detach().view(flat.shape[0], layers, 2, kv_heads, head_dim).permute(1, 2, 3, 0, 4)
-    return DynamicCache([(kv[l, 0].expand(batch_size, -1, -1, -1), kv[l, 1].expand(batch_size, -1, -1, -1))
-                         for l in range(layers)])
-
-
 def greedy_without_cache(model, ids, mask, new_tokens: int) -> torch.Tensor:
     """Greedy decoding by a full forward pass over the whole sequence for every new token."""
     for _ in range(new_tokens):
@@ -78,11 +71,24 @@ def write_adapter(folder, config: dict, tensors: dict) -> None:
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "adapter_model.safetensors"))
 
 
-def peft_prefix_model(base, **kw):
+def peft_prefix_model(base, task_type: str = "CAUSAL_LM", **kw):
     from peft import PrefixTuningConfig, get_peft_model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return get_peft_model(base, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P, **kw))
+        return get_peft_model(base, PrefixTuningConfig(task_type=task_type, num_virtual_tokens=P, **kw))
+
+
+def peft_with_prefix(base, flat: torch.Tensor, task_type: str = "CAUSAL_LM"):
+    """peft's prefix-tuned copy of `base` holding the flat prefix `flat` (P, L*2*kv_heads*head_dim)."""
+    theirs = peft_prefix_model(copy.deepcopy(base), task_type)
+    with torch.no_grad():
+        theirs.prompt_encoder["default"].embedding.weight.copy_(flat)
+    return theirs
+
+
+def peft_cache(base, flat: torch.Tensor, batch_size: int, task_type: str = "CAUSAL_LM") -> DynamicCache:
+    """peft's own cache for prefix `flat` (its get_prompt): the reference our layout is held against."""
+    return peft_with_prefix(base, flat, task_type).get_prompt(batch_size=batch_size)
 
 
 def quiet(fn, *args, **kwargs):
@@ -117,19 +123,24 @@ def test_kv_shape_of_bert_and_explicit_head_dim(impl):
 # 6.2 prefix_to_cache
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.exercise("6.2", points=2)
-def test_cache_holds_each_layers_keys_and_values(impl):
-    pt = impl("prefix_tuning")
-    model = tiny_llama()
-    shape = pt.kv_shape(model.config)
-    flat = torch.arange(P * WIDTH, dtype=torch.float32).view(P, WIDTH)
-    cache = pt.prefix_to_cache(flat, shape, 3, DynamicCache(config=model.config))
+def test_model_reading_the_cache_gives_peft_s_logits(impl):
+    pt, base = impl("prefix_tuning"), tiny_llama()
+    flat = torch.randn(P, WIDTH, generator=torch.Generator().manual_seed(4))
+    cache = pt.prefix_to_cache(flat, pt.kv_shape(base.config), 3, DynamicCache(config=base.config))
     assert cache.get_seq_length() == P, f"the cache should hold P={P} positions, holds {cache.get_seq_length()}"
-    expected = hand_cache(flat, 3)
     for layer in range(L):
         keys, values = cache.layers[layer].keys, cache.layers[layer].values
-        assert keys.shape == (3, KV, P, HD), f"layer {layer} keys: expected (B, kv_heads, P, head_dim), got {tuple(keys.shape)}"
-        assert torch.equal(keys, expected.layers[layer].keys), f"layer {layer} keys are not laid out as (P, L, 2, kv_heads, head_dim)"
-        assert torch.equal(values, expected.layers[layer].values), f"layer {layer} values: index 1 of the '2' axis"
+        assert keys.shape == values.shape == (3, KV, P, HD), \
+            f"layer {layer}: expected (B, kv_heads, P, head_dim) keys and values, got {tuple(keys.shape)}"
+        assert torch.equal(keys[0], keys[2]) and torch.equal(values[0], values[1]), "every row gets the same prefix"
+    ids, mask, _ = batch(rows=3)
+    ext = torch.cat([torch.ones(3, P, dtype=torch.long), mask], dim=1)             # (B, P+T)
+    with torch.no_grad():
+        ours = base(input_ids=ids, attention_mask=ext, position_ids=P + torch.arange(6).expand(3, -1),
+                    cache=cache).logits
+        theirs = quiet(lambda: peft_with_prefix(base, flat)(input_ids=ids, attention_mask=mask).logits)
+    assert torch.allclose(ours, theirs, atol=1e-5), \
+        "the base model reading your cache should give the logits peft gives with the same flat prefix"
 
 
 @pytest.mark.exercise("6.2", points=2)
@@ -169,7 +180,7 @@ def test_reparameterised_prefix_is_the_mlp_output(impl):
 # 6.4 the forward pre-hook: forward, generate, peft parity, training
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.exercise("6.4", points=2)
-def test_forward_equals_the_base_model_with_a_hand_built_cache(impl):
+def test_forward_equals_the_base_model_with_peft_s_prefix_cache(impl):
     base = tiny_llama()
     model = prefixed(impl, model=copy.deepcopy(base))
     ids, mask, _ = batch(left_pad=2)
@@ -177,7 +188,8 @@ def test_forward_equals_the_base_model_with_a_hand_built_cache(impl):
     ext = torch.cat([torch.ones(2, P, dtype=torch.long), mask], dim=1)              # (B, P+T)
     positions = (ext.cumsum(-1) - 1)[:, P:]                                           # P .. P+T-1 for real tokens
     with torch.no_grad():
-        expected = base(input_ids=ids, attention_mask=ext, position_ids=positions, cache=hand_cache(flat, 2)).logits
+        expected = base(input_ids=ids, attention_mask=ext, position_ids=positions,
+                        cache=peft_cache(base, flat.detach(), 2)).logits
         got = model(input_ids=ids, attention_mask=mask).logits
         plain = base(input_ids=ids, attention_mask=mask).logits
     assert got.shape == (2, 6, V), f"logits keep the input's T positions, got {tuple(got.shape)}"
@@ -323,12 +335,12 @@ def test_bert_encoder_attends_to_the_prefix(impl):
     flat = model.prefix_encoder.prefix_kv
     with torch.no_grad():
         expected = base(input_ids=ids, attention_mask=ext, position_ids=positions,
-                        cache=hand_cache(flat, 2, kv_heads=2, head_dim=16)).logits
+                        cache=peft_cache(base, flat.detach(), 2, "SEQ_CLS")).logits
         got = model(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 1]))
         plain = base(input_ids=ids, attention_mask=mask).logits
     assert got.logits.shape == (2, 2) and got.loss is not None, "a classifier keeps its (B, labels) logits and class loss"
     assert not torch.allclose(got.logits, plain, atol=1e-4), "BERT's self-attention should see the prefix"
-    assert torch.allclose(got.logits, expected, atol=1e-5), "BERT logits differ from the hand-built prefix cache"
+    assert torch.allclose(got.logits, expected, atol=1e-5), "BERT logits differ from the base model given peft's prefix cache"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -137,7 +137,8 @@ acts *exactly* like those tokens typed in front.
 
 **Exercise 6.4.** Write `PrefixEncoder.model_inputs(model, kwargs)`, the body of the hook, following its
 docstring. A left-padded row gets positions counted only over its real tokens
-(`positions_from_mask`), which is what `generate()` does too."""),
+(`positions_from_mask`, shared with prompt tuning in `labs/virtual_tokens.py`), which is what
+`generate()` does too."""),
     ("code", r"""check("6.4")"""),
     ("md", r"""
 A prefix of random numbers ($\mathcal{N}(0, 1)$, peft's default) is not a gentle start: every layer
@@ -288,7 +289,7 @@ with it.
 **BERT works too.** In transformers 5.24, `BertSelfAttention` calls `cache.update(...)` whenever a cache
 is passed -- also in an encoder -- and `BertModel` accepts a 2-D attention mask as long as keys plus
 queries (`P + T`), so `apply` works on MiniLM for classification (`tests/test_ex_prefix_tuning.py` checks
-it against a hand-built cache). One difference from Llama: BERT's positions are learned embeddings, so
+it against the base model reading peft's own prefix cache). One difference from Llama: BERT's positions are learned embeddings, so
 starting real tokens at $P$ moves `[CLS]` off position 0 -- as peft does, and exactly as typing $P$ tokens
 in front would. peft 0.21.2 itself fails here on transformers 5: it looks for a `past_key_values`
 argument in BERT's signature, which transformers 5 renamed `cache`.
