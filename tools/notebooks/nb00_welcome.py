@@ -106,8 +106,10 @@ print(f"{'model':<14}" + "".join(f"{d:>10}" for d in scaling.DTYPES))
 for name, n in SIZES.items():
     print(f"{name:<14}" + "".join(f"{scaling.bytes_of_weights(n, d) / GB:>8.2f}GB" for d in scaling.DTYPES))"""),
     ("md", r"""
-Read the last row: a 70B model stored in 16-bit takes about **140 GB** just to *hold*. The largest
-single GPUs have 80-141 GB; a consumer card has 8-24 GB. And holding the model is the cheap part."""),
+Read the last row: a 70B model stored in 16-bit takes about **140 GB** just to *hold*. In 2025 the
+common data-centre GPU (NVIDIA H100) has 80 GB, and the largest single accelerators 141-288 GB
+(NVIDIA H200 141 GB; AMD MI300X 192 GB, MI325X 256 GB, MI355X 288 GB); a consumer card has 8-32 GB.
+And holding the model is the cheap part."""),
     ("md", r"""
 ## 2. What training adds
 
@@ -169,8 +171,76 @@ Three things to notice:
   trainable parameters. The frozen weights remain.
 - **QLoRA** shrinks the frozen weights four-fold on top (16 bits -> about 4.1 bits with its
   block scales). A 7B model becomes trainable on a single 24 GB consumer GPU.
-- **Activations** do not care about the method: they scale with $B \times T$. Notebook 09 measures
-  them and trades them for compute (gradient checkpointing)."""),
+- **Activations** grow with $B \times T$. The calculator draws them the same for all three methods,
+  with one formula that assumes every parameter trains: for PEFT that is an upper bound, because
+  what the forward pass must keep depends on *where* the trainable parameters sit (below).
+  Notebook 09 measures them per technique and trades them for compute (gradient checkpointing)."""),
+    ("md", r"""
+### What the activation bar assumes
+
+The backward pass needs some of the forward pass's intermediate tensors, so the forward pass keeps
+them. The calculator (`labs.memory.activation_bytes`) counts them after Korthikanti et al. (2022),
+*Reducing Activation Recomputation in Large Transformer Models*, section 4.1: one transformer layer
+keeps, in 16-bit,
+
+$$\text{bytes per layer} = B\,T\,D\,\Big(34 + 5\,\frac{H\,T}{D}\Big),$$
+
+plus, once for the model, the fp32 logits the loss keeps: $4\,B\,T\,V$ bytes (large for a small model
+with a big vocabulary). What the formula assumes:
+
+- a **GPT-style block**: LayerNorm, attention, an MLP $4D$ wide with a GELU, dropout. The 34 is
+  11 for attention (the input of the Q, K, V projections; Q and K; V; the output projection's input;
+  a 1-byte dropout mask) + 19 for the MLP (2 for its input, 8 for the GELU's input, 8 for the second
+  matrix's input, 1 for a dropout mask) + 4 for the two LayerNorms' inputs;
+- $5HT/D$ is the $T \times T$ attention scores, their softmax and dropout. Fused ("flash") attention
+  never stores them, so the course keeps only the 34;
+- **every parameter trains**.
+
+SmolLM2-style models differ: a SwiGLU MLP (three matrices, $2.67D$ wide, and a gate), grouped-query
+attention (narrower K and V), RMSNorm, no dropout. And freezing changes what must be kept:
+
+- nothing **below** the lowest trainable parameter is kept: no gradient has to travel there (head-only
+  training in notebook 02 keeps almost nothing);
+- above it, a **frozen linear layer** keeps nothing of its own: passing the gradient down needs only
+  its weight, and its input was kept only for the weight's gradient. Non-linearities, norms and
+  attention keep theirs, because the gradient must pass through them;
+- prompt and prefix tuning add $P$ positions to every row, so $T$ grows (notebook 07).
+
+The cell below counts what autograd really saves (`labs.memory.measure_activations`) in one block of
+SmolLM2's shape (random weights, nothing to download), three ways."""),
+    ("code", r"""
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from labs.memory import measure_activations
+
+
+def kept_per_block(trains) -> float:
+    # Bytes one SmolLM2-shaped block keeps, per value of B*T*D in 16-bit: the difference between a
+    # 2-block and a 1-block model (embedding and loss cancel), measured in fp32 and halved.
+    B, T, D = 2, 64, 576
+    kept = {}
+    for blocks in (1, 2):
+        torch.manual_seed(0)
+        cfg = LlamaConfig(hidden_size=D, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
+                          num_hidden_layers=blocks, vocab_size=1024, attn_implementation="sdpa")  # fused attention
+        model = LlamaForCausalLM(cfg)
+        for name, p in model.named_parameters():
+            p.requires_grad_(trains(name))
+        kept[blocks] = measure_activations(model, {"input_ids": torch.randint(0, 1024, (B, T))})  # (B, T)
+    return (kept[2] - kept[1]) / (B * T * D) / 2
+
+
+for label, trains in {"every weight trains": lambda name: True,
+                      "only q_proj and v_proj train": lambda name: "q_proj" in name or "v_proj" in name,
+                      "nothing trains": lambda name: False}.items():
+    print(f"{label:<29} keeps {kept_per_block(trains):5.1f} x B*T*D bytes per block   (the formula's 34)")"""),
+    ("md", r"""
+Every weight training, a SmolLM2 block keeps somewhat more than the GPT formula's 34: its MLP has
+three matrices and a gate where GPT's has two. With only the query and value projections training
+(the layers LoRA adapts by default; LoRA adds only its tiny $r$-wide products) it keeps about 30% less:
+the frozen projections above them keep nothing, while the SiLU, the gate, the norms and attention
+keep their inputs. A frozen block keeps nothing at all. So the calculator's activation bar is a fair
+size for full fine-tuning and an overestimate for PEFT."""),
     ("md", r"""
 ## 4. How few parameters LoRA trains
 
