@@ -22,20 +22,20 @@ so `logits[:, t]` still belongs to `input_ids[:, t]`.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from labs.options import config_from_options
+from labs.peft_format import config_fields, prepared_by
 from labs.surgery import freeze, mark_adapted
+from labs.virtual_tokens import (INITS, bind_inputs, check_context, hook_in, init_token_ids, load_head_tensors,
+                                 positions_from_mask, prompt_tensors, read_prompt_tensors)
 
 NOTEBOOK = "notebooks/07_prompt_tuning.ipynb"
-METHOD = "prompt"
-PEFT_TYPE = "PROMPT_TUNING"
-INITS = ("random", "vocab", "text")
 PEFT_INITS = {"random": "RANDOM", "vocab": "SAMPLE_VOCAB", "text": "TEXT"}  # ours -> peft's names
-COMMON_TOKENS = 5000  # "vocab" samples the first ids: Lester et al. drew from the 5,000 most common
 
 
 @dataclass(frozen=True)
@@ -58,44 +58,22 @@ class PromptTuningConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Shared by both editions (outside the exercises)
+# Exercises: the start, and what it is near
 # ---------------------------------------------------------------------------------------------
-def check_context(model_config, length: int) -> None:
-    """Refuse P + T positions beyond the model's context (max_position_embeddings, GPT-2's n_positions)."""
-    limit = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
-    if limit is not None and length > limit:
-        raise ValueError(f"virtual tokens + input tokens = {length} positions, but the model has only {limit} "
-                         "(max_position_embeddings): shorten the input or use fewer virtual tokens")
+def nearest_tokens(prompt: torch.Tensor, embedding_weight: torch.Tensor, k: int = 1):
+    """For each of the P virtual tokens, the k vocabulary tokens whose embeddings point the most
+    the same way: cosine similarity of (P, D) prompt rows and (V, D) embedding rows.
 
-
-def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) 0/1 mask -> (B, T) positions counting only real tokens (left padding skipped)."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def bind_inputs(args: tuple, kwargs: dict) -> dict:
-    """The hook sees model(ids) as args=(ids,): name it, so every call looks like model(input_ids=ids)."""
-    kwargs = dict(kwargs)
-    if len(args) > 1:
-        raise TypeError("prompt tuning reads the model's inputs by name: call model(input_ids=..., "
-                        "attention_mask=..., ...)")
-    if args:
-        kwargs["input_ids"] = args[0]
-    if "past_key_values" in kwargs:  # the name transformers 5 is retiring in favour of `cache`
-        kwargs["cache"] = kwargs.pop("past_key_values")
-    return kwargs
-
-
-# ---------------------------------------------------------------------------------------------
-# Exercises: initialisation
-# ---------------------------------------------------------------------------------------------
-def text_init_ids(token_ids: list[int], num_virtual_tokens: int) -> list[int]:
-    """The token ids of an init text fitted to P: cut when longer, repeated when shorter (as peft)."""
+    Returns (similarity, token_ids), both (P, k), most similar first (torch.topk). k must be
+    between 1 and V, else ValueError.
+    """
     # BEGIN SOLUTION 7.1
-    if not token_ids:
-        raise ValueError("init_text gave no tokens: choose a text with at least one word")
-    repeats = math.ceil(num_virtual_tokens / len(token_ids))
-    return (list(token_ids) * repeats)[:num_virtual_tokens]
+    if not 1 <= k <= embedding_weight.shape[0]:
+        raise ValueError(f"k={k!r} is not valid; use 1 .. {embedding_weight.shape[0]} (the vocabulary size)")
+    rows = F.normalize(prompt.detach().float(), dim=-1)                   # (P, D), unit length
+    words = F.normalize(embedding_weight.detach().float(), dim=-1)         # (V, D)
+    similarity, token_ids = (rows @ words.T).topk(k, dim=-1)             # (P, V) -> (P, k)
+    return similarity, token_ids
     # END SOLUTION
 
 
@@ -103,21 +81,17 @@ def init_prompt(embedding: nn.Embedding, config: PromptTuningConfig, tokenizer=N
     """The initial soft prompt, (P, D) in float32, by config.init.
 
     "random": N(0, s^2) with s the standard deviation of the embedding matrix (peft uses N(0, 1),
-    far off the scale of real embeddings); "vocab": the rows of P token ids drawn uniformly from the
-    first COMMON_TOKENS ids with a torch.Generator seeded by config.seed; "text": the rows of the
-    tokens of config.init_text (tokenizer(text)["input_ids"], as peft), fitted with text_init_ids.
+    far off the scale of real embeddings), drawn with a torch.Generator seeded by config.seed;
+    "vocab" and "text": the embedding rows of the P token ids init_token_ids(config, V, tokenizer)
+    gives (sampled common tokens, or the text's tokens fitted to P).
     """
     # BEGIN SOLUTION 7.2
     weight = embedding.weight.detach()                                   # (V, D)
-    P, generator = config.num_virtual_tokens, torch.Generator().manual_seed(config.seed)
     if config.init == "random":
-        return torch.randn(P, weight.shape[1], generator=generator) * weight.float().std().item()
-    if config.init == "vocab":
-        ids = torch.randint(0, min(weight.shape[0], COMMON_TOKENS), (P,), generator=generator)
-    else:
-        if tokenizer is None:
-            raise ValueError("init='text' needs the tokenizer: apply(model, config, tokenizer)")
-        ids = torch.tensor(text_init_ids(tokenizer(config.init_text)["input_ids"], P))
+        generator = torch.Generator().manual_seed(config.seed)
+        noise = torch.randn(config.num_virtual_tokens, weight.shape[1], generator=generator)
+        return noise * weight.float().std().item()                       # (P, D)
+    ids = init_token_ids(config, weight.shape[0], tokenizer)             # (P,)
     return weight[ids.to(weight.device)].float().cpu().clone()            # (P, D)
     # END SOLUTION
 
@@ -233,12 +207,9 @@ def attach(model: nn.Module, config: PromptTuningConfig, prompt: torch.Tensor) -
     if tuple(prompt.shape) != (config.num_virtual_tokens, width):
         raise ValueError(f"the soft prompt has shape {tuple(prompt.shape)} but this model needs "
                          f"({config.num_virtual_tokens}, {width}) (P, D): it was made for another base model")
-    mark_adapted(model, METHOD, config, __name__)   # refuses a model that already carries an adapter
+    mark_adapted(model, config, __name__)   # refuses a model that already carries an adapter
     freeze(model)
-    model.soft_prompt = SoftPrompt(prompt).to(model.get_input_embeddings().weight.device)
-    model.register_forward_pre_hook(model.soft_prompt.before_forward, with_kwargs=True)
-    model.register_forward_hook(model.soft_prompt.after_forward, with_kwargs=True)
-    return model
+    return hook_in(model, "soft_prompt", SoftPrompt(prompt).to(model.get_input_embeddings().weight.device))
 
 
 def apply(model: nn.Module, config: PromptTuningConfig = PromptTuningConfig(), tokenizer=None) -> nn.Module:
@@ -251,71 +222,29 @@ def apply(model: nn.Module, config: PromptTuningConfig = PromptTuningConfig(), t
     return attach(model, config, prompt)
 
 
-def _task_type(model: nn.Module) -> str:
-    return "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
-
-
-HEAD_PREFIX = "base_model."  # peft's key prefix for the other trained tensors (a classifier head)
-
-
-def head_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A classifier's head (new, random: the logits need it) and any other trained tensor besides
-    ours, under peft's key names."""
-    return {HEAD_PREFIX + n: p.detach().clone() for n, p in model.named_parameters()
-            if not n.startswith("soft_prompt.") and (p.requires_grad or n.split(".")[0] in ("classifier", "score"))}
-
-
-def load_head_tensors(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """Copy saved head tensors (peft's modules_to_save) into `model` and let them train."""
-    params = dict(model.named_parameters())
-    for key, tensor in state_dict.items():
-        if not key.startswith(HEAD_PREFIX):
-            continue
-        name = key[len(HEAD_PREFIX):]
-        if name not in params or tuple(params[name].shape) != tuple(tensor.shape):
-            raise ValueError(f"adapter tensor {key!r} {tuple(tensor.shape)} does not fit this model "
-                             f"({tuple(params[name].shape) if name in params else 'no such parameter'}): "
-                             "the adapter was made for another base model")
-        with torch.no_grad():
-            params[name].copy_(tensor.to(params[name].dtype))
-        params[name].requires_grad_(True)
-
-
 def to_peft(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
     """(adapter_config.json dict, {"prompt_embeddings": (P, D)}) in peft's PROMPT_TUNING layout."""
-    record = getattr(model, "labs_adapter", None)
-    if record is None or record.method != METHOD:
-        raise ValueError(f"to_peft needs a model prepared with {__name__}.apply; this one carries "
-                         f"{record.method if record else 'no adapter'!r}")
-    cfg, mc = record.config, model.config
-    base_name = getattr(mc, "name_or_path", "") or ""
-    config = {"peft_type": PEFT_TYPE, "task_type": _task_type(model), "base_model_name_or_path": base_name,
-              "num_virtual_tokens": cfg.num_virtual_tokens, "token_dim": model.soft_prompt.prompt_embeddings.shape[1],
-              "num_transformer_submodules": 1, "num_attention_heads": mc.num_attention_heads,
-              "num_layers": mc.num_hidden_layers, "prompt_tuning_init": PEFT_INITS[cfg.init],
-              "prompt_tuning_init_text": cfg.init_text if cfg.init == "text" else None,
-              # peft refuses a TEXT config without a tokenizer name, even when it never loads it
-              "tokenizer_name_or_path": cfg.tokenizer_name_or_path or (base_name if cfg.init == "text" else None),
-              "tokenizer_kwargs": None, "inference_mode": True, "revision": None}
-    heads = head_tensors(model)
-    config["modules_to_save"] = sorted({k[len(HEAD_PREFIX):].split(".")[0] for k in heads}) or None
-    return config, {"prompt_embeddings": model.soft_prompt.prompt_embeddings.detach().clone(), **heads}
+    record = prepared_by(model, __name__)
+    cfg, mc, header = record.config, model.config, config_fields(model, record)
+    heads, state = prompt_tensors(model, model.soft_prompt.prompt_embeddings, own="soft_prompt.")
+    return {**header, "num_virtual_tokens": cfg.num_virtual_tokens, "token_dim": state["prompt_embeddings"].shape[1],
+            "num_transformer_submodules": 1, "num_attention_heads": mc.num_attention_heads,
+            "num_layers": mc.num_hidden_layers, "prompt_tuning_init": PEFT_INITS[cfg.init],
+            "prompt_tuning_init_text": cfg.init_text if cfg.init == "text" else None,
+            # peft refuses a TEXT config without a tokenizer name, even when it never loads it
+            "tokenizer_name_or_path": cfg.tokenizer_name_or_path or (
+                header["base_model_name_or_path"] or "" if cfg.init == "text" else None),
+            "tokenizer_kwargs": None, "revision": None, "modules_to_save": heads}, state
 
 
 def from_peft(model: nn.Module, config_dict: dict, state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """Prompt-tune `model` with the soft prompt saved by to_peft or by peft."""
-    if config_dict.get("peft_type") != PEFT_TYPE:
-        raise ValueError(f"peft_type {config_dict.get('peft_type')!r} is not {PEFT_TYPE!r}")
-    if config_dict.get("num_transformer_submodules", 1) != 1:
-        raise ValueError("this adapter is for an encoder-decoder model (num_transformer_submodules="
-                         f"{config_dict['num_transformer_submodules']}); only decoder or encoder models are supported")
-    if "prompt_embeddings" not in state_dict:
-        raise ValueError(f"the adapter file has no 'prompt_embeddings' tensor (it has {sorted(state_dict)})")
+    prompt = read_prompt_tensors(config_dict, state_dict, __name__)
     init = {v: k for k, v in PEFT_INITS.items()}.get(str(config_dict.get("prompt_tuning_init", "RANDOM")), "random")
     config = PromptTuningConfig(num_virtual_tokens=int(config_dict["num_virtual_tokens"]), init=init,
                                 init_text=config_dict.get("prompt_tuning_init_text") or PromptTuningConfig.init_text,
                                 tokenizer_name_or_path=config_dict.get("tokenizer_name_or_path"))
-    attach(model, config, state_dict["prompt_embeddings"])
+    attach(model, config, prompt)
     load_head_tensors(model, state_dict)
     return model
 
@@ -327,13 +256,5 @@ def prepare_for_finetune(model: nn.Module, task, options: dict | None = None) ->
     {"num_virtual_tokens": "8"}; init="text" also needs {"tokenizer": tokenizer}.
     """
     options = dict(options or {})
-    tokenizer, types = options.pop("tokenizer", None), {f.name: f.type for f in fields(PromptTuningConfig)}
-    unknown = sorted(set(options) - set(types))
-    if unknown:
-        raise ValueError(f"unknown prompt option(s) {', '.join(unknown)}; accepted: {', '.join(types)}")
-    for name, value in options.items():
-        if isinstance(value, str) and types[name] == "int":
-            if not value.strip().lstrip("-").isdigit():
-                raise ValueError(f"prompt option {name}={value!r} is not valid; use a whole number")
-            options[name] = int(value)
-    return apply(model, PromptTuningConfig(**options), tokenizer)
+    tokenizer = options.pop("tokenizer", None)
+    return apply(model, config_from_options(PromptTuningConfig, options), tokenizer)

@@ -78,21 +78,31 @@ def peft_prompt_model(base, num_virtual_tokens: int = P):
 
 
 # ---------------------------------------------------------------------------------------------
-# 7.1 text_init_ids
+# 7.1 nearest_tokens
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.exercise("7.1", points=1)
-def test_text_ids_cut_and_repeated(impl):
+def test_a_word_embedding_is_nearest_to_itself(impl):
     pt = impl("prompt_tuning")
-    assert pt.text_init_ids([5, 6, 7, 8], 2) == [5, 6], "a longer text keeps its first P tokens"
-    assert pt.text_init_ids([5, 6, 7], 7) == [5, 6, 7, 5, 6, 7, 5], "a shorter text is repeated, then cut to P"
-    assert pt.text_init_ids([5, 6, 7], 3) == [5, 6, 7], "a text of exactly P tokens is used as is"
+    weight = tiny_llama().get_input_embeddings().weight                  # (V, D)
+    prompt = 3.0 * weight[[7, 42, 7]].detach()                           # (3, D): longer, same directions
+    similarity, token_ids = pt.nearest_tokens(prompt, weight)
+    assert token_ids.shape == (3, 1) and similarity.shape == (3, 1), \
+        f"k=1 gives (P, 1) similarities and ids, got {tuple(similarity.shape)} and {tuple(token_ids.shape)}"
+    assert token_ids[:, 0].tolist() == [7, 42, 7], "each row is nearest to the word whose embedding it copies"
+    assert torch.allclose(similarity, torch.ones(3, 1), atol=1e-5), "same direction: cosine 1, whatever the length"
 
 
 @pytest.mark.exercise("7.1", points=1)
-def test_text_ids_empty_text_refused(impl):
+def test_top_k_by_cosine_not_by_dot_product(impl):
     pt = impl("prompt_tuning")
-    with pytest.raises(ValueError):
-        pt.text_init_ids([], 4)
+    weight = torch.tensor([[1.0, 0.0], [10.0, 10.0], [0.0, -1.0], [0.6, 0.8]])   # V=4 words, D=2
+    similarity, token_ids = pt.nearest_tokens(torch.tensor([[1.0, 0.1]]), weight, k=3)
+    assert token_ids.tolist() == [[0, 1, 3]], \
+        f"most similar first, by cosine (word 1 only wins a dot product by its length); got {token_ids.tolist()}"
+    assert similarity[0].tolist() == pytest.approx([0.995, 0.774, 0.677], abs=1e-3)
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match=f"k={bad}"):
+            pt.nearest_tokens(torch.tensor([[1.0, 0.1]]), weight, k=bad)
 
 
 # ---------------------------------------------------------------------------------------------

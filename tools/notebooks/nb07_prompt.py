@@ -27,11 +27,8 @@ prompt gets it, and what each choice (length, initialisation) buys."""),
 import copy
 import gc
 import math
-import statistics
-import time
 
 import torch
-from torch.nn import functional as F
 
 from labs import viz
 from labs.check import check
@@ -42,6 +39,7 @@ from labs.memory import measure_components
 from labs.models import load_model
 from labs.presets import get_preset
 from labs.surgery import count_parameters
+from labs.timing import interleaved_medians
 from labs.train import TrainConfig, train
 
 prompt_tuning = technique("prompt_tuning")  # your labs/prompt_tuning.py (or the reference, LABS_IMPL=solutions)
@@ -66,30 +64,36 @@ for P in (5, 20, 100):
 ## 2. Where the prompt starts
 
 The paper compared three starting points: random vectors, embeddings of sampled vocabulary words, and
-the embeddings of words that describe the task (or of the class labels). Random worked worst. A text
-rarely has exactly $P$ tokens: peft repeats it until it does, or cuts it.
+the embeddings of words that describe the task (or of the class labels). Random worked worst.
 
-**Exercise 7.1.** In `labs/prompt_tuning.py`, write `text_init_ids(token_ids, num_virtual_tokens)`: the
-ids cut to $P$ when longer, repeated (then cut) when shorter; an empty list is a `ValueError`."""),
+A soft prompt is a row of vectors in the space of the word embeddings, so one can ask which *words*
+it is near. The paper did, after training: by cosine similarity, the nearest words of its learned
+prompt vectors were often related to the task, and a prompt started from the class labels kept those
+labels among its nearest words.
+
+**Exercise 7.1.** In `labs/prompt_tuning.py`, write `nearest_tokens(prompt, embedding_weight, k=1)`: for
+each row of the `(P, D)` prompt, the `k` token ids whose embedding rows (`(V, D)`) have the highest
+cosine similarity with it, and those similarities, both `(P, k)`, most similar first (normalise the
+rows to unit length, one matrix product, `torch.topk`). A `k` outside 1..V is a `ValueError`."""),
     ("code", r"""check("7.1")"""),
     ("md", r"""
 **Exercise 7.2.** Write `init_prompt(embedding, config, tokenizer)`, the `(P, D)` float32 starting prompt,
 following its docstring: `"random"` at the scale of the real embeddings (peft draws $\mathcal{N}(0, 1)$,
-far off that scale), `"vocab"` sampled among the first 5,000 token ids (the paper drew from the 5,000
-most common tokens; in a BPE vocabulary the low ids are the early, frequent merges), `"text"` from
-`config.init_text`."""),
+far off that scale); `"vocab"` and `"text"` copy the embedding rows of the token ids
+`labs.virtual_tokens.init_token_ids` gives (prefix tuning starts from the same ids): $P$ ids sampled
+among the first 5,000 (the paper drew from the 5,000 most common tokens; in a BPE vocabulary the low ids
+are the early, frequent merges), or the tokens of `config.init_text`, repeated or cut to $P$ as peft does."""),
     ("code", r"""check("7.2")"""),
     ("md", r"""
-How far is each start from real words? For every row, the most similar token embedding (cosine):"""),
+How far is each start from real words? For every row, the nearest token (cosine) and how near:"""),
     ("code", r"""
 INIT_TEXT = "Give a short dictionary definition of the word:"
-W = F.normalize(base.get_input_embeddings().weight.detach(), dim=-1)       # (V, D)
 for init in prompt_tuning.INITS:
     cfg = prompt_tuning.PromptTuningConfig(num_virtual_tokens=8, init=init, init_text=INIT_TEXT)
-    prompt = prompt_tuning.init_prompt(base.get_input_embeddings(), cfg, tok)  # (P, D)
-    best = (F.normalize(prompt, dim=-1) @ W.T).max(dim=-1)                      # (P,)
-    words = [tok.decode([i]) for i in best.indices.tolist()]
-    print(f"{init:>6}: mean cosine to nearest word {best.values.mean().item():.2f}  {words}")"""),
+    prompt = prompt_tuning.init_prompt(base.get_input_embeddings(), cfg, tok)          # (P, D)
+    similarity, ids = prompt_tuning.nearest_tokens(prompt, base.get_input_embeddings().weight)  # (P, 1)
+    words = [tok.decode(i) for i in ids.tolist()]
+    print(f"{init:>6}: mean cosine to nearest word {similarity.mean().item():.2f}  {words}")"""),
     ("md", r"""
 ## 3. In front of the input
 
@@ -172,6 +176,16 @@ for ex, b, a in zip(shown, before_text, after_text):
     print(f"{ex['prompt']}\n  reference: {ex['response']}\n  before:    {b}\n  after:     {a}\n")
 viz.before_after(before, after, title="Held-out perplexity of the definitions")"""),
     ("md", r"""
+What did the 20 vectors become? They started as the embeddings of `INIT_TEXT`, each at cosine 1 from a
+word of it. The cosine to the nearest words now shows how far training took each vector from the
+vocabulary, and whether its nearest words are still the ones it started from."""),
+    ("code", r"""
+learned = model.soft_prompt.prompt_embeddings                                   # (P, D)
+similarity, ids = prompt_tuning.nearest_tokens(learned, base.get_input_embeddings().weight, k=3)
+for row in range(0, learned.shape[0], 4):
+    words = ", ".join(f"{tok.decode([i])!r} {c:.2f}" for i, c in zip(ids[row].tolist(), similarity[row].tolist()))
+    print(f"virtual token {row:>2}: {words}")"""),
+    ("md", r"""
 ## 6. How long, and where to start?
 
 Two questions from the paper, asked on a small budget: short runs of the same length for each setting
@@ -227,16 +241,17 @@ for method, module in (("prompt", "prompt_tuning"), ("prefix", "prefix_tuning"),
         models.pop(method, None)
 optimizers = {m: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
               for m, model in models.items()}
-seconds = {m: [] for m in models}
-for _ in range(3):  # round robin: a busy machine slows every method alike
-    for m, model in models.items():
-        start = time.perf_counter()
-        model(**batch).loss.backward()
+def training_step(m):
+    def step():
+        models[m](**batch).loss.backward()
         optimizers[m].step()
-        seconds[m].append(time.perf_counter() - start)
+    return step
+
+# in turns (labs.timing): a busy machine slows every method alike
+seconds = interleaved_medians({m: training_step(m) for m in models}, repeats=3, warmup=0)
 rows = {m: measure_components(model, optimizers[m], batch=batch) for m, model in models.items()}
 for m, model in models.items():
-    print(f"{m:>6}: step {statistics.median(seconds[m]):.2f} s, {count_parameters(model)}")
+    print(f"{m:>6}: step {seconds[m]:.2f} s, {count_parameters(model)}")
 del models, optimizers
 gc.collect()
 viz.memory_breakdown(rows, title=f"One training step, batch {preset.batch_size} x {preset.seq_len}")"""),
@@ -251,7 +266,7 @@ mix tasks -- each row with its own prompt -- on one frozen model, with no extra 
 
 | step | exercise |
 |---|---|
-| the text's ids fitted to $P$ | `text_init_ids` (7.1) |
+| which words a prompt is near | `nearest_tokens` (7.1) |
 | random / vocabulary / text start | `init_prompt` (7.2) |
 | prompt in front of the embeddings | `prepend` (7.3) |
 | mask ones, labels -100 | `extend_mask_and_labels` (7.4) |
