@@ -4,19 +4,18 @@
 
 Every parameter-efficient technique in this course starts the same way: freeze the pretrained
 model, add (or unfreeze) a few parameters, and give the optimizer only those. This module builds
-each of those steps by hand, once. From notebook 03 on, the course uses the infrastructure
-versions in `labs/surgery.py` (`freeze`, `count_parameters`, `trainable_parameters`), which do
-the same thing.
+those steps by hand, once. From notebook 03 on, the course uses the infrastructure versions in
+`labs/surgery.py` (`freeze`, `count_parameters`, `trainable_parameters`) and the optimizer of
+`labs/train.py`, built from `trainable_parameters` only.
 
 Exercises (notebook 02):
-    2.1 freeze_all          every parameter stops receiving gradients
-    2.2 count_trainable     (trainable, total), a tensor shared by two modules counted once
-    2.3 make_optimizer      AdamW over the trainable parameters only
-    2.4 add_trainable_head  freeze the body, hang a new trainable module on it
+    2.1 freeze_all            every parameter stops receiving gradients
+    2.2 count_trainable       (trainable, total), a tensor shared by two modules counted once
+    2.3 drop_stale_gradients  a frozen parameter's leftover gradient, which an optimizer would still apply
+    2.4 add_trainable_head    freeze the body, hang a new trainable module on it
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from labs.surgery import get_submodule_parent
@@ -43,18 +42,15 @@ def count_trainable(model: nn.Module) -> tuple[int, int]:
     raise NotImplementedError("Exercise 2.2: count_trainable - see notebooks/02_freeze_and_add.ipynb")
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01) -> torch.optim.AdamW:
-    """An AdamW optimizer over the parameters of `model` that require gradients, and no others.
+def drop_stale_gradients(model: nn.Module) -> list[str]:
+    """Set .grad to None on every frozen parameter that still holds one; return their names, in order.
 
-    Why only those: AdamW skips a parameter whose .grad is None, but a parameter frozen after
-    it received a gradient still holds one (stale, or zeroed rather than set to None), and the
-    optimizer would go on applying it, with weight decay and momentum. An optimizer that never
-    sees a frozen tensor cannot move it, and keeps no moment buffers for it.
-    Raises ValueError when nothing is trainable.
+    A parameter frozen *after* a backward pass keeps the gradient it received (or a zero tensor,
+    when zero_grad(set_to_none=False) ran). An optimizer that was handed it still applies that
+    gradient, and weight decay, and momentum: the "frozen" weight moves. AdamW skips a parameter
+    whose .grad is None. Trainable parameters keep their gradients.
     """
-    if not lr > 0:
-        raise ValueError(f"lr must be a positive learning rate, got {lr!r}")
-    raise NotImplementedError("Exercise 2.3: make_optimizer - see notebooks/02_freeze_and_add.ipynb")
+    raise NotImplementedError("Exercise 2.3: drop_stale_gradients - see notebooks/02_freeze_and_add.ipynb")
 
 
 def _place_like(model: nn.Module, name: str, head: nn.Module) -> nn.Module:

@@ -21,6 +21,8 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from labs.surgery import trainable_parameters
+
 OPTIMIZERS = ("adamw", "adamw8bit", "sgd")
 
 
@@ -107,7 +109,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     Frozen parameters are never handed to the optimizer, so it keeps no state for them: that is
     where PEFT saves most of its memory. Weight decay goes to matrices only, as in nanoGPT.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = trainable_parameters(model)
     if not params:
         raise ValueError("no trainable parameters: every parameter has requires_grad=False; "
                          "apply a technique or unfreeze something before training")

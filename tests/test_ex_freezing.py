@@ -95,63 +95,59 @@ def test_count_module_registered_twice(impl):
 
 
 # ---------------------------------------------------------------------------------------------
-# 2.3 make_optimizer
+# 2.3 drop_stale_gradients
 # ---------------------------------------------------------------------------------------------
-def freeze_all_but_last_layer(model: LlamaForCausalLM) -> list[nn.Parameter]:
+def trained_then_frozen() -> tuple[LlamaForCausalLM, list[str]]:
+    """A model after one backward pass, then frozen but for its last layer; the frozen names."""
+    model = tiny_llama()
+    model(ids(), labels=ids()).loss.backward()  # every parameter now holds a gradient...
     for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith(f"model.layers.{L - 1}."))
-    return [p for p in model.parameters() if p.requires_grad]
+        p.requires_grad_(name.startswith(f"model.layers.{L - 1}."))  # ...the frozen ones a stale one
+    return model, [n for n, p in model.named_parameters() if not n.startswith(f"model.layers.{L - 1}.")]
 
 
 @pytest.mark.exercise("2.3", points=1)
-def test_optimizer_holds_exactly_the_trainable_parameters(impl):
+def test_stale_gradients_are_dropped_and_named(impl):
     freezing = impl("freezing")
-    model = tiny_llama()
-    wanted = freeze_all_but_last_layer(model)
-    opt = freezing.make_optimizer(model, lr=1e-3)
-    assert isinstance(opt, torch.optim.AdamW), f"expected a torch.optim.AdamW, got {type(opt).__name__}"
-    got = [p for group in opt.param_groups for p in group["params"]]
-    assert {id(p) for p in got} == {id(p) for p in wanted} and len(got) == len(wanted), \
-        f"the optimizer holds {len(got)} tensors; it should hold exactly the {len(wanted)} trainable ones"
-    assert all(group["lr"] == 1e-3 for group in opt.param_groups), "use the lr you were given"
+    model, frozen = trained_then_frozen()
+    kept = {n: p.grad.clone() for n, p in model.named_parameters() if n not in frozen}
+    dropped = freezing.drop_stale_gradients(model)
+    assert dropped == frozen, f"expected the {len(frozen)} frozen parameters' names, in model order; got {dropped}"
+    still = [n for n in frozen if model.get_parameter(n).grad is not None]
+    assert not still, f"these frozen parameters still hold a gradient (set .grad = None): {still[:3]}"
+    for name, grad in kept.items():
+        assert torch.equal(model.get_parameter(name).grad, grad), f"the trainable {name} must keep its gradient"
 
 
 @pytest.mark.exercise("2.3", points=2)
 def test_frozen_weights_bit_identical_after_a_step(impl):
     freezing = impl("freezing")
-    model = tiny_llama()
-    model(ids(), labels=ids()).loss.backward()  # every parameter now holds a gradient...
-    freeze_all_but_last_layer(model)
-    for p in model.parameters():
-        if not p.requires_grad:
-            p.grad.zero_()  # ...and the frozen ones keep a zero one, as zero_grad(set_to_none=False) leaves it
+    model, frozen = trained_then_frozen()
+    for name in frozen:
+        model.get_parameter(name).grad.zero_()  # as zero_grad(set_to_none=False) leaves them: still gradients
+    freezing.drop_stale_gradients(model)
     before = snapshot(model)
-    opt = freezing.make_optimizer(model, lr=1e-2)
-    opt.step()
-    for name, p in model.named_parameters():
-        if name.startswith(f"model.layers.{L - 1}."):
-            continue
-        assert torch.equal(p, before[name]), \
-            (f"frozen {name} moved in the optimizer step: an optimizer given frozen tensors still "
-             "applies weight decay to them; build it from requires_grad=True parameters only")
-    moved = any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if p.requires_grad)
-    assert moved, "the trainable parameters did not move: the optimizer should update them"
+    torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1).step()  # handed every parameter
+    moved = [n for n in frozen if not torch.equal(model.get_parameter(n), before[n])]
+    assert not moved, \
+        (f"frozen {moved[:3]} moved in the optimizer step: a zero gradient is still a gradient, and AdamW "
+         "applies weight decay to it; only .grad = None makes AdamW skip a parameter")
+    trained = [n for n in before if n not in frozen]
+    assert any(not torch.equal(model.get_parameter(n), before[n]) for n in trained), \
+        "the trainable parameters did not move: keep their gradients"
 
 
 @pytest.mark.exercise("2.3", points=1)
-def test_clear_error_when_nothing_is_trainable(impl):
+def test_nothing_stale_nothing_dropped_and_a_tied_tensor_named_once(impl):
     freezing = impl("freezing")
-    model = tiny_llama()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    with pytest.raises(ValueError, match="trainable"):
-        freezing.make_optimizer(model, lr=1e-3)
-
-
-def test_optimizer_rejects_a_bad_learning_rate(impl):
-    freezing = impl("freezing")
-    with pytest.raises(ValueError, match="lr"):
-        freezing.make_optimizer(tiny_llama(), lr=0.0)
+    model = tiny_llama(tied=True)
+    assert freezing.drop_stale_gradients(model) == [], "a model that never ran backward holds no gradient"
+    model(ids(), labels=ids()).loss.backward()
+    assert freezing.drop_stale_gradients(model) == [], "every parameter trains: no gradient is stale"
+    model.model.embed_tokens.weight.requires_grad_(False)  # the same tensor as lm_head.weight
+    assert freezing.drop_stale_gradients(model) == ["model.embed_tokens.weight"], \
+        "the tied embedding / output head is one tensor: named once, by model.named_parameters()"
+    assert model.lm_head.weight.grad is None and model.model.norm.weight.grad is not None
 
 
 # ---------------------------------------------------------------------------------------------

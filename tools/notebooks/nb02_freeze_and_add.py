@@ -20,7 +20,7 @@ three steps:
 2. **add** (or unfreeze) a few parameters, which do train;
 3. give the **optimizer** only those.
 
-This notebook builds the three steps by hand, in `labs/freezing.py`, and then measures what they save.
+This notebook builds the steps by hand, in `labs/freezing.py`, and then measures what they save.
 From notebook 03 on the course uses the ready-made versions in `labs/surgery.py` (`freeze`,
 `count_parameters`, `trainable_parameters`): the same ideas, used by every technique."""),
     ("code", r"""
@@ -34,7 +34,7 @@ from labs.check import check
 from labs.impl import technique
 from labs.models import load_model
 from labs.presets import get_preset
-from labs.surgery import ParamCount
+from labs.surgery import ParamCount, trainable_parameters
 
 freezing = technique("freezing")  # your labs/freezing.py (or the reference, with LABS_IMPL=solutions)
 preset = get_preset()
@@ -112,23 +112,33 @@ naive = torch.optim.AdamW(layer.parameters(), lr=0.1)  # handed every parameter
 naive.step()
 print(f"the frozen W moved by up to {(layer.weight - before).abs().max().item():.3f}")"""),
     ("md", r"""
-An optimizer that never sees a frozen tensor cannot move it, and allocates no state for it: AdamW
-keeps two moment tensors (8 bytes in fp32) *per trainable parameter*. This is nanoGPT's
-`configure_optimizers` habit, and the course's training loop (`labs/train.py`) does the same.
+A zero gradient does not help: `optimizer.zero_grad(set_to_none=False)` leaves zeros, and AdamW still
+applies weight decay to every parameter whose `.grad` is a tensor. Only `.grad = None` makes AdamW
+skip a parameter.
 
-**Exercise 2.3.** Write `make_optimizer(model, lr, weight_decay=0.01)`: a `torch.optim.AdamW` over the
-parameters with `requires_grad=True` and no others. When nothing is trainable, raise a `ValueError`
-that says so (an optimizer over nothing is always a mistake, and torch's own message is obscure)."""),
+**Exercise 2.3.** In `labs/freezing.py`, write `drop_stale_gradients(model)`: set `.grad = None` on every
+*frozen* parameter that still holds a gradient, leave the trainable ones alone, and return the names of
+the parameters you cleared, in the order of `model.named_parameters()` (which names a tied tensor once)."""),
     ("code", r"""check("2.3")"""),
     ("code", r"""
-opt = freezing.make_optimizer(smol, lr=1e-4)
+torch.manual_seed(0)
+layer = nn.Linear(4, 3)
+layer(torch.randn(2, 4)).sum().backward()
+layer.weight.requires_grad_(False)
+before = layer.weight.detach().clone()
+print("dropped:", freezing.drop_stale_gradients(layer))
+torch.optim.AdamW(layer.parameters(), lr=0.1).step()   # still handed every parameter
+print(f"the frozen W moved by {(layer.weight - before).abs().max().item():.3f}")"""),
+    ("md", r"""
+Dropping stale gradients repairs a model you are about to hand to an optimizer you did not build. When
+you build it yourself, give it only the trainable parameters, `labs.surgery.trainable_parameters(model)`:
+an optimizer that never sees a frozen tensor cannot move it, whatever its `.grad` holds, and allocates no
+state for it. AdamW keeps two moment tensors (8 bytes in fp32) *per parameter it holds*. This is
+nanoGPT's `configure_optimizers` habit, and the course's training loop (`labs/train.py`) does the same."""),
+    ("code", r"""
+opt = torch.optim.AdamW(trainable_parameters(smol), lr=1e-4)
 n_opt = sum(p.numel() for group in opt.param_groups for p in group["params"])
 print(f"the optimizer holds {n_opt:,} numbers: the last block only")
-freezing.freeze_all(smol)
-try:
-    freezing.make_optimizer(smol, lr=1e-4)
-except ValueError as err:
-    print("nothing trainable ->", err)
 del smol, opt
 gc.collect();"""),
     ("md", r"""
@@ -179,7 +189,7 @@ reviews = load_examples("sentiment", "train", n=preset.batch_size)
 def one_step(model, batch):
     # One AdamW step over the trainable parameters; then the real bytes of every part.
     model.train()
-    opt = freezing.make_optimizer(model, lr=1e-5)
+    opt = torch.optim.AdamW(trainable_parameters(model), lr=1e-5)
     model(**batch).loss.backward()
     opt.step()
     return measure_components(model, opt, batch=batch)  # activations: what one forward keeps for backward
@@ -226,7 +236,7 @@ What the measurement says:
 |---|---|---|
 | freeze everything | `freeze_all` (2.1) | `labs.surgery.freeze` |
 | count, shared tensors once | `count_trainable` (2.2) | `labs.surgery.count_parameters` |
-| optimizer over trainable only | `make_optimizer` (2.3) | `labs.surgery.trainable_parameters`, `labs.train` |
+| no frozen tensor reaches an optimizer step | `drop_stale_gradients` (2.3) | `labs.surgery.trainable_parameters`, `labs.train` |
 | freeze and add | `add_trainable_head` (2.4) | each technique's `apply(model, config)` |
 
 The ready-made versions agree with yours:"""),
