@@ -16,9 +16,13 @@ Bottleneck adapters (notebook 04) trained well, but they put new layers *in the 
 token: the fine-tuned model is slower than the base, forever. Can we adapt a model and pay
 **nothing** at inference time?
 
-Hu et al. (2021) noticed that the change fine-tuning makes to a weight matrix has a low
-*intrinsic rank*: most of it lies in a few directions. So instead of learning the full change
-$\Delta W$ (out × in numbers), learn it as a product of two thin matrices:
+Aghajanyan et al. (2020) had shown that fine-tuning still works when confined to a small random
+subspace of the weights: pretrained models have a low *intrinsic dimension*. Hu et al. (2021)
+hypothesised that the change fine-tuning makes to each weight matrix likewise has a low *intrinsic
+rank*: most of it lies in a few directions (their section 4.1). Their section 7 gives the evidence:
+on GPT-3, rank 1 on the query and value projections already did about as well as rank 64 (Table 6),
+and the top directions learned at rank 8 and at rank 64 largely coincide (Figure 2). So instead of
+learning the full change $\Delta W$ (out × in numbers), learn it as a product of two thin matrices:
 
 $$h = W x + \frac{\alpha}{r}\, B A\, x, \qquad A \in \mathbb{R}^{r \times \text{in}},\quad B \in \mathbb{R}^{\text{out} \times r},\quad r \ll \min(\text{in}, \text{out})$$
 
@@ -26,6 +30,15 @@ $W$ stays frozen. Only $A$ and $B$ train: $r(\text{in} + \text{out})$ numbers in
 $\text{in} \times \text{out}$. For one of SmolLM2's 576 × 576 attention projections at $r = 8$ that is
 9,216 instead of 331,776 (2.8 %). And since $\frac{\alpha}{r} B A$ has the shape of $W$, it can be
 **added into** $W$ after training: the same model, no extra layer, no extra latency.
+
+What the paper reports. On GPT-3 175B, LoRA trains 10,000 times fewer parameters than full
+fine-tuning with Adam and needs 3 times less GPU memory (abstract): 350 GB instead of 1.2 TB while
+training, and with $r = 4$ on the query and value projections a checkpoint of 35 MB instead of 350 GB
+(section 4.2). Its quality was on par with or better than full fine-tuning on RoBERTa, DeBERTa, GPT-2
+and GPT-3 (section 5). The paper adapted attention weights only, mostly $W_q$ and $W_v$. Today's
+common practice is to adapt **every linear layer** of the block (q, k, v, o and the MLP's three), since
+the QLoRA paper found that LoRA on all of them was needed to match full fine-tuning (Dettmers et al.
+2023, section 4); section 6 below compares both.
 
 In this notebook you build LoRA in `labs/lora.py` (six short exercises), fine-tune SmolLM2-135M to
 define words, measure the latency of the merged model, and sweep the rank and the adapted layers."""),
@@ -61,16 +74,19 @@ Three choices in the constructor, each with a reason:
 
 - **B = 0.** Then $BA = 0$ and the wrapped layer computes exactly what the base did: training starts
   from the pretrained model, not from a perturbed one.
-- **A random** (Kaiming-uniform with `a=sqrt(5)`, the default init of `nn.Linear`, as peft does). If
+- **A random.** The paper draws $A$ from a Gaussian (section 4.1); peft, and the paper's own code
+  (`loralib`), use Kaiming-uniform with `a=sqrt(5)`, the default init of `nn.Linear`, and so do we. If
   $A$ were zero too, both gradients would be zero forever: $\partial L/\partial B$ needs $Ax \neq 0$
   and $\partial L/\partial A$ needs $B \neq 0$. One random, one zero: the first step moves $B$,
   and from then on both learn.
 - **scaling = α / r.** The update $BAx$ is a sum of $r$ rank-one terms, so with no scale the same
   learning rate moves the output further as $r$ grows, and every rank would need its own learning
   rate. Dividing by $r$ takes that growth out, so α and the learning rate can stay fixed while you
-  sweep $r$: the paper set α once and never tuned it. rsLoRA (Kalajdzievski, 2023) showed that
-  α/r over-corrects, and that α/√r is the exact compensation, which lets large ranks learn as fast
-  as small ones (`use_rslora=True`). The measurement below shows all three.
+  sweep $r$: the paper set α once and never tuned it (section 4.1). rsLoRA (Kalajdzievski, 2023)
+  proved that for learning to stay stable as $r$ grows, the scale must shrink like $1/\sqrt{r}$, not
+  $1/r$: an order of growth for large ranks, not an exact factor. α/r shrinks the update too fast,
+  so large ranks learn slowly and their extra capacity is wasted; with α/√r (`use_rslora=True`)
+  higher ranks then give better results. The measurement below shows all three.
 
 **Exercise 5.1.** In `LoRALinear.__init__`, set `self.scaling` (α/r, or α/√r with `use_rslora`),
 create `self.lora_A` (r, in) with Kaiming-uniform init and `self.lora_B` (out, r) of zeros, both as
@@ -292,7 +308,8 @@ fig"""),
 What to read from the sweeps, and what not to. The rank matters less than one might expect: that
 is the low-intrinsic-rank observation again, and the reason small ranks such as 8 are the usual
 default. Hu et al. found that adapting more kinds of layers at a low rank beats a high rank on a
-few of them, for the same parameter budget: compare the bars with the rank line. And with a
+few of them, for the same parameter budget (section 7.1, Table 5: on GPT-3, rank 4 on $W_q$ and $W_v$
+beat rank 8 on $W_q$ alone): compare the bars with the rank line. And with a
 handful of steps, differences of a few hundredths are within the noise of the data order and the
 initialisation; the `laptop` preset runs longer sweeps over more ranks.
 
