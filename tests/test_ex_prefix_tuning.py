@@ -369,6 +369,10 @@ def test_fold_without_mlp_changes_nothing(impl):
     kv = model.prefix_encoder.prefix_kv
     pt.fold(model)
     assert model.prefix_encoder.prefix_kv is kv, "a plain prefix has nothing to fold"
+    encoder = prefixed(impl, prefix_projection=True, encoder_hidden_size=8).prefix_encoder
+    encoder.fold()  # ...while a reparameterised one really is folded
+    assert not hasattr(encoder, "prefix_mlp") and isinstance(getattr(encoder, "prefix_kv", None), torch.nn.Parameter), \
+        "fold() replaces prefix_mlp (and prefix_embedding) by a plain prefix_kv parameter"
 
 
 # ---------------------------------------------------------------------------------------------
