@@ -53,8 +53,30 @@ def save_trained(method: str, model, out: Path) -> tuple[int, list[str]]:
         return save_full_model(model, out / "model.safetensors"), ["model.safetensors"]
     from labs.peft_format import save_adapter
     save_adapter(model, out / "adapter")
+    write_adapter_readme(method, model, out / "adapter")
     files = sorted(str(f.relative_to(out)) for f in (out / "adapter").rglob("*") if f.is_file())
     return dir_bytes(out / "adapter"), files
+
+
+def write_adapter_readme(method: str, model, folder: Path) -> None:
+    """README.md beside the adapter: its base model by Hub name, and how it was trained here."""
+    from labs.files import write_atomically
+    from labs.models import MODELS
+    base = getattr(getattr(model, "config", None), "name_or_path", "") or "(unknown)"
+    embedded = next((spec for spec in MODELS.values() if spec.hf_id == base), None)
+    lines = [f"# A {method} adapter made with PEFT Lab", "",
+             f"Base model: `{base}` (as `base_model_name_or_path` in adapter_config.json).", ""]
+    if embedded is not None:
+        lines += [f"Trained on the course's embedded copy of that model, shipped offline by the PyPI package "
+                  f"`{embedded.package}`: {embedded.notes}", ""]
+    if method in ("lora", "prefix", "prompt"):
+        auto = "AutoModelForCausalLM" if getattr(model, "can_generate", lambda: False)() else \
+            "AutoModelForSequenceClassification"
+        lines += ["Load it with Hugging Face peft anywhere:", "", "```python", "from peft import PeftModel",
+                  f"from transformers import {auto}", f"base = {auto}.from_pretrained({base!r})",
+                  "model = PeftModel.from_pretrained(base, 'path/to/this/folder')", "```", ""]
+    lines += ["Or with the course: `labs.load_adapter(labs.load_model(...)[0], 'path/to/this/folder')`.", ""]
+    write_atomically(folder / "README.md", "\n".join(lines))
 
 
 class PhaseClock:

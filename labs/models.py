@@ -374,6 +374,9 @@ def load_model(name_or_path: str = "smollm2-135m", *, task_kind: str = "generate
         if name_or_path in MODELS:
             model, tokenizer = _load_embedded(name_or_path, auto_cls, task_kind, **kwargs)
             decoder = MODELS[name_or_path].decoder
+            # Adapters record this as their base model: the Hub name the embedded copy comes from
+            # works anywhere, the local cache folder only on this machine.
+            model.config.name_or_path = MODELS[name_or_path].hf_id
         else:
             model, tokenizer = _load_external(str(name_or_path), auto_cls, **kwargs)
             decoder = task_kind != "classify" or _is_causal(model.config)

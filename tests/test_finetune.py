@@ -272,3 +272,30 @@ def test_quick_full_finetune_of_smollm2(tmp_path):
     assert metrics["task"] == "define" and metrics["trainable_percent"] == 100.0
     assert {"probe_before", "probe_after", "generations"} <= set(metrics)
     assert metrics["eval_after"]["loss"] < metrics["eval_before"]["loss"], "four full steps should lower held-out loss"
+
+
+def test_adapter_of_an_embedded_model_names_its_hub_base_and_loads_in_peft(tmp_path):
+    """The adapter folder records the Hub name (not this machine's cache folder) and says it was
+    trained on the embedded copy; peft loads it on a base of that architecture with the same logits."""
+    from peft import PeftModel
+
+    from labs.finetune import save_trained
+    from labs.impl import technique
+    from labs.models import MODELS, load_model
+    lora = technique("lora", "solutions")
+    model, tok = load_model("smollm2-135m")
+    lora.apply(model, lora.LoRAConfig(r=4))
+    with torch.no_grad():
+        for _, layer in lora.lora_layers(model):
+            layer.lora_B.normal_(std=0.02)
+    save_trained("lora", model, tmp_path)
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    hub = MODELS["smollm2-135m"].hf_id
+    assert config["base_model_name_or_path"] == hub
+    readme = (tmp_path / "adapter" / "README.md").read_text()
+    assert hub in readme and MODELS["smollm2-135m"].package in readme and "PeftModel.from_pretrained" in readme
+    base, _ = load_model("smollm2-135m")
+    theirs = PeftModel.from_pretrained(base, tmp_path / "adapter")
+    ids = tok("Define the word \"lake\".", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)
