@@ -52,7 +52,8 @@ class PrefixTuningConfig:
                                         # "random": N(0, 1), peft's default
     init_text: str = "Once upon a time"  # init="text": repeated or cut to P tokens
     prefix_projection: bool = False     # compute the prefix by an MLP while training (fold() removes it)
-    encoder_hidden_size: int = 512      # hidden width of that MLP (the paper used 512)
+    encoder_hidden_size: int = 512      # hidden width of that MLP: this course's choice (the authors' code:
+                                        # 512 for table-to-text; peft's default is the key/value width)
     seed: int = 0                       # makes the initialisation reproducible
 
     def __post_init__(self):
