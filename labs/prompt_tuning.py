@@ -4,8 +4,10 @@
 
 A frozen language model reads a sequence of token embeddings (B, T, D). Prompt tuning puts P
 "virtual tokens" in front of it: the rows of one trainable matrix `prompt_embeddings` (P, D),
-which need not be the embedding of any word. Only those P x D numbers train. On T5-XXL the paper
-needed 5 tokens x 4096 = 20,480 parameters per task to match fine-tuning all 11 billion.
+which need not be the embedding of any word. Only those P x D numbers train. On LM-adapted T5-XXL
+(11 billion parameters) the paper's default prompt of 100 tokens x 4096 = 409,600 numbers per task
+matched fine-tuning all the weights (section 3.1); its often-quoted 20,480 (5 tokens x 4096, Figure
+2) only illustrates what storing a 5-token prompt would cost.
 
 The model's code stays untouched: a forward pre-hook rewrites the inputs of every call.
 

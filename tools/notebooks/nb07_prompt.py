@@ -19,10 +19,26 @@ the embedding of any word -- and trains nothing else:
 
 $$\big[\,p_1, \dots, p_P,\; e(x_1), \dots, e(x_T)\,\big] \in \mathbb{R}^{(P+T) \times D}$$
 
-On T5-XXL (11 billion parameters) 5 such tokens of width 4096 -- **20,480 numbers per task** -- matched
-fine-tuning all the weights. The paper's other finding matters for us: the gap to full fine-tuning closes
-only with *scale*; on small models prompt tuning trails. SmolLM2-135M is small. Let us see how far a soft
-prompt gets it, and what each choice (length, initialisation) buys."""),
+What the paper found. On T5-XXL (11 billion parameters) a soft prompt matched fine-tuning all the
+weights on SuperGLUE, even the stronger multi-task fine-tuning baseline, with over 20,000 times fewer
+task-specific parameters (section 3.1, Figure 1). That used the paper's default prompt of **100
+tokens**: 100 x 4096 = **409,600 numbers per task**. (The often-quoted 20,480, 5 tokens x 4096, is
+Figure 2's illustration of what storing a 5-token prompt would cost.) Two more things made it work:
+
+- **LM-adapted T5.** T5 was pretrained only to fill in masked spans marked by sentinel tokens, a habit
+  a frozen model cannot unlearn through its input alone. The authors first trained it 100,000 steps
+  more as an ordinary language model, once, and froze that (section 2.2). Without it, several
+  mid-sized models never learned to output a valid label (section 3.2, Figure 3(c)).
+- **Scale.** The gap to fine-tuning closes as the model grows (Figure 1). At XXL size even a 1-token
+  prompt did well and the starting point stopped mattering (Figure 3(a, b)): "the larger the model,
+  the less conditioning signal is needed" (section 3.2). Small models need longer prompts and a good
+  start, and still trail.
+
+SmolLM2-135M is small, so expect a prompt at the input to trail here. The remedy for small models is
+a trainable prompt in *every* layer instead of only at the input: deep prompt tuning, which is prefix
+tuning (notebook 06). P-tuning v2 (Liu et al. 2022) showed deep prompts matching fine-tuning across
+model scales, "normal-sized" models included, while training 0.1-3% of the parameters. Let us see how
+far a soft prompt at the input gets SmolLM2, and what each choice (length, initialisation) buys."""),
     ("code", r"""
 import copy
 import gc
@@ -54,17 +70,26 @@ print(f"SmolLM2: {count_parameters(base).total:,} parameters")"""),
 
 A soft prompt is $P \times D$ numbers, whatever the depth of the model:"""),
     ("code", r"""
-paper = 5 * 4096
-print(f"T5-XXL, the paper: 5 tokens x 4096 = {paper:,} parameters per task, "
-      f"{100 * paper / 11e9:.5f}% of 11 billion")
+for P, what in ((5, "Figure 2's storage example"), (100, "the default that matched fine-tuning")):
+    print(f"T5-XXL, P={P:>3} x 4096 = {P * 4096:>7,} parameters per task, "
+          f"{100 * P * 4096 / 11e9:.5f}% of 11 billion ({what})")
 for P in (5, 20, 100):
     print(f"SmolLM2, P={P:>3}: {P} x {D} = {P * D:>6,} parameters, "
           f"{100 * P * D / count_parameters(base).total:.4f}% of the model")"""),
     ("md", r"""
 ## 2. Where the prompt starts
 
-The paper compared three starting points: random vectors, embeddings of sampled vocabulary words, and
-the embeddings of words that describe the task (or of the class labels). Random worked worst.
+The paper compared three starting points (sections 2.1 and 3.2): **random** vectors (uniform in
+$[-0.5, 0.5]$), **sampled vocabulary** (the embeddings of tokens drawn from the 5,000 most common) and
+**class labels** (the embeddings of the output classes' names, one per prompt token, falling back to
+sampled vocabulary once the classes run out, as they do at 100 tokens). Class labels did best and
+random worst, and at XXL size the difference vanished (Figure 3(b)).
+
+This course's three are `"random"`, `"vocab"` and `"text"`. Our task, definitions, has no class
+labels; in their place `"text"` starts from the tokens of a description of the task. That option is
+peft's (`PromptTuningInit.TEXT`) and echoes Li & Liang's prefix initialised with task-relevant words
+such as "summarize" (their section 7.4). Lester et al. used task words only where class labels did
+not exist, for two free-form tasks (ReCoRD and WSC, their footnote 7).
 
 A soft prompt is a row of vectors in the space of the word embeddings, so one can ask which *words*
 it is near. The paper did, after training: by cosine similarity, the nearest words of its learned
