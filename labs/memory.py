@@ -8,8 +8,10 @@ Training memory has four parts:
   activations  what the forward pass keeps for the backward pass; grows with B x T
 
 PEFT attacks gradients and optimizer states (few trainable parameters); QLoRA also shrinks the
-weights (4-bit). Activations belong to the input, not the parameters: gradient checkpointing
-trades them for recomputation. Nothing here prints; everything returns numbers or dataclasses.
+weights (4-bit). Activations grow with the input (B x T) and depend on where the trainable
+parameters sit: nothing below the lowest trainable parameter is kept, and a frozen linear layer
+keeps nothing of its own (measure_activations counts it; estimate_memory assumes every parameter
+trains). Gradient checkpointing trades them for recomputation. Nothing here prints; everything returns numbers or dataclasses.
 """
 from __future__ import annotations
 
@@ -119,7 +121,8 @@ def estimate_memory(n_params: int, method: str = "full", *, trainable_params: in
     hidden, layers    D and L: activations are 0 unless both are given (see activation_bytes)
 
     Not modelled: framework overhead, temporary buffers, fragmentation, frozen layers that skip
-    saving their inputs (PEFT activations are a little lower), prefix tokens lengthening T.
+    saving their inputs (PEFT activations are lower: about 30% for q and v training in a SmolLM2
+    block, notebook 00), prefix tokens lengthening T.
     """
     trainable = _trainable(n_params, method, trainable_params)
     wb = _bytes_per_param(2.0 if weight_bytes is None else weight_bytes, "weight_bytes")

@@ -7,7 +7,10 @@ An adapter is a tiny two-layer network with a skip connection, inserted after a 
 The bottleneck m << D keeps it small: 2 m D + m + D parameters per adapter. Houlsby puts two in
 every block -- after the attention output projection and after the MLP -- each before the
 residual add and LayerNorm, and trains the adapters plus the layer norms. Pfeiffer et al. (2021)
-found one adapter per block, after the MLP, nearly as good and faster.
+use one adapter per block, after the MLP. Our "pfeiffer" placement takes that budget but keeps
+Houlsby's position (on the MLP's output projection, before the residual add and LayerNorm);
+AdapterHub's Pfeiffer configuration (SeqBnConfig) instead reads LN(h + x) after the block's residual
+add and LayerNorm, and applies that residual and LayerNorm again afterwards (notebook 04, section 2).
 
 Near-identity initialisation: we set W_up and b_up to exactly zero, so every adapter starts as
 the identity and the adapted model computes exactly what the base model does (a test checks
@@ -50,7 +53,8 @@ MLP_OUTPUTS = (r"layer\.\d+\.output\.dense$",        # BERT: BertOutput.dense (n
 class AdapterConfig:
     bottleneck: int = 64          # m, the adapter's inner width (Houlsby tried 8..256 on BERT-large, D=1024)
     reduction_factor: int = 0     # if > 0, m = D // reduction_factor (Pfeiffer's way), overriding bottleneck
-    placement: str = "houlsby"    # "houlsby": after attention and after MLP (2 per block); "pfeiffer": after MLP only
+    placement: str = "houlsby"    # "houlsby": after attention and after MLP (2 per block); "pfeiffer": after MLP
+                                  # only, at Houlsby's position (not AdapterHub's post-LayerNorm one)
     activation: str = "gelu"      # the non-linearity f between the two projections: "gelu" or "relu"
     train_norms: bool = True      # also train the normalisation layers, as Houlsby does
 
