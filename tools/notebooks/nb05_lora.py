@@ -21,7 +21,8 @@ subspace of the weights: pretrained models have a low *intrinsic dimension*. Hu 
 hypothesised that the change fine-tuning makes to each weight matrix likewise has a low *intrinsic
 rank*: most of it lies in a few directions (their section 4.1). Their section 7 gives the evidence:
 on GPT-3, rank 1 on the query and value projections already did about as well as rank 64 (Table 6),
-and the top directions learned at rank 8 and at rank 64 largely coincide (Figure 2). So instead of
+and the updates learned at rank 8 and at rank 64 share their top direction, while the rest of the
+rank-64 update looks like noise (section 7.2, Figure 2). So instead of
 learning the full change $\Delta W$ (out × in numbers), learn it as a product of two thin matrices:
 
 $$h = W x + \frac{\alpha}{r}\, B A\, x, \qquad A \in \mathbb{R}^{r \times \text{in}},\quad B \in \mathbb{R}^{\text{out} \times r},\quad r \ll \min(\text{in}, \text{out})$$
