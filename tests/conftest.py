@@ -162,6 +162,5 @@ def pytest_sessionfinish(session, exitstatus):
     for part in sorted(Path(path).parent.glob(Path(path).name + ".gw*")):
         results = results + json.loads(part.read_text())
         part.unlink()
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(path)
+    from labs.files import write_atomically
+    write_atomically(path, json.dumps(results, indent=1))
