@@ -36,14 +36,14 @@ SETUP_ENV := HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg
 PYTEST_ARGS ?= -n 2 --dist loadgroup -q -p no:cacheprovider --durations=15
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help setup deps browser assets finetune test test-fast lab release clean-venv
+.PHONY: help setup deps browser sandbox assets finetune test test-fast lab release clean-venv
 
 help:
 	@echo "make setup   install into .venv, prepare offline models, run one quick fine-tune"
 	@echo "make test    run the whole test suite against the reference solutions"
 	@echo "make lab     open JupyterLab on notebooks/"
 
-setup: deps browser assets finetune
+setup: deps browser sandbox assets finetune
 	@echo "setup done: open the course with 'make lab'"
 
 # ---------------------------------------------------------------------------------------------
@@ -93,6 +93,23 @@ browser:
 	  sudo -n apt-get update -qq && sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else \
 	  echo "chromium: not root and no password-less sudo, skipping (the browser test will skip)"; \
+	fi
+
+# ---------------------------------------------------------------------------------------------
+# Debian bubblewrap: `labs grade` runs each student's code in its own sandbox with it. Only where
+# apt-get works without a password prompt; elsewhere grading says so loudly and uses limits only.
+# ---------------------------------------------------------------------------------------------
+sandbox:
+	@if command -v bwrap >/dev/null 2>&1; then \
+	  echo "bubblewrap: $$(bwrap --version 2>/dev/null || echo present)"; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "bubblewrap: no apt-get here, skipping (labs grade will run without its sandbox)"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
+	elif sudo -n true 2>/dev/null; then \
+	  sudo -n apt-get update -qq && sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
+	else \
+	  echo "bubblewrap: not root and no password-less sudo, skipping (labs grade will run without its sandbox)"; \
 	fi
 
 # ---------------------------------------------------------------------------------------------

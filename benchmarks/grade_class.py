@@ -2,6 +2,7 @@
 
     python benchmarks/grade_class.py                  # 100 submissions, 2 jobs
     python benchmarks/grade_class.py --n 20 --jobs 2  # a quicker look
+    python benchmarks/grade_class.py --no-sandbox     # the same class without bubblewrap: its cost
 
 The class is generated from the reference (so it needs the instructor's checkout), seeded:
 - correct    every exercise filled in from solutions/
@@ -13,8 +14,9 @@ The class is generated from the reference (so it needs the instructor's checkout
 - malformed  an empty zip or a corrupt one
 
 Printed: the wall time from start to grades.csv, the part spent starting the test runner and
-collecting the tests (paid once per run), and per submission the median and spread of the time
-its test processes ran, by kind.
+collecting the tests (paid once per run), per submission the median and spread of the time its
+test processes ran, by kind, whether the children ran in the sandbox, and the load average (on a
+shared machine, compare runs made under similar load).
 """
 from __future__ import annotations
 
@@ -120,6 +122,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=Limits.timeout)
     parser.add_argument("--test-timeout", type=float, default=Limits.test_timeout)
+    parser.add_argument("--no-sandbox", action="store_true",
+                        help="grade without the bubblewrap sandbox (to measure what it costs)")
     args = parser.parse_args()
     if not (ROOT / "solutions").is_dir():
         print("this benchmark builds its class from solutions/: run it in the instructor's checkout")
@@ -137,9 +141,12 @@ def main() -> int:
             print(line, flush=True)
 
         rows = grade(sorted((work / "class").iterdir()), work / "out", limits, args.jobs,
-                     course=Course.load(ROOT), progress=progress)
+                     course=Course.load(ROOT), progress=progress, sandbox="off" if args.no_sandbox else "auto")
         wall = time.monotonic() - started
         report(rows, kinds, work / "out", wall, marks.get("ready", 0.0), args)
+        load = os.getloadavg()
+        print(f"sandbox: {(work / 'out' / 'grades.csv').read_text().splitlines()[1].rsplit(',', 1)[-1]}; "
+              f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -636,17 +636,32 @@ class _Server:
     (lambda s: [s.sealed(event="collected", nodeids=["t9"])], "'collected' again"),
     (lambda s: [s.sealed(event="nonsense")], "unknown event")])
 def test_server_fails_the_child_on_any_line_it_did_not_expect_and_carries_on(attack, reason):
-    """Layers 2 and 3: genuine events count in protocol order; anything else ends that child, fails
-    its unreported tests with the reason, and never raises."""
+    """Layers 2 and 3: genuine events count in protocol order; anything else ends that child and
+    voids its results (t1 passed before the attack: it fails too), with the reason; nothing raises."""
     s = _Server()
     s.feed(s.sealed(event="collected", nodeids=["t1", "t2", "t3"]), s.sealed(event="start", nodeid="t1"),
            s.sealed(event="result", nodeid="t1", outcome="passed"), *attack(s),
            s.sealed(event="start", nodeid="t2"), s.sealed(event="result", nodeid="t2", outcome="passed"))
     events = s.finish()
     results = {e["nodeid"]: e for e in events if e["event"] == "result"}
-    assert results["t1"]["outcome"] == "passed", "what came before the attack, in order, stands"
-    assert results["t2"]["outcome"] == results["t3"]["outcome"] == "failed" and reason in results["t3"]["message"]
+    assert {r["outcome"] for r in results.values()} == {"failed"} and set(results) == {"t1", "t2", "t3"}
+    assert all(reason in r["message"] for r in results.values()), results
     assert events[-1]["event"] == "done" and reason in events[-1]["reason"]
+
+
+def test_server_forwards_results_in_order_once_the_child_is_gone():
+    s = _Server()
+    s.feed(s.sealed(event="collected", nodeids=["t1", "t2"]), s.sealed(event="start", nodeid="t1"),
+           s.sealed(event="result", nodeid="t1", outcome="passed"), s.sealed(event="start", nodeid="t2"))
+    assert s.attempt.violation is None and [r["nodeid"] for r in s.attempt.accepted] == ["t1"]
+    s.proc.kill()  # the child crashes in t2
+    s.attempt.status = os.waitpid(s.proc.pid, 0)[1]
+    s.server.finish(s.attempt)
+    os.close(s.server.events_fd)
+    events = [json.loads(line) for line in s.events]
+    results = [e for e in events if e["event"] == "result"]
+    assert [(e["nodeid"], e["outcome"]) for e in results] == [("t1", "passed"), ("t2", "failed")]
+    assert "this test's process was killed" in results[1]["message"] and events[-1]["event"] == "done"
 
 
 def test_runner_skips_lines_that_are_not_events():
@@ -772,6 +787,22 @@ def test_screen_refuses_what_reaches_outside_the_module(code, refused):
 def test_screen_allows_only_the_listed_chains_from_modules(code, refused):
     findings = screened(code)
     assert any(refused in f.what and f.exercise is None for f in findings), [str(f) for f in findings]
+
+
+def test_allowlist_names_exist_and_every_module_in_it_is_listed_as_one():
+    """A name that is a module when the code runs must be a key of the allowlist (with its own
+    names), or the screen would take it for an object and let any chain through it."""
+    import importlib
+    import types
+    for module, names in API.items():
+        if module.startswith("labs") or module == "__future__":
+            continue
+        loaded = importlib.import_module(module)
+        missing = [n for n in names if not hasattr(loaded, n)]
+        unlisted = [n for n in names if isinstance(getattr(loaded, n, None), types.ModuleType)
+                    and f"{module}.{n}" not in API]
+        assert not missing and not unlisted, f"{module}: missing {missing}, modules not listed {unlisted}"
+    assert all(f"labs.{name}" in API for name in API["labs"]), "every labs module named is listed"
 
 
 def test_screen_allows_ordinary_student_code():

@@ -46,13 +46,10 @@ class Course:
 
     @cached_property
     def api(self) -> dict[str, frozenset[str]]:
-        """What student modules may reach through the modules they import (screen.course_api)."""
-        infra = set(screen.LABS_INFRA)
-        for text in self.stubs.values():  # infrastructure the stubs themselves import
-            for node in ast.walk(ast.parse(text)):
-                if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("labs."):
-                    infra.add(node.module.split(".")[1])
-        sources = {name: (self.root / "labs" / f"{name}.py").read_text() for name in sorted(infra)
+        """What student modules may reach through the modules they import: screen.MODULE_API, the
+        public names of labs.{surgery,presets} and of each technique module, and whatever else of
+        the infrastructure the stubs themselves import (those names only)."""
+        sources = {name: (self.root / "labs" / f"{name}.py").read_text() for name in sorted(screen.LABS_INFRA)
                    if (self.root / "labs" / f"{name}.py").is_file()}
         return screen.course_api(self.stubs, sources)
 

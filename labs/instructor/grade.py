@@ -298,7 +298,7 @@ def _no_sandbox_banner(runner: Runner) -> str:
     line = "!" * 100
     return (f"{line}\n!! NO SANDBOX: {runner.sandbox_said}\n!! Student code ran with resource limits only: "
             "no filesystem, PID or network isolation.\n!! grades.csv says so in its sandbox column. On Debian: "
-            "apt-get install bubblewrap; user namespaces must be allowed.\n{line}")
+            f"apt-get install bubblewrap; user namespaces must be allowed.\n{line}")
 
 
 def _write_ungraded(paths: list[Path], out: Path, course: Course, runner: Runner, why: str) -> None:

@@ -22,7 +22,9 @@ server writes to the child through a second pipe after forking (sandbox_child.Ch
 server accepts a child's events only in protocol order: its collected tests once, before any
 student code ran; then for each test, in collection order, its start and then its one result.
 A line that is unsigned, forged, malformed, oversized or out of order is dropped and ends the
-child: its unreported tests fail with the reason, and the server carries on with the others.
+child: none of its results count (a child that wrote one is not trusted for the others), its
+tests fail with the reason, and the server carries on with the others. Results are forwarded
+only once their child is gone, so none can be withdrawn after the grader saw it.
 A child's stdout and stderr go to a third pipe and are only kept as text. If a child dies or a
 test ignores its timeout, that test fails with the reason and the rest run again in a new child,
 within the module's time budget. Tasks arrive as JSON lines on stdin; events leave on the
@@ -83,6 +85,7 @@ class Attempt:
     buffer: bytes = b""
     collected: list[str] | None = None
     reported: set[str] = field(default_factory=set)
+    accepted: list[dict] = field(default_factory=list)  # result events, forwarded when the child is gone
     current: str | None = None
     current_since: float = 0.0     # when the current test started
     head: str = ""
@@ -216,8 +219,9 @@ class Server:
             attempt.reported.add(nodeid)
             attempt.current = None
             outcome = event.get("outcome") if event.get("outcome") in ("passed", "skipped") else "failed"
-            self.emit(task=task_id, event="result", nodeid=nodeid, outcome=outcome,
-                      error=str(event.get("error") or "")[:80] or None, message=str(event.get("message", ""))[:300])
+            attempt.accepted.append({"task": task_id, "event": "result", "nodeid": nodeid, "outcome": outcome,
+                                     "error": str(event.get("error") or "")[:80] or None,
+                                     "message": str(event.get("message", ""))[:300]})
             return None
         return f"an unknown event {str(kind)[:40]!r}"
 
@@ -296,11 +300,13 @@ class Server:
         task["_output"] = task.get("_output", "") + _output_text(attempt)
         task["_seconds"] = task.get("_seconds", 0.0) + time.monotonic() - attempt.started
         remaining = [n for n in attempt.collected or () if n not in attempt.reported]
-        if attempt.violation:
-            for nodeid in remaining:
+        if attempt.violation:  # not one of its results counts
+            for nodeid in attempt.collected or ():
                 self.emit(task=task["id"], event="result", nodeid=nodeid, outcome="failed", error="ResultChannel",
                           message=attempt.violation[:300])
             return self.done(task, attempt.violation)
+        for result in attempt.accepted:
+            self.emit(**result)
         if not remaining or task.get("collect_only"):
             reason = None if attempt.collected is not None else reason
             return self.done(task, reason)
