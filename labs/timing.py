@@ -14,6 +14,8 @@ import statistics
 import time
 from typing import Callable
 
+import torch
+
 
 def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
     """Wall seconds of each of `repeats` calls per function, timed in turns (after `warmup` rounds)."""
@@ -35,3 +37,30 @@ def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup
 def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
     """Median wall seconds per call of each function (see interleaved_times)."""
     return {name: statistics.median(t) for name, t in interleaved_times(fns, repeats, warmup).items()}
+
+
+def count_matrix_products(fn: Callable[[], object]) -> int:
+    """How many matrix products (linear layers, matmul, bmm, attention) one call of `fn` runs.
+
+    A clock on a shared machine can hide a few percent; this count cannot. It is the work that
+    LoRA's unmerged path adds per token (two thin products per adapted layer) and merging removes.
+    """
+    counter = _ProductCounter()
+    with counter:
+        fn()
+    return counter.count
+
+
+class _ProductCounter(torch.overrides.TorchFunctionMode):
+    """Counts calls of the matrix-product functions while active (torch's function-mode hook)."""
+
+    # by name: torch hands the mode its C functions (F.linear arrives as torch._C._nn.linear)
+    PRODUCTS = {"linear", "matmul", "__matmul__", "mm", "bmm", "addmm", "baddbmm", "scaled_dot_product_attention"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += getattr(func, "__name__", "") in self.PRODUCTS
+        return func(*args, **(kwargs or {}))

@@ -58,7 +58,7 @@ from labs.methods import learning_rate
 from labs.models import load_model
 from labs.presets import get_preset
 from labs.surgery import count_parameters
-from labs.timing import interleaved_medians
+from labs.timing import count_matrix_products, interleaved_medians
 from labs.train import TrainConfig, train
 
 lora = technique("lora")  # your labs/lora.py (or the reference, with LABS_IMPL=solutions)
@@ -246,7 +246,12 @@ with torch.inference_mode():
             {n: (lambda m=m: generate_greedy(m)) for n, m in variants.items()}, repeats=6),
     }
 for what, seconds in latency.items():
-    print(f"{what}: " + "   ".join(f"{n} {1e3 * t:.0f} ms ({t / seconds['base']:.2f}x)" for n, t in seconds.items()))"""),
+    print(f"{what}: " + "   ".join(f"{n} {1e3 * t:.0f} ms ({t / seconds['base']:.2f}x)" for n, t in seconds.items()))
+
+# The work itself, which no busy machine can blur: matrix products for one new token (batch 1).
+with torch.inference_mode():
+    products = {n: count_matrix_products(lambda m=m: m(short_prompt[:, :1])) for n, m in variants.items()}
+print("matrix products per token: " + "   ".join(f"{n} {k}" for n, k in products.items()))"""),
     ("code", r"""
 fig, axes = viz.new_figure(10, 3.4, ncols=2)
 for ax, (what, seconds) in zip(axes, latency.items()):
@@ -257,11 +262,17 @@ for ax, (what, seconds) in zip(axes, latency.items()):
     ax.set(title=what, ylabel="time / base model", ylim=(0, max(ratios) * 1.25))
 fig"""),
     ("md", r"""
-Read the two panels together: the merged model runs like the base in both (it *is* the base
-architecture; a few percent either way is the noise of a shared machine), and whatever the unmerged
-adapters cost shows where the work per step is smallest, token-by-token generation. Serving one
-adapter, merge it; serving many adapters from one base (notebook 10), keep them unmerged and pay
-that small cost."""),
+Read the panels with the count of matrix products beside them. Merged, the model does exactly the
+base model's products: it *is* the base architecture, and any difference in its bars is the noise
+of the machine. Unmerged, every adapted layer adds two thin products per token (60 layers here: q
+and v in 30 blocks, so 120 more than the base's count). Each is tiny in arithmetic, but at batch 1
+and one token per step a product's fixed cost (a kernel launch on a GPU, a dispatch on a CPU)
+weighs as much as its arithmetic: on a quiet machine the benchmark in the instructor's repository
+measured 1.13x the base for unmerged LoRA when generating and 0.97x merged (`python
+benchmarks/lora_vs_peft.py`), the LoRA paper 20-30% for adapters on a GPU (their Table 1). On a
+busy shared CPU, as in CI, a few percent drown in noise, which is why the count is printed too.
+Serving one adapter, merge it; serving many adapters from one base (notebook 10), keep them
+unmerged and pay that small cost."""),
     ("md", r"""
 ## 6. How much rank? Which layers?
 
