@@ -17,6 +17,7 @@ from matplotlib.ticker import MaxNLocator
 COMPONENTS = ("weights", "gradients", "optimizer", "activations")
 COLORS = {"weights": "#4c72b0", "gradients": "#dd8452", "optimizer": "#c44e52", "activations": "#55a868"}
 MiB = 2 ** 20
+PALETTE = ("#999999", "#dd8452", "#4c72b0", "#c44e52", "#55a868", "#8172b3")  # grey first: the baseline
 
 
 class LabFigure(Figure):
@@ -173,6 +174,24 @@ def pareto_front(points: Mapping[str, tuple[float, float]], higher_is_better: bo
             front.append(name)
             best = sign * y
     return front
+
+
+def ratio_bars(panels: Mapping[str, Mapping[str, float]], *, baseline: str = "base",
+               y_label: str = "time / base model") -> Figure:
+    """One panel per measurement: each variant's value divided by the baseline's, as labelled bars
+    around a line at 1.0 (e.g. latency of adapted models against the base model)."""
+    if not panels:
+        raise ValueError("no panels to plot")
+    fig, axes = new_figure(5 * len(panels), 3.6, ncols=len(panels))
+    for ax, (title, values) in zip(axes, panels.items()):
+        if baseline not in values:
+            raise ValueError(f"panel {title!r} has no {baseline!r} value to divide by; it has {', '.join(values)}")
+        ratios = [v / values[baseline] for v in values.values()]
+        bars = ax.bar(list(values), ratios, color=PALETTE[:len(values)])
+        ax.bar_label(bars, fmt="%.2fx", padding=3)
+        ax.axhline(1, color="black", lw=1)
+        ax.set(title=title, ylabel=y_label, ylim=(0, max(ratios) * 1.25))
+    return fig
 
 
 def sweep(series, *, x_label: str = "rank r", y_label: str = "metric", title: str = "Sweep",

@@ -52,6 +52,10 @@ FIGURES = {
     "memory breakdown": lambda: viz.memory_breakdown({"full": MemoryEstimate(4e8, 4e8, 8e8, 1e8),
                                                       "lora": MemoryEstimate(4e8, 1e6, 2e6, 9e7)}),
     "pareto": lambda: viz.pareto({"full": (100.0, 0.80), "lora": (0.5, 0.78), "bitfit": (0.1, 0.70)}),
+    "ratio bars": lambda: viz.ratio_bars({"forward, 1 x 64 tokens": {"base": 0.3, "LoRA unmerged": 0.31,
+                                                                       "LoRA merged": 0.29},
+                                          "generate 16 tokens, batch 1": {"base": 0.7, "LoRA unmerged": 0.8,
+                                                                          "LoRA merged": 0.7}}),
     "sweep": lambda: viz.sweep({"q,v": ([1, 2, 4, 8], [0.7, 0.72, 0.75, 0.75])}, x_label="rank r",
                                y_label="accuracy", logx=True),
 }
