@@ -789,6 +789,7 @@ def test_screen_allows_only_the_listed_chains_from_modules(code, refused):
     assert any(refused in f.what and f.exercise is None for f in findings), [str(f) for f in findings]
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 def test_allowlist_names_exist_and_every_module_in_it_is_listed_as_one():
     """A name that is a module when the code runs must be a key of the allowlist (with its own
     names), or the screen would take it for an object and let any chain through it."""

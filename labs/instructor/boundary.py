@@ -4,8 +4,9 @@ Each grading child (the process that imports a student's module and runs the tes
 in its own sandbox, built by bubblewrap (Debian `bubblewrap`, `bwrap`), a small, audited tool made
 for this. Inside, the child sees:
 
-- its own fresh grading tree at /grading, read-only, except tests/hidden/ (the child deletes the
-  hidden tests there once collected; the instructor's copy is never visible);
+- its own fresh grading tree at /grading, read-only, except tests/hidden/: a private, size-capped
+  copy of the hidden tests that the child deletes once they are collected (the instructor's
+  copy is never visible);
 - the Python environment (interpreter, standard library, site-packages) and the system libraries
   under /usr, read-only, at their usual paths; the course's data/ read-only;
 - a private, size-capped /tmp (memory-backed) and a minimal /dev;
@@ -46,6 +47,7 @@ from pathlib import Path
 
 INSIDE = "/grading"                  # where a child's grading tree appears inside its sandbox
 TMP_BYTES = 512 * 2**20              # the private /tmp: memory-backed, so capped
+COPY_BYTES = 16 * 2**20              # a private copy of a folder the child may change (tests/hidden)
 START_TIMEOUT = 60.0                 # seconds bwrap may take to build a sandbox
 ENTER_FAILED = 71                    # a child's exit status when it could not enter its sandbox
 SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -55,7 +57,9 @@ ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/passwd"
 # join the others), the PID namespace last (it applies to children only).
 NAMESPACES = (("user", 0x10000000), ("mnt", 0x00020000), ("ipc", 0x08000000), ("uts", 0x04000000),
               ("net", 0x40000000), ("cgroup", 0x02000000), ("pid", 0x20000000))
-PLACEHOLDER = "import sys; sys.stdout.write('ready\\n'); sys.stdout.flush(); sys.stdin.read()"
+# What runs in the sandbox while the child joins it: says it is ready, then waits for its stdin to close.
+PLACEHOLDER_SH = ["/bin/sh", "-c", "echo ready; read line"]
+PLACEHOLDER_PY = ["-I", "-S", "-c", "import sys; sys.stdout.write('ready\\n'); sys.stdout.flush(); sys.stdin.read()"]
 
 PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 24, 38, 1, 4
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
@@ -88,25 +92,20 @@ class Sandbox:
     def inside(self) -> str:
         return INSIDE
 
-    def owner(self) -> tuple[int, int] | None:
-        """The user and group the child runs as on the host, when they differ from the server's."""
-        return _nobody() if self.flavour == "root" else None
-
     def prepare_tree(self, tree: Path, writable: list[Path]) -> None:
-        """Mount points and ownership in a fresh grading tree, before a child starts in it."""
-        (tree / "data").mkdir(exist_ok=True)
-        owner = self.owner()
-        for folder in writable:
+        """Mount points in a fresh grading tree, before a child starts in it."""
+        for folder in [tree / "data", *writable]:
             folder.mkdir(parents=True, exist_ok=True)
-            if owner is not None:
-                os.chown(folder, *owner)
 
-    def arguments(self, tree: Path, writable: list[Path], info_fd: int) -> list[str]:
-        """The bwrap command line that builds one child's sandbox around the placeholder."""
+    def arguments(self, tree: Path, writable: list[Path], info_fd: int, files: dict[Path, int]) -> list[str]:
+        """The bwrap command line that builds one child's sandbox around the placeholder. Each
+        writable folder becomes a private, size-capped copy (its files come from the open `files`),
+        so nothing the child writes there reaches the host's disk."""
         args = [self.bwrap, "--die-with-parent", "--new-session", "--unshare-ipc", "--unshare-pid",
                 "--unshare-net", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "grading",
                 "--clearenv", "--setenv", "PATH", "/usr/bin:/bin"]
         args += ["--unshare-user"] if self.flavour == "user" else ["--cap-drop", "ALL"]
+        args += ["--dev", "/dev", "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]  # binds go over it
         binds = [(p, p) for p in self.runtime] + [(str(tree), INSIDE)]
         for folder in sorted({str(a) for _, dest in binds for a in Path(dest).parents if str(a) != "/"}):
             args += ["--perms", "0755", "--dir", folder]
@@ -120,12 +119,15 @@ class Sandbox:
         for src, dest in binds:
             args += ["--ro-bind", src, dest]
         for folder in writable:
-            args += ["--bind", str(folder), f"{INSIDE}/{folder.relative_to(tree)}"]
+            args += ["--perms", "0777", "--size", str(COPY_BYTES), "--tmpfs", f"{INSIDE}/{folder.relative_to(tree)}"]
+            for path in sorted(p for p in folder.rglob("*") if p.is_dir()):
+                args += ["--perms", "0777", "--dir", f"{INSIDE}/{path.relative_to(tree)}"]
+        for path, fd in files.items():
+            args += ["--perms", "0644", "--file", str(fd), f"{INSIDE}/{path.relative_to(tree)}"]
         if self.data:
             args += ["--ro-bind", self.data, f"{INSIDE}/data"]
-        args += ["--dev", "/dev", "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
-                 "--chdir", "/", "--info-fd", str(info_fd), "--", sys.executable, "-I", "-S", "-c", PLACEHOLDER]
-        return args
+        placeholder = PLACEHOLDER_SH if os.access("/bin/sh", os.X_OK) else [sys.executable, *PLACEHOLDER_PY]
+        return args + ["--chdir", "/", "--info-fd", str(info_fd), "--", *placeholder]
 
     # -----------------------------------------------------------------------------------------
     # In the forked child
@@ -155,9 +157,11 @@ class Sandbox:
 
     def _build(self, tree: Path, writable: list[Path]) -> tuple[subprocess.Popen, dict[str, int]]:
         info_r, info_w = os.pipe()
-        placeholder = subprocess.Popen(self.arguments(tree, writable, info_w), stdin=subprocess.PIPE,
-                                       stdout=subprocess.PIPE, pass_fds=(info_w,), close_fds=True)
-        os.close(info_w)
+        files = {p: os.open(p, os.O_RDONLY) for folder in writable for p in sorted(folder.rglob("*")) if p.is_file()}
+        placeholder = subprocess.Popen(self.arguments(tree, writable, info_w, files), stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, pass_fds=(info_w, *files.values()), close_fds=True)
+        for fd in (info_w, *files.values()):
+            os.close(fd)
         info = _read_all(info_r)
         ready, _, _ = select.select([placeholder.stdout], [], [], START_TIMEOUT)
         line = placeholder.stdout.readline() if ready else b""
@@ -216,8 +220,8 @@ def probe(sandbox: Sandbox, scratch: Path, forbidden: Path) -> str | None:
         return f"bubblewrap is not installed ({sandbox.bwrap} not found; Debian: apt-get install bubblewrap)"
     tree = scratch / "probe"
     writable = [tree / "tests" / "hidden"]
-    (tree / "tests").mkdir(parents=True, exist_ok=True)
     sandbox.prepare_tree(tree, writable)
+    (writable[0] / "test_probe.py").write_text("# a hidden test\n")
     report_r, report_w = os.pipe()
     output_r, output_w = os.pipe()
     pid = os.fork()
@@ -227,15 +231,22 @@ def probe(sandbox: Sandbox, scratch: Path, forbidden: Path) -> str | None:
             os.close(output_r)
             os.dup2(output_w, 2)
             sandbox.enter(tree, writable)
+            hidden = Path(INSIDE, "tests", "hidden", "test_probe.py")
+            copied = hidden.read_text() == "# a hidden test\n"
+            hidden.unlink()
             seen = {"pid": os.getpid(), "uid": os.getuid(), "proc": os.path.exists("/proc/self"),
-                    "course": os.path.exists(forbidden), "cwd": os.getcwd(), "caps": list(_capget())}
+                    "course": os.path.exists(forbidden), "cwd": os.getcwd(), "caps": list(_capget()),
+                    "hidden": copied and not hidden.exists()}
             os.write(report_w, json.dumps(seen).encode())
+        except BaseException as err:  # noqa: BLE001 - the reason, for the instructor
+            os.write(2, f"grading: the sandbox probe failed inside: {err!r}\n".encode())
         finally:
             os._exit(0)
     os.close(report_w)
     os.close(output_w)
     report, output = _read_all(report_r), _read_all(output_r)
     os.waitpid(pid, 0)
+    private = (writable[0] / "test_probe.py").exists()  # deleted inside, still here: it was a copy
     shutil.rmtree(tree, ignore_errors=True)
     if not report:
         last = (output.decode(errors="replace").strip().splitlines() or ["no reason given"])[-1]
@@ -243,7 +254,8 @@ def probe(sandbox: Sandbox, scratch: Path, forbidden: Path) -> str | None:
     seen = json.loads(report)
     wrong = [what for what, bad in (("a private PID namespace", seen["pid"] > 10), ("no /proc", seen["proc"]),
                                     ("the course hidden", seen["course"]), ("no capabilities", seen["caps"] != [0, 0]),
-                                    ("the grading tree", seen["cwd"] != INSIDE)) if bad]
+                                    ("the grading tree", seen["cwd"] != INSIDE),
+                                    ("a private copy of tests/hidden", not (seen["hidden"] and private))) if bad]
     return f"the sandbox did not hold ({', '.join(wrong)} failed)" if wrong else None
 
 

@@ -50,7 +50,8 @@ class Limits:
     test_timeout: float = 20.0  # seconds for one test before it fails as an endless loop
     memory_mb: int = 4096       # address space of one child (torch alone maps about 1 GB)
     file_mb: int = 64           # largest file a child may write
-    nproc: int = 512            # processes and threads of the grading user (not enforced for root)
+    nproc: int = 512            # processes and threads of the child's user (not enforced for root, so
+                                # only where the sandbox runs children as `nobody` when grading as root)
 
     def __post_init__(self):
         for name in ("timeout", "test_timeout", "memory_mb", "file_mb", "nproc"):

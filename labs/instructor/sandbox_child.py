@@ -312,7 +312,8 @@ def run_child(task: dict, tree: Path, fds: dict[str, int], clean_path: list[str]
 
 
 def hidden_folders(tree: Path) -> list[Path]:
-    """The only folders of a grading tree a sandboxed child may change: it deletes the hidden tests."""
+    """The only folders of a grading tree a sandboxed child may change (a private copy of them): it
+    deletes the hidden tests there once they are collected."""
     return [tree / "tests" / "hidden"]
 
 
