@@ -23,6 +23,7 @@ import pytest
 from labs.instructor import boundary, sandbox, sandbox_child, screen, submissions
 from labs.instructor.grade import Course, Limits, Runner, grade
 from labs.instructor.grade import _grade_all as grade_all
+from labs.instructor.grade import _write_ungraded as write_ungraded
 from labs.instructor.grade import main as grade_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -700,6 +701,10 @@ def test_every_submission_gets_a_row_when_the_runner_dies(course_root, tmp_path)
     assert table["a"]["status"] == "partial" and table["c"]["status"].startswith("error:")
     assert {r["sandbox"] for r in table.values()} == {"NONE: test"}
     assert "test runner stopped" in (tmp_path / "out" / "a" / "feedback.md").read_text()
+    write_ungraded(subs, tmp_path / "none", course, Dead(), "not graded: the course's tests did not collect")
+    table = {r["student"]: r for r in csv.DictReader((tmp_path / "none" / "grades.csv").open())}
+    assert set(table) == {"a", "b", "c"} and {r["status"] for r in table.values()} == {
+        "error:not graded: the course's tests did not collect"}
 
 
 def test_tamper_check_catches_a_new_attribute_on_a_watched_class_and_removes_it():

@@ -118,7 +118,11 @@ class Server:
         self.selector.register(0, selectors.EVENT_READ, "stdin")
         while self.stdin_open or self.queue or self.running:
             while self.queue and len(self.running) < self.jobs:
-                self.start(self.queue.pop(0))
+                task = self.queue.pop(0)
+                try:
+                    self.start(task)
+                except (OSError, KeyError, TypeError, ValueError) as err:  # no pipes or processes left, a bad task
+                    self.done(task, f"could not be started ({err!r})")
             closing = any(a.open_fds == 0 and a.status is None for a in self.running.values())
             for key, _ in self.selector.select(timeout=0.01 if closing else 0.2):  # reap exits promptly
                 try:
