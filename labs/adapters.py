@@ -88,7 +88,8 @@ class BottleneckAdapter(nn.Module):
 
     def __init__(self, d_model: int, bottleneck: int, activation: str = "gelu"):
         """adapter_down: Linear(D, m) with default init; activation: ACTIVATIONS[activation]();
-        adapter_up: Linear(m, D) with weight and bias set to zero (identity at init)."""
+        adapter_up: Linear(m, D) with weight and bias set to zero (identity at init).
+        An activation not in ACTIVATIONS -> ValueError: the message must contain the bad name."""
         raise NotImplementedError("Exercise 4.1: BottleneckAdapter.__init__ - see notebooks/04_adapters.ipynb")
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -117,7 +118,8 @@ def adapter_targets(model: nn.Module, placement: str = "houlsby") -> list[str]:
 
     "houlsby": every module matching ATTENTION_OUTPUTS or MLP_OUTPUTS (two per block);
     "pfeiffer": MLP_OUTPUTS only. Match with re.search on the full module name; only linear
-    layers (labs.surgery.is_linear) count. Raise ValueError when nothing matches.
+    layers (labs.surgery.is_linear) count. Raise ValueError when nothing matches, and for an
+    unknown placement (its message must contain the bad name).
     """
     raise NotImplementedError("Exercise 4.4: adapter_targets - see notebooks/04_adapters.ipynb")
 

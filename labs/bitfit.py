@@ -71,6 +71,7 @@ def bias_parameter_names(model: nn.Module, subset: str = "all") -> list[str]:
 
     subset "all": every parameter whose own name is `bias` (linear layers and LayerNorm shifts).
     subset "query_mlp": only those ending with one of QUERY_MLP_SUFFIXES.
+    Any other subset -> ValueError: the message must contain the bad subset name.
     """
     raise NotImplementedError("Exercise 3.1: bias_parameter_names - see notebooks/03_bitfit.ipynb")
 
@@ -80,7 +81,7 @@ def bias_change(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor])
 
     The mean absolute change (1/n) * ||after - before||_1 makes vectors of different lengths
     comparable (a query bias has D numbers, an MLP bias 4 D). A name of `after` that `before`
-    lacks, or a tensor whose shape differs -> ValueError naming it.
+    lacks, or a tensor whose shape differs -> ValueError: the message must contain that name.
     """
     raise NotImplementedError("Exercise 3.2: bias_change - see notebooks/03_bitfit.ipynb")
 
@@ -89,7 +90,9 @@ def apply(model: nn.Module, config: BitFitConfig) -> nn.Module:
     """Freeze the model, then make only the selected biases (and norms, if asked) trainable.
 
     Raise no_bias_error(model, config.subset) when nothing would train. A refused call (no
-    biases, or a model that already carries an adapter) must leave the model unchanged.
+    biases, or a model that already carries an adapter) must leave the model unchanged. The tests
+    match the messages: with no biases the message must contain 'bias' (no_bias_error's does), for
+    a second adapter it must contain 'already' (mark_adapted's does).
     """
     raise NotImplementedError("Exercise 3.3: apply - see notebooks/03_bitfit.ipynb")
 

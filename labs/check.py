@@ -60,6 +60,117 @@ class ExerciseResult:
         return "not started" if self.hint.startswith("NotImplementedError") else "failing"
 
 
+# ---------------------------------------------------------------------------------------------
+# Hints: one line per failed test, with the values that matter and, for a common mistake, its cause
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Mistake:
+    exercises: str  # "5.4", or "5.4 5.5": the exercises whose tests show it
+    pattern: str    # regex searched (re.S) in "<ErrorType>: <the whole error message>"
+    cause: str      # what usually causes it and what to do instead, one line
+    example: str    # an error that a wrong answer really produced (tests check the pattern finds it)
+
+
+# Collected by trying plausible wrong answers on the exercises; a failing test whose error matches
+# gets the cause added to its hint. Add a row when a mistake keeps coming back.
+COMMON_MISTAKES = (
+    Mistake("0.1", r"^KeyError: ",
+            "check the dtype name before looking it up, and raise ValueError naming it and the accepted ones",
+            "KeyError: 'float64'"),
+    Mistake("2.3", r"^AssertionError: assert \(tensor\(.* is None\)",
+            "a frozen parameter's stale gradient must become None (p.grad = None): zeros are still a gradient",
+            "AssertionError: assert (tensor([[0., 0.],\n [0., 0.]]) is None)"),
+    Mistake("4.1", r"^KeyError: ",
+            "check the activation name before looking it up in ACTIVATIONS, and raise ValueError naming it",
+            "KeyError: 'tanh'"),
+    Mistake("4.3", r"mat1 and mat2 shapes cannot be multiplied",
+            "the adapter works on the sublayer's output (width D): adapter(base_layer(x)), not the other way round",
+            "RuntimeError: mat1 and mat2 shapes cannot be multiplied (6x12 and 16x4)"),
+    Mistake("5.2", r"expected m1 and m2 to have the same dtype|must have the same dtype",
+            "the LoRA factors are float32 even on a bf16 base layer: cast the LoRA path's input to "
+            "self.lora_A.dtype, and its result back to base_layer(x)'s dtype",
+            "RuntimeError: expected m1 and m2 to have the same dtype, but got: c10::BFloat16 != float"),
+    Mistake("5.2", r"forward should be base\(x\) \+ \(x @ A\^T @ B\^T\) \* alpha / r",
+            "multiply the low-rank path by self.scaling (alpha / r, set in 5.1)",
+            "AssertionError: forward should be base(x) + (x @ A^T @ B^T) * alpha / r"),
+    Mistake("5.3", r"delta_weight (should be|is) \(out, in\)",
+            "B @ A is (out, r) @ (r, in) = (out, in); A^T @ B^T is its transpose, (in, out)",
+            "AssertionError: delta_weight should be (out, in) = (24, 16), got (16, 24)"),
+    Mistake("5.3", r"delta_weight should be \(B @ A\) \* scaling|with use_rslora the scaling is",
+            "multiply B @ A by self.scaling (5.1 set it: alpha / r, or alpha / sqrt(r) with use_rslora)",
+            "AssertionError: with use_rslora the scaling is alpha / sqrt(r)"),
+    Mistake("5.4 5.5", r"The size of tensor a \(\d+\) must match the size of tensor b \(\d+\)",
+            "Conv1D stores its weight (in, out): add into labs.surgery.linear_weight(self.base_layer), an "
+            "(out, in) view of it, not into base_layer.weight (unmerge: subtract from it)",
+            "RuntimeError: The size of tensor a (24) must match the size of tensor b (16) at non-singleton "
+            "dimension 1"),
+    Mistake("5.4", r"after merge\(\) the layer must compute the same outputs",
+            "add in place (weight += ...; weight = weight + ... makes a new tensor the layer never sees), and "
+            "set self.merged = True, or forward adds the update a second time",
+            "AssertionError: after merge() the layer must compute the same outputs"),
+    Mistake("5.6", r"Expected regex: 'already'",
+            "end apply with mark_adapted(model, config, __name__): it records the adapter, so that a second "
+            "apply is refused",
+            "AssertionError: Regex pattern did not match.\n  Expected regex: 'already'\n  Actual message: 'no default'"),
+    Mistake("7.3", r"Tensors must have same number of dimensions",
+            "the prompt is (P, D) and the embeddings (B, T, D): give it a batch dimension, "
+            "prompt.unsqueeze(0).expand(B, -1, -1), before torch.cat([prompt, embeds], dim=1)",
+            "RuntimeError: Tensors must have same number of dimensions: got 2 and 3"),
+)
+HINT_LIMIT = 400  # characters in one hint, the likely cause included
+
+
+def failure_hint(error: str, message: str, exercise: str | None = None, statement: str = "") -> str:
+    """One line about a failed test: `error: first line`, the values pytest compared (expected and
+    actual, the regex of pytest.raises(match=...)), and the likely cause for a common mistake.
+
+    error: the exception's type name; message: str(exception); statement: the test's line that failed.
+    """
+    lines = [line.strip() for line in message.strip().splitlines()]
+    first, rest = (lines[0], lines[1:]) if lines else ("", [])
+    field = {k.strip(): v.strip() for k, _, v in (l.partition(":") for l in rest if ":" in l)}
+    if first == "Regex pattern did not match." and "Expected regex" in field:
+        head = (f"{error}: the error message must match the regex {field['Expected regex']}; "
+                f"it was {_short(field.get('Actual message', '?'), 160)}")
+        details = []
+    else:
+        head = f"{error}: {first}"
+        if first.startswith("DID NOT RAISE") and statement:
+            head += f" (the test expects it from `{_short(statement.strip().rstrip(':'), 120)}`)"
+        details = [_short(line, 140) for line in _worth_showing(rest)][:3]
+    cause = next((m.cause for m in COMMON_MISTAKES if exercise in m.exercises.split()
+                  and re.search(m.pattern, f"{error}: {message}", re.S)), "")
+    tail = f" | likely cause: {cause}" if cause else ""
+    return _short(" | ".join([head, *details]), HINT_LIMIT - len(tail)) + tail
+
+
+def hint_of(excinfo, exercise: str | None = None, test_path=None) -> str:
+    """failure_hint for a pytest ExceptionInfo; `test_path` finds the test's own failing line."""
+    statement = ""
+    if test_path is not None:
+        mine = [entry for entry in excinfo.traceback if str(entry.path) == str(test_path)]
+        try:
+            statement = str(mine[-1].statement) if mine else ""
+        except Exception:  # no source to show (a generated test): the hint goes without it
+            statement = ""
+    return failure_hint(excinfo.typename, str(excinfo.value), exercise, statement)
+
+
+def _worth_showing(lines: list[str]) -> list[str]:
+    """The lines of pytest's assertion report that hold values: the comparison (`assert a == b`), or
+    else the expected and obtained values; not bare truth values or the `+ where` call chains."""
+    compared = [l for l in lines if l.startswith("assert ") and re.search(r"==|!=|<|>| in | is ", l)]
+    if compared:
+        return compared[:1]
+    return [l for l in lines if re.match(r"Expected: |Obtained: |Left contains |Right contains ", l)
+            or " != " in l and not l.startswith(("+", "-", "?", "At index"))]
+
+
+def _short(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:max(limit - 3, 0)] + "..."
+
+
 def _sort_key(exercise_id: str) -> tuple[int, ...]:
     return tuple(int(part) for part in exercise_id.split("."))
 

@@ -96,7 +96,11 @@ class LoRALinear(nn.Module):
         raise NotImplementedError("Exercise 5.1: LoRALinear.__init__ - see notebooks/05_lora.ipynb")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """base_layer(x) + (dropout(x) @ A^T @ B^T) * scaling; only base_layer(x) while merged."""
+        """base_layer(x) + (dropout(x) @ A^T @ B^T) * scaling; only base_layer(x) while merged.
+
+        The factors are float32 even on a bf16 or fp16 base layer (adapter_dtype): cast the LoRA
+        path's input to self.lora_A.dtype, and its result back to base_layer(x)'s dtype.
+        """
         raise NotImplementedError("Exercise 5.2: LoRALinear.forward - see notebooks/05_lora.ipynb")
 
     def delta_weight(self) -> torch.Tensor:
@@ -154,7 +158,10 @@ def apply(model: nn.Module, config: LoRAConfig) -> nn.Module:
 
     replace_modules(model, match_names(config.target_modules), factory) swaps the layers,
     mark_only_lora_as_trainable freezes everything else, mark_adapted(model, config, __name__)
-    records what was done. Returns the model.
+    records what was done. Returns the model. The tests match two error messages, both written by
+    these helpers: a target that matches no layer -> the message must contain the names of the
+    layers that do exist, such as q_proj (replace_modules lists them); a second apply -> the
+    message must contain 'already' (refuse_second_adapter, once mark_adapted has run).
     """
     refuse_second_adapter(model, __name__)  # before touching the model
     if config.target_modules is None:

@@ -148,7 +148,8 @@ class PrefixEncoder(nn.Module):
     def model_inputs(self, model: nn.Module, kwargs: dict) -> dict:
         """The keyword arguments of one forward call (T tokens), rewritten to carry the prefix.
 
-        1. No cache, or an empty one (training, generate's prefill): check_context(model.config, P+T),
+        1. No cache, or an empty one (training, generate's prefill): check_context(model.config, P+T)
+           (too long: a ValueError whose message must contain max_position_embeddings, as its does),
            fill the cache -- a new DynamicCache(config=model.config) when there is none -- with
            prefix_to_cache(self.prefix() in the model's dtype, self.shape, B, cache), and put it in
            kwargs["cache"]. A cache that holds tokens already (a decode step) holds the prefix too.

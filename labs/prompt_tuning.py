@@ -69,7 +69,7 @@ def nearest_tokens(prompt: torch.Tensor, embedding_weight: torch.Tensor, k: int 
     the same way: cosine similarity of (P, D) prompt rows and (V, D) embedding rows.
 
     Returns (similarity, token_ids), both (P, k), most similar first (torch.topk). k must be
-    between 1 and V, else ValueError.
+    between 1 and V, else ValueError: the message must contain k=<the bad value>, e.g. k=0.
     """
     raise NotImplementedError("Exercise 7.1: nearest_tokens - see notebooks/07_prompt_tuning.ipynb")
 
@@ -118,7 +118,8 @@ class SoftPrompt(nn.Module):
         """The keyword arguments of a fresh call (training, or generate's prefill), prompt in front.
 
         1. Pop input_ids / inputs_embeds; embed the ids with model.get_input_embeddings() -> (B, T, D);
-           check_context(model.config, P + T).
+           check_context(model.config, P + T) (too long: a ValueError whose message must contain
+           max_position_embeddings, as its does).
         2. attention_mask (ones (B, T) when missing) and labels: extend_mask_and_labels.
         3. position_ids (B, P+T): positions_from_mask(extended mask) when none were given, else
            0 .. P-1 for the prompt followed by the given ones + P.

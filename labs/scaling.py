@@ -69,7 +69,8 @@ def bytes_of_weights(n_params: int, dtype_name: str) -> float:
     """Bytes needed to hold `n_params` weights stored as `dtype_name`.
 
     fp32 takes 4 bytes a weight; bf16 and fp16 take 2; int8 takes 1; nf4 takes half a byte
-    (4 bits: two weights share a byte). An unknown dtype_name (see DTYPES) -> ValueError naming it;
+    (4 bits: two weights share a byte). An unknown dtype_name (see DTYPES) -> ValueError: the
+    message must contain the bad name (check_choice writes such a message);
     n_params that is not a whole number >= 0 -> TypeError / ValueError (use check_count).
     """
     raise NotImplementedError("Exercise 0.1: bytes_of_weights - see notebooks/00_welcome.ipynb")
@@ -88,7 +89,8 @@ def full_finetune_bytes(n_params: int, precision: str = "fp32") -> TrainingBytes
       forward and backward passes (2) plus an fp32 master copy the optimizer updates (4);
       gradients bf16 (2).
     Activations are left out: they depend on batch and sequence length, not on n_params alone.
-    Unknown precision (see PRECISIONS) -> ValueError naming it.
+    Unknown precision (see PRECISIONS) -> ValueError: the message must contain the bad name
+    (check_choice writes such a message).
     """
     raise NotImplementedError("Exercise 0.2: full_finetune_bytes - see notebooks/00_welcome.ipynb")
 

@@ -86,7 +86,8 @@ class BottleneckAdapter(nn.Module):
 
     def __init__(self, d_model: int, bottleneck: int, activation: str = "gelu"):
         """adapter_down: Linear(D, m) with default init; activation: ACTIVATIONS[activation]();
-        adapter_up: Linear(m, D) with weight and bias set to zero (identity at init)."""
+        adapter_up: Linear(m, D) with weight and bias set to zero (identity at init).
+        An activation not in ACTIVATIONS -> ValueError: the message must contain the bad name."""
         # BEGIN SOLUTION 4.1
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -129,7 +130,8 @@ def adapter_targets(model: nn.Module, placement: str = "houlsby") -> list[str]:
 
     "houlsby": every module matching ATTENTION_OUTPUTS or MLP_OUTPUTS (two per block);
     "pfeiffer": MLP_OUTPUTS only. Match with re.search on the full module name; only linear
-    layers (labs.surgery.is_linear) count. Raise ValueError when nothing matches.
+    layers (labs.surgery.is_linear) count. Raise ValueError when nothing matches, and for an
+    unknown placement (its message must contain the bad name).
     """
     # BEGIN SOLUTION 4.4
     if placement not in PLACEMENTS:

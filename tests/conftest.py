@@ -140,9 +140,9 @@ def pytest_runtest_makereport(item, call):
     if report.when == "call" or report.outcome != "passed":
         results = item.config._exercise_results
         hint = ""
-        if call.excinfo is not None:
-            lines = str(call.excinfo.value).strip().splitlines() or [""]
-            hint = f"{call.excinfo.typename}: {lines[0]}"[:300]
+        if call.excinfo is not None:  # the values compared and a common mistake's cause (labs/check.py)
+            from labs.check import hint_of
+            hint = hint_of(call.excinfo, ex[0], item.path)
         results.append({"nodeid": item.nodeid, "exercise": ex[0], "points": ex[1],
                         "outcome": report.outcome, "error": call.excinfo.typename if call.excinfo else None,
                         "hint": hint})

@@ -140,6 +140,23 @@ def test_merged_layer_skips_the_lora_path(impl):
 
 
 @pytest.mark.exercise("5.2", points=1)
+def test_forward_on_a_bf16_base_layer(impl):
+    lora = impl("lora")
+    base = linear().to(torch.bfloat16)
+    layer = lora.LoRALinear(copy.deepcopy(base), r=4, alpha=8)
+    assert layer.lora_A.dtype == torch.float32, "the factors train in float32 even on a bf16 base (adapter_dtype)"
+    randomize_B(layer)
+    x = x_in().to(torch.bfloat16)                                  # (B, T, in), bf16 like the base layer
+    out = layer(x)
+    assert out.dtype == torch.bfloat16, \
+        f"the output has the base layer's dtype (bfloat16), got {out.dtype}: cast the LoRA update back to it"
+    A, B = layer.lora_A.detach(), layer.lora_B.detach()
+    want = base(x).float() + (x.float() @ A.T @ B.T) * 2.0         # the LoRA path in float32
+    assert torch.allclose(out.float(), want, atol=5e-2, rtol=2e-2), \
+        "on a bf16 base the output is off: compute (x @ A^T @ B^T) * alpha / r in float32 and add it to base(x)"
+
+
+@pytest.mark.exercise("5.2", points=1)
 def test_conv1d_path_equals_linear_path(impl):
     lora = impl("lora")
     lin = linear(16, 24)

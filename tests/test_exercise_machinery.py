@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import ast
+import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -110,6 +112,112 @@ def test_check_rejects_a_malformed_selector():
     from labs.check import run_checks
     with pytest.raises(ValueError, match="5.2"):
         run_checks("lora")
+
+
+# ---------------------------------------------------------------------------------------------
+# Hints: the values a failed test compared, the regex it wanted, the cause of a common mistake
+# ---------------------------------------------------------------------------------------------
+def test_hint_shows_expected_and_actual_values_of_a_failed_assertion():
+    got = ["norm", "head"]
+    with pytest.raises(AssertionError) as info:
+        assert got == ["head", "norm"], "expected the frozen names, in model order"
+    hint = labs_check.hint_of(info, "2.3")
+    assert hint == ("AssertionError: expected the frozen names, in model order | "
+                    "assert ['norm', 'head'] == ['head', 'norm']"), hint
+    with pytest.raises(AssertionError) as info:
+        assert 0.5 == pytest.approx(2.0), "scaling should be alpha/sqrt(r)"
+    assert "assert 0.5 == 2.0" in labs_check.hint_of(info, "5.1")
+    assert "\n" not in hint and len(labs_check.failure_hint("AssertionError", "x" * 5000)) <= labs_check.HINT_LIMIT
+
+
+def test_hint_names_the_regex_an_error_message_must_match():
+    with pytest.raises(AssertionError) as info:
+        with pytest.raises(ValueError, match="trainable"):
+            raise ValueError("this model has no parameters left to train")
+    hint = labs_check.hint_of(info, "2.3")
+    assert "must match the regex 'trainable'" in hint and "no parameters left to train" in hint, hint
+    with pytest.raises(pytest.fail.Exception) as info:
+        with pytest.raises(ValueError, match="tanh"):
+            pass  # a student's code that accepts the bad name silently
+    hint = labs_check.hint_of(info, "4.1", Path(__file__))
+    assert "DID NOT RAISE" in hint and 'match="tanh"' in hint, hint
+
+
+def test_a_stub_keeps_its_plain_hint():
+    hint = labs_check.failure_hint("NotImplementedError", "Exercise 5.4: LoRALinear.merge - see notebooks/05_lora.ipynb",
+                                   "5.4")
+    assert hint == "NotImplementedError: Exercise 5.4: LoRALinear.merge - see notebooks/05_lora.ipynb"
+
+
+@pytest.mark.parametrize("mistake", labs_check.COMMON_MISTAKES, ids=lambda m: f"{m.exercises}:{m.cause[:30]}")
+def test_each_common_mistake_is_recognised_from_its_real_error(mistake):
+    error, _, message = mistake.example.partition(": ")
+    for exercise in mistake.exercises.split():
+        assert exercise in check_exercises.ids_in_tests(), f"{exercise} is no exercise of the course"
+        hint = labs_check.failure_hint(error, message, exercise)
+        assert hint.endswith(f"likely cause: {mistake.cause}"), hint
+    assert mistake.cause not in labs_check.failure_hint(error, message, "9.9"), "a cause belongs to its exercises"
+
+
+def test_the_issue_s_conv1d_mistake_gets_its_cause():
+    hint = labs_check.failure_hint(
+        "RuntimeError", "The size of tensor a (24) must match the size of tensor b (16) at non-singleton dimension 1",
+        "5.4")
+    assert "Conv1D stores its weight (in, out)" in hint and "linear_weight" in hint, hint
+
+
+def graded_regexes() -> list[tuple[str, str, str, bool]]:
+    """(exercise, module, literal part of the regex, whether it is the test's own bad input) for every
+    pytest.raises(match=...) in a graded test."""
+    found = []
+    for path in sorted((ROOT / "tests").glob("test_ex_*.py")):
+        tree = ast.parse(path.read_text())
+        for fn in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
+            marks = [d for d in fn.decorator_list if isinstance(d, ast.Call) and ast.unparse(d.func).endswith("exercise")]
+            if not marks:
+                continue
+            exercise = marks[0].args[0].value
+            for call in (n for n in ast.walk(fn) if isinstance(n, ast.Call) and ast.unparse(n.func) == "pytest.raises"):
+                match = next((k.value for k in call.keywords if k.arg == "match"), None)
+                if match is None:
+                    continue
+                formatted = isinstance(match, ast.JoinedStr)
+                parts = [v.value for v in match.values if isinstance(v, ast.Constant)] if formatted else [match.value]
+                literal = "".join(parts).removeprefix("(?i)").replace("\\", "")
+                others = [n.value for n in ast.walk(fn) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                          and n is not match]
+                from_input = not formatted and any(literal in text for text in others)
+                found.append((exercise, path.stem.removeprefix("test_ex_"), literal, from_input))
+    return found
+
+
+def exercise_texts(exercise: str, module: str) -> dict[str, str]:
+    """The docstring above an exercise's region and its paragraph in the notebook."""
+    source = (ROOT / "solutions" / f"{module}.py").read_text()
+    line = next(i for i, text in enumerate(source.splitlines(), 1)
+                if re.fullmatch(rf"\s*#\s*BEGIN SOLUTION {re.escape(exercise)}", text))
+    functions = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef)
+                 and n.lineno <= line <= n.end_lineno]
+    docstring = ast.get_docstring(max(functions, key=lambda n: n.lineno)) or ""
+    number = exercise.split(".")[0].zfill(2)
+    notebook = next((ROOT / "notebooks").glob(f"{number}_*.ipynb"))
+    cells = ["".join(c["source"]) for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "markdown"]
+    text = next(c for c in cells if f"**Exercise {exercise}.**" in c)
+    paragraph = text[text.index(f"**Exercise {exercise}.**"):]
+    paragraph = paragraph.split("**Exercise ", 2)[:2][1] if paragraph.count("**Exercise ") > 1 else paragraph
+    return {f"solutions/{module}.py docstring": docstring, f"{notebook.name}": paragraph}
+
+
+def test_exercise_texts_say_what_a_matched_error_message_must_contain():
+    pairs = graded_regexes()
+    assert {ex for ex, *_ in pairs} >= {"0.1", "4.1", "5.6", "7.1"}, pairs
+    missing = []
+    for exercise, module, literal, from_input in pairs:
+        for where, text in exercise_texts(exercise, module).items():
+            says = re.search(r"message\s+must\s+contain", text)
+            if not says or not from_input and literal.lower() not in text.lower():
+                missing.append(f"{exercise} ({where}): the test matches {literal!r}")
+    assert not missing, "say in the exercise's text what the error message must contain:\n" + "\n".join(missing)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -95,7 +95,8 @@ $$\text{bytes} = N_\text{params} \times \text{bytes per parameter}.$$
 | nf4 | 4 | 0.5 | QLoRA's frozen base (notebook 08) |
 
 **Exercise 0.1.** Open `labs/scaling.py` and write the body of `bytes_of_weights(n_params, dtype_name)`.
-An unknown format name should raise a `ValueError` that names it and lists the accepted ones."""),
+An unknown format name should raise a `ValueError`: the message must contain the bad name (the test
+looks for it) and should list the accepted ones; `check_choice` in the same file writes such a message."""),
     ("code", r"""
 scaling = technique("scaling")
 check("0.1");"""),
@@ -125,7 +126,8 @@ Either way it comes to 16 bytes per parameter (fp32: $4+4+8$; mixed: $2+4$ weigh
 before a single activation is stored.
 
 **Exercise 0.2.** Write `full_finetune_bytes(n_params, precision)`, returning the three parts as a
-`TrainingBytes(weights, gradients, optimizer)`."""),
+`TrainingBytes(weights, gradients, optimizer)`. An unknown precision is a `ValueError` whose message
+must contain the bad name, as in 0.1."""),
     ("code", r"""check("0.2");"""),
     ("md", r"""
 Theory should match measurement. Here is a small network after one real AdamW step, its tensors

@@ -64,7 +64,7 @@ recovered most of the gain.
 **Exercise 3.1.** In `labs/bitfit.py`, write `bias_parameter_names(model, subset)`: the names (from
 `model.named_parameters()`, in order) of the parameters whose own name is `bias` for subset `"all"`,
 and of those ending with one of `QUERY_MLP_SUFFIXES` for `"query_mlp"`. Reject any other subset
-with a `ValueError` that names it."""),
+with a `ValueError`: the message must contain the bad subset name."""),
     ("code", r"""check("3.1")"""),
     ("code", r"""
 bert, bert_tok = load_model("minilm-l6", task_kind="classify", num_labels=2)
@@ -93,7 +93,8 @@ of their normalisation layers: `norm_parameter_names(model)` (from `labs.surgery
 too) lists every parameter that belongs directly to a `LayerNorm`, `RMSNorm` or `LlamaRMSNorm`. Then
 call `mark_adapted(model, config, __name__)` (it refuses a model that already carries an adapter, so
 call it *before* changing anything), `freeze(model)`, unfreeze exactly the chosen names, and return
-the model."""),
+the model. The tests match both refusals' messages: with no biases the message must contain 'bias',
+for a second adapter 'already'; `no_bias_error` and `mark_adapted` write such messages."""),
     ("code", r"""check("3.3")"""),
     ("code", r"""
 bitfit.apply(bert, bitfit.BitFitConfig(subset="all"))
@@ -178,7 +179,7 @@ first MLP layer's among them, the observation behind its small subset.
 **Exercise 3.2.** Write `bias_change(before, after)`: for every tensor in `after`, the mean absolute
 change $\frac{1}{n}\lVert b_\text{after} - b_\text{before} \rVert_1$ from the tensor of the same name in
 `before`, as a plain float, in the order of `after`. A name `before` lacks, or a shape that differs, is
-a `ValueError` naming it. The mean makes vectors of different lengths comparable (a query bias has $D$
+a `ValueError`: the message must contain that tensor's name. The mean makes vectors of different lengths comparable (a query bias has $D$
 numbers, the first MLP layer's $4D$). Below, `after` is what the "BitFit all" run saved (its adapter
 file) and `before` the pretrained model; the bars average each kind of bias over the six layers."""),
     ("code", r"""check("3.2")"""),

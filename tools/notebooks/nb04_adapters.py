@@ -79,7 +79,8 @@ to move too.
 
 **Exercise 4.1.** In `labs/adapters.py`, write `BottleneckAdapter.__init__(d_model, bottleneck,
 activation)`: `self.adapter_down = nn.Linear(D, m)` (default init), `self.activation =
-ACTIVATIONS[activation]()` (a `ValueError` naming any other activation), `self.adapter_up =
+ACTIVATIONS[activation]()` (any other activation is a `ValueError` whose message must contain the
+bad name), `self.adapter_up =
 nn.Linear(m, D)` with weight and bias set to zero (`nn.init.zeros_`). Call `super().__init__()` first."""),
     ("code", r"""check("4.1")"""),
     ("md", r"""
@@ -119,7 +120,7 @@ expressions for both columns in `ATTENTION_OUTPUTS` and `MLP_OUTPUTS`.
 **Exercise 4.4.** Write `adapter_targets(model, placement)`: the names of linear layers
 (`is_linear`) matching any pattern of `MLP_OUTPUTS` (and of `ATTENTION_OUTPUTS` too, for
 `"houlsby"`), by `re.search` on the full module name, in model order. A `ValueError` for an unknown
-placement, and for a model where nothing matches."""),
+placement (the message must contain the bad name), and for a model where nothing matches."""),
     ("code", r"""check("4.4")"""),
     ("code", r"""
 bert, bert_tok = load_model("minilm-l6", task_kind="classify", num_labels=2)

@@ -98,7 +98,10 @@ create `self.lora_A` (r, in) with Kaiming-uniform init and `self.lora_B` (out, r
 `(dropout(x) @ A^T @ B^T) * scaling`. Multiply `x` by $A^T$ first: $(x A^T) B^T$ costs
 $r(\text{in}+\text{out})$ per token, while building $BA$ would cost in × out. Dropout, when set, acts
 on the input of the LoRA path only. While `self.merged` is true, return `base_layer(x)` alone (the
-update is then inside $W$ already)."""),
+update is then inside $W$ already). Mind the dtypes: the factors train in float32 even when the base
+layer is bf16 or fp16 (`adapter_dtype`: low-precision factors would lose small updates), so cast the
+LoRA path's input to `self.lora_A.dtype` and its result back to the dtype of `base_layer(x)`; a
+test runs your forward on a bf16 base layer."""),
     ("code", r"""check("5.2")"""),
     ("md", r"""
 The claims of the constructor, checked on a layer of SmolLM2's width: the new layer equals the base
@@ -174,7 +177,11 @@ each for a `LoRALinear` around it with `labs.surgery.replace_modules`, leaves on
 `target_modules`, the config picks the usual targets of the family: `q_proj, v_proj` in Llama-style
 models (the paper adapted the query and value projections), `query, value` in BERT, `c_attn` in GPT-2.
 
-**Exercise 5.6.** Write the body of `apply` (after the lines that resolve the default targets)."""),
+**Exercise 5.6.** Write the body of `apply` (after the lines that resolve the default targets). The
+tests match two error messages, which these helpers write for you: for a target that matches no layer
+the message must contain the names of the layers that do exist, such as `q_proj` (`replace_modules`
+lists them); for a second `apply` it must contain 'already' (`refuse_second_adapter`, once
+`mark_adapted` has recorded the first)."""),
     ("code", r"""check("5.6")"""),
     ("code", r"""
 model, tok = load_model("smollm2-135m")

@@ -146,7 +146,8 @@ acts *exactly* like those tokens typed in front.
 **Exercise 6.4.** Write `PrefixEncoder.model_inputs(model, kwargs)`, the body of the hook, following its
 docstring. A left-padded row gets positions counted only over its real tokens
 (`positions_from_mask`, shared with prompt tuning in `labs/virtual_tokens.py`), which is what
-`generate()` does too."""),
+`generate()` does too. A prefix plus input longer than the model's context is a `ValueError` whose
+message must contain `max_position_embeddings`: `check_context` writes it."""),
     ("code", r"""check("6.4")"""),
     ("md", r"""
 A prefix of random numbers ($\mathcal{N}(0, 1)$, peft's default) is not a gentle start: every layer

@@ -99,7 +99,8 @@ labels among its nearest words.
 **Exercise 7.1.** In `labs/prompt_tuning.py`, write `nearest_tokens(prompt, embedding_weight, k=1)`: for
 each row of the `(P, D)` prompt, the `k` token ids whose embedding rows (`(V, D)`) have the highest
 cosine similarity with it, and those similarities, both `(P, k)`, most similar first (normalise the
-rows to unit length, one matrix product, `torch.topk`). A `k` outside 1..V is a `ValueError`."""),
+rows to unit length, one matrix product, `torch.topk`). A `k` outside 1..V is a `ValueError` whose
+message must contain `k=` and the bad value, as in `k=0 is not valid`."""),
     ("code", r"""check("7.1")"""),
     ("md", r"""
 **Exercise 7.2.** Write `init_prompt(embedding, config, tokenizer)`, the `(P, D)` float32 starting prompt,
@@ -149,7 +150,8 @@ mask, so a left-padded row numbers its real tokens exactly as an unpadded one --
 
 **Exercise 7.5.** Write `SoftPrompt.fresh_inputs(model, kwargs)`, the prefill / training case, following
 its docstring. The tests compare `generate()` with greedy decoding by full forward passes, and your
-logits, loss and gradient with peft's."""),
+logits, loss and gradient with peft's. A prompt plus input longer than the model's context is a
+`ValueError` whose message must contain `max_position_embeddings`: `check_context` writes it."""),
     ("code", r"""check("7.5")"""),
     ("md", r"""
 A soft prompt initialised from a text must act exactly like that text typed in front of the input:"""),
