@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import importlib.util
 import os
 import sys
 
@@ -91,8 +92,20 @@ def build_parser(choices: dict | None = None) -> argparse.ArgumentParser:
     for name, text in (("check", "run your exercise tests: labs check [5 | 5.2]"),
                        ("grade", "grade a folder of submissions (instructors)"),
                        ("release", "build the student edition (instructors)")):
-        sub.add_parser(name, help=text, add_help=False)
+        if available(name):  # the student edition has no labs/instructor/: no grade, no release
+            sub.add_parser(name, help=text, add_help=False)
     return parser
+
+
+def available(command: str) -> bool:
+    """Whether this edition has the module a delegated command runs (without importing it)."""
+    name = DELEGATED.get(command, "labs")
+    if name in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ModuleNotFoundError, ValueError):  # a parent package is missing, or a spec-less module
+        return False
 
 
 def parse_options(pairs: list[str], rank: int | None = None) -> dict:
@@ -191,15 +204,11 @@ def _quiet_progress() -> None:
 
 def delegate(command: str, argv: list[str]) -> int:
     """check / grade / release live in their own modules, each with its own main(argv)."""
-    module_name = DELEGATED[command]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name != module_name:
-            raise
-        print(f"labs {command}: not available in this edition", file=sys.stderr)
+    if not available(command):  # grade and release: the student edition has no labs/instructor/
+        print(f"labs {command}: not available in this edition (it is an instructor tool of the course "
+              "repository)", file=sys.stderr)
         return 2
-    return int(module.main(argv) or 0)
+    return int(importlib.import_module(DELEGATED[command]).main(argv) or 0)
 
 
 def _one_line(err: BaseException) -> str:

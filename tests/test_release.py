@@ -241,3 +241,135 @@ def test_gradescope_autograder_grades_without_the_reference(tmp_path):
     assert scaling and all(t["score"] == t["max_score"] for t in scaling), scaling
     assert result["score"] == sum(t["max_score"] for t in scaling), "only the scaling exercises were done"
     assert any(t["visibility"] == "after_published" for t in scaling), "hidden tests graded too"
+
+
+# ---------------------------------------------------------------------------------------------
+# The edition's own words: every command it names exists there, every mention of the reference
+# says where it lives, and it installs without a deprecation warning
+# ---------------------------------------------------------------------------------------------
+ISOLATED_LABS = ("import sys\nsys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in repr(f)]\n"
+                 "sys.path.insert(0, '.')\nfrom labs.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+# Words that claim the reference is at hand, and the qualifiers that make such a claim true anywhere.
+REFERENCE_CLAIM = re.compile(r"\bsolutions\b|\bthe reference\b", re.I)
+QUALIFIED = re.compile(r"course\s+repository|where (your|this) edition has it|\(instructors\)", re.I)
+
+
+def edition_labs(out: Path, *args: str) -> subprocess.CompletedProcess:
+    """`labs ...` run in the edition, this checkout's editable install out of reach."""
+    return run([sys.executable, "-I", "-c", ISOLATED_LABS, *args], out, COLUMNS="250")
+
+
+def make_targets(out: Path) -> set[str]:
+    text = (out / "Makefile").read_text()
+    return set(re.findall(r"(?m)^([\w.-]+)\s*:(?!=)", text))
+
+
+def labs_commands(out: Path) -> set[str]:
+    """The subcommands `labs --help` lists in the edition."""
+    listed = edition_labs(out, "--help").stdout
+    return set(re.findall(r"(?m)^ {4}(\w+) ", listed))
+
+
+def test_edition_make_help_names_only_what_the_edition_has(edition):
+    out, _ = edition
+    helped = run(["make", "--no-print-directory", "help"], out)
+    assert helped.returncode == 0, helped.stderr
+    targets = make_targets(out)
+    for line in helped.stdout.splitlines():
+        named = re.match(r"make (\S+)", line)
+        assert named and named[1] in targets, f"`make help` names a target the edition lacks: {line!r}"
+        assert not REFERENCE_CLAIM.search(line), f"`make help` speaks of the reference, which the edition lacks: {line!r}"
+    assert "make test    the infrastructure tests, then your exercises (labs check)" in helped.stdout
+    assert not {"release", "sandbox", "browser"} & targets, "instructor-only targets stay in the course repository"
+    text = (out / "Makefile").read_text()
+    assert "labs grade" not in text and "test_browser" not in text, "no step serves a tool the edition lacks"
+
+
+def test_edition_labs_help_lists_only_commands_that_work_there(edition):
+    out, _ = edition
+    commands = labs_commands(out)
+    assert {"assets", "finetune", "compare", "check"} <= commands and not {"grade", "release"} & commands, commands
+    for command in sorted(commands):
+        helped = edition_labs(out, command, "--help")
+        assert helped.returncode == 0, f"`labs {command} --help` fails in the edition: {helped.stderr[-500:]}"
+        for line in helped.stdout.splitlines():
+            prose = re.sub(r"\{[\w,]+\}", "", line)  # a choice list {labs,solutions} claims nothing
+            assert not REFERENCE_CLAIM.search(prose) or QUALIFIED.search(prose), \
+                f"`labs {command} --help` speaks of the reference without saying where it is: {line.strip()!r}"
+    refused = edition_labs(out, "grade", "x")
+    assert refused.returncode == 2 and "not available in this edition" in refused.stderr
+
+
+def readme_blocks(text: str) -> list[tuple[str, str]]:
+    """(section heading, block) for every paragraph, list, table row and code block of a README."""
+    blocks, heading = [], ""
+    for chunk in re.split(r"\n\s*\n", text):
+        if chunk.startswith("#"):
+            heading = chunk.splitlines()[0]
+            chunk = "\n".join(chunk.splitlines()[1:])
+        rows = chunk.splitlines() if chunk.lstrip().startswith("|") else [chunk]
+        blocks += [(heading, row) for row in rows if row.strip()]
+    return blocks
+
+
+def test_edition_readme_claims_hold_in_the_edition(edition):
+    out, _ = edition
+    targets, commands = make_targets(out), labs_commands(out)
+    false = []
+    for heading, block in readme_blocks((out / "README.md").read_text()):
+        if QUALIFIED.search(heading) or QUALIFIED.search(block):
+            continue
+        code = " ".join(re.findall(r"`([^`]+)`", block)) + (block if block.startswith("```") else "")
+        for target in re.findall(r"(?:^|\s)make ([\w-]+)", code):
+            if target not in targets:
+                false.append(f"`make {target}`: no such target in the edition: {block[:120]!r}")
+        for command in re.findall(r"(?:^|\s)labs ([a-z]+)\b", code):
+            if command not in commands:
+                false.append(f"`labs {command}`: not in the edition: {block[:120]!r}")
+        if REFERENCE_CLAIM.search(block):
+            false.append(f"speaks of the reference without saying where it is: {block[:120]!r}")
+    assert not false, "the edition's README says what does not hold there:\n" + "\n".join(false)
+
+
+def test_edition_pyproject_is_read_without_a_deprecation_warning(edition):
+    out, _ = edition
+    check = ("import sys\nfrom setuptools.config.pyprojecttoml import apply_configuration\n"
+             "from setuptools.dist import Distribution\napply_configuration(Distribution(), 'pyproject.toml')\n")
+    proc = run([sys.executable, "-W", "error", "-c", check], out)
+    assert proc.returncode == 0, "setuptools warns about the edition's pyproject.toml:\n" + proc.stderr[-2000:]
+    license = re.search(r'(?m)^license\s*=\s*"([^"]+)"', (out / "pyproject.toml").read_text())
+    assert license and license[1] == "Apache-2.0", "license is an SPDX expression string"
+
+
+# ---------------------------------------------------------------------------------------------
+# Hints in the edition: a planted wrong answer gets the cause named, a wrong message its regex
+# ---------------------------------------------------------------------------------------------
+PLANTED = (("5.2", "h = self.dropout(x).to(self.lora_A.dtype)", "h = self.dropout(x)",
+            "likely cause: the LoRA factors are float32 even on a bf16 base layer"),
+           ("5.4", "weight = linear_weight(self.base_layer)", "weight = self.base_layer.weight",
+            "likely cause: Conv1D stores its weight (in, out)"),
+           ("5.6", "    mark_adapted(model, config, __name__)\n    return model", "    return model",
+            "the error message must match the regex 'already'"))
+
+
+def test_planted_mistakes_get_hints_that_name_their_cause_in_the_edition(edition, tmp_path):
+    out, _ = edition
+    mine = tmp_path / "peft-lab"
+    shutil.copytree(out, mine, ignore=shutil.ignore_patterns("__pycache__", ".venv"))
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from test_grade import filled
+    finally:
+        sys.path.remove(str(ROOT / "tests"))
+    source = filled("lora")
+    for _, right, wrong, _ in PLANTED:
+        assert right in source, f"{right!r} is no longer in the reference: plant another mistake"
+        source = source.replace(right, wrong, 1)
+    (mine / "labs" / "lora.py").write_text(source)
+    proc = run([sys.executable, "-m", "labs", "check", "5"], mine)
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if re.match(r"5\.\d ", line)}
+    for exercise, _, _, hint in PLANTED:
+        assert "failing" in rows[exercise] and hint in rows[exercise], proc.stdout
+    assert "likely cause: Conv1D stores" in rows["5.5"], "unmerge's tests merge first: the same cause shows"
+    assert all("passed" in rows[ex] for ex in ("5.1", "5.3")), proc.stdout

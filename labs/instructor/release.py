@@ -37,6 +37,9 @@ INSTRUCTOR_PACKAGE = "instructor"  # labs/instructor/: grading and release, neve
 INSTRUCTOR_TOOLS = ("make_stubs.py", "check_exercises.py")
 INSTRUCTOR_TESTS = ("test_release.py", "test_grade.py", "test_exercise_machinery.py")
 INSTRUCTOR_BENCHMARKS = ("grade_class.py",)
+# Makefile targets that only serve instructor tools: the release itself, bubblewrap for `labs grade`,
+# Chromium for tests/test_browser.py (held back: it runs the notebooks on the reference).
+INSTRUCTOR_TARGETS = ("release", "sandbox", "browser")
 TOP_FILES = ("Makefile", "pyproject.toml", "environment.yml", "README.md", ".gitignore")
 SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints", ".pytest_cache")
 MARKER_LINE = re.compile(r"^\s*#\s*(BEGIN|END) SOLUTION\b", re.M)
@@ -158,9 +161,14 @@ def _copy_scripts(src: Path, dst: Path, instructor: tuple[str, ...]) -> list[str
 
 
 def student_makefile(text: str) -> str:
-    """The Makefile with `make test` (and test-fast) run against the student's own code."""
+    """The Makefile with `make test` (and test-fast) run against the student's own code, its help
+    saying so, and without the targets that serve only the instructor's tools (INSTRUCTOR_TARGETS)."""
     text = text.replace("LABS_IMPL=solutions", "LABS_IMPL=labs").replace("--impl solutions", "--impl labs")
-    text = re.sub(r"(?m)^(#\s+make test\s+).*$", r"\1the infrastructure tests, then your exercises (labs check)", text)
+    student_test = "the infrastructure tests, then your exercises (labs check)"
+    text = re.sub(r"(?m)^(#\s+make test\s+).*$", rf"\1{student_test}", text)
+    text = re.sub(r'(?m)^(\t@echo "make test\s+).*"$', rf'\1{student_test}"', text)
+    for target in INSTRUCTOR_TARGETS:
+        text = _drop_rule(text, target)
     recipes = {
         "test": ['@echo "== the infrastructure tests (a test waiting for one of your exercises is skipped)"',
                  '$(TEST_ENV) $(PY) -m pytest tests -m "not exercise" -p labs.pending $(PYTEST_ARGS)',
@@ -182,6 +190,26 @@ def _replace_recipe(text: str, target: str, recipe: list[str]) -> str:
     while end < len(lines) and lines[end].startswith("\t"):
         end += 1
     return "\n".join(lines[:heads[0] + 1] + ["\t" + r for r in recipe] + lines[end:])
+
+
+def _drop_rule(text: str, target: str) -> str:
+    """Remove a rule (its comment block above, its head and recipe) and every mention of it as a
+    prerequisite or in .PHONY; a Makefile without the rule is returned unchanged."""
+    lines = text.split("\n")
+    heads = [i for i, line in enumerate(lines) if re.match(rf"^{re.escape(target)}\s*:(?!=)", line)]
+    if not heads:
+        return text
+    start, end = heads[0], heads[0] + 1
+    while end < len(lines) and lines[end].startswith("\t"):
+        end += 1
+    while start > 0 and lines[start - 1].startswith("#"):
+        start -= 1
+    if end < len(lines) and not lines[end].strip():
+        end += 1  # the blank line after it
+    lines = lines[:start] + lines[end:]
+    word = re.compile(rf"(?<=\s){re.escape(target)}(?=\s|$)")
+    return "\n".join(word.sub("", line).replace("  ", " ") if re.match(r"^[\w.-]+\s*:(?!=)", line) else line
+                     for line in lines)
 
 
 def _student_pyproject(text: str) -> str:
