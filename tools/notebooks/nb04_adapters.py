@@ -245,14 +245,7 @@ for tokens in (1, 32):                          # one new token (a decoding step
     ms = latency[tokens]
     print(f"T={tokens:>3}: " + "   ".join(f"{n} {v:.1f} ms ({v / ms['base']:.2f}x)" for n, v in ms.items()))"""),
     ("code", r"""
-fig, axes = viz.new_figure(10, 3.6, ncols=2)
-for ax, (tokens, ms) in zip(axes, latency.items()):
-    ratios = [v / ms["base"] for v in ms.values()]
-    bars = ax.bar(list(ms), ratios, color=["#999999", "#dd8452", "#4c72b0"])
-    ax.bar_label(bars, fmt="%.2fx", padding=3)
-    ax.axhline(1, color="black", lw=1)
-    ax.set(ylabel="forward time / base", title=f"SmolLM2, batch 1, T={tokens}", ylim=(0, max(ratios) * 1.25))
-fig"""),
+viz.ratio_bars({f"SmolLM2, batch 1, T={tokens}": ms for tokens, ms in latency.items()}, y_label="forward time / base")"""),
     ("md", r"""
 What the measurement says depends on the hardware, and that is the lesson:
 

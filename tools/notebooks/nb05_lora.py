@@ -260,14 +260,7 @@ with torch.inference_mode():
     products = {n: count_matrix_products(lambda m=m: m(short_prompt[:, :1])) for n, m in variants.items()}
 print("matrix products per token: " + "   ".join(f"{n} {k}" for n, k in products.items()))"""),
     ("code", r"""
-fig, axes = viz.new_figure(10, 3.4, ncols=2)
-for ax, (what, seconds) in zip(axes, latency.items()):
-    ratios = [t / seconds["base"] for t in seconds.values()]
-    bars = ax.bar(list(seconds), ratios, color=["#999999", "#dd8452", "#4c72b0"])
-    ax.bar_label(bars, fmt="%.2fx", padding=3)
-    ax.axhline(1, color="black", lw=1)
-    ax.set(title=what, ylabel="time / base model", ylim=(0, max(ratios) * 1.25))
-fig"""),
+viz.ratio_bars(latency)"""),
     ("md", r"""
 Read the panels with the count of matrix products beside them. Merged, the model does exactly the
 base model's products: it *is* the base architecture, and any difference in its bars is the noise
