@@ -16,7 +16,8 @@ The class is generated from the reference (so it needs the instructor's checkout
 Printed: the wall time from start to grades.csv, the part spent starting the test runner and
 collecting the tests (paid once per run), per submission the median and spread of the time its
 test processes ran, by kind, whether the children ran in the sandbox, and the load average (on a
-shared machine, compare runs made under similar load).
+shared machine, compare runs made under similar load), and the CPU time all grading processes used
+(what the class costs whatever else runs).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import re
 import shutil
 import statistics
@@ -144,9 +146,12 @@ def main() -> int:
                      course=Course.load(ROOT), progress=progress, sandbox="off" if args.no_sandbox else "auto")
         wall = time.monotonic() - started
         report(rows, kinds, work / "out", wall, marks.get("ready", 0.0), args)
-        load = os.getloadavg()
+        load, used = os.getloadavg(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = used.ru_utime + used.ru_stime  # the test runner and every child, whatever else ran
         print(f"sandbox: {(work / 'out' / 'grades.csv').read_text().splitlines()[1].rsplit(',', 1)[-1]}; "
               f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)")
+        print(f"CPU time of the grading processes: {cpu:.0f} s ({used.ru_utime:.0f} user + {used.ru_stime:.0f} "
+              f"system): on {args.jobs} otherwise idle cores at least {cpu / args.jobs / 60:.1f} min")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -85,6 +85,7 @@ class Sandbox:
         if flavour not in ("root", "user"):
             raise ValueError(f"sandbox flavour must be 'root' or 'user', got {flavour!r}")
         data = course_root / "data"
+        _libc()  # loaded here, before any fork: a forked child of a threaded process should not dlopen
         return cls(found, flavour, runtime_folders(python_path, course_root),
                    str(data) if data.is_dir() else None, _last_cap())
 
