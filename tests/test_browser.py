@@ -116,6 +116,19 @@ def gb_value(text: str) -> float:
     return float(match.group(1).replace(",", ""))
 
 
+def settled_total(total, before: str, timeout_s: float) -> str:
+    """The calculator's total once it shows a GB figure and differs from `before`."""
+    deadline = time.monotonic() + timeout_s
+    text = before
+    while time.monotonic() < deadline:
+        text = total.inner_text()
+        if text != before and GB_NUMBER.search(text):
+            return text
+        time.sleep(0.2)
+    raise AssertionError(f"the calculator's total did not change to a new 'N.NN GB' figure within "
+                         f"{timeout_s:.0f} s: it read {before!r} before and {text!r} after")
+
+
 def run_all_cells(page) -> None:
     """Run > Run All Cells, as a person would from the menu bar."""
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
@@ -158,8 +171,9 @@ def test_memory_calculator_in_jupyterlab(tmp_path):
                 larger = next(l for l in reversed(labels) if l.startswith("70B"))
                 assert current != larger, f"the calculator should not start on the largest model ({current})"
                 select.select_option(label=larger)
-                expect(total).not_to_have_text(before, timeout=30_000)
-                after = total.inner_text()
+                # The widget rewrites its HTML on each change, so the element can read empty for
+                # a moment: wait for a new text with a figure in it, not just any other text.
+                after = settled_total(total, before, timeout_s=30)
                 total.scroll_into_view_if_needed()
                 page.screenshot(path=str(tmp_path / "calculator-after.png"), full_page=False)
                 assert gb_value(after) > gb_value(before), (
