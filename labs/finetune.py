@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from labs import distributed
 from labs.files import dir_bytes, write_json
 from labs.memory import current_rss_bytes, peak_memory_bytes, reset_peak
 
@@ -215,9 +216,12 @@ def run_finetune(method: str = "full", model: str = "smollm2-135m", task: str | 
     check_options(method, options, impl)  # fail on a typo, or an unfinished exercise, before loading anything
     require_finished(method, impl)
     preset, task = _resolve_preset(preset), task or default_task(model)
-    setup = load_setup(model, task, preset, seed, device)
+    # Under a launcher (accelerate launch, torchrun) every process trains; only the main one writes.
+    main = distributed.is_main_process()
+    setup = load_setup(model, task, preset, seed, device or distributed.local_device())
     out = Path(out) if out is not None else default_out(method, model, setup.task.name)
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     clock.lap("load")
     before = measure(setup, preset)
     clock.lap("measure_before")
@@ -227,14 +231,15 @@ def run_finetune(method: str = "full", model: str = "smollm2-135m", task: str | 
     clock.lap("train")
     after = measure(setup, preset)
     clock.lap("measure_after")
-    saved_bytes, saved_files = save_trained(method, setup.model, out)
+    saved_bytes, saved_files = save_trained(method, setup.model, out) if main else (0, [])
     clock.lap("save")
     metrics = {**_describe(method, model, setup, preset, options, seed, impl), **_costs(counts, trained),
                **_quality(setup, before, after), "saved_bytes": saved_bytes, "saved_files": saved_files,
                "wall_time_s": clock.total(), "phase_times_s": clock.laps}
-    write_json(out / "metrics.json", metrics)
-    _plots(metrics, trained.history, out)
-    print(summary(metrics, out))
+    if main:
+        write_json(out / "metrics.json", metrics)
+        _plots(metrics, trained.history, out)
+        print(summary(metrics, out))
     return metrics
 
 
@@ -246,7 +251,8 @@ def _describe(method, model, setup: Setup, preset, options, seed, impl) -> dict:
             "preset": preset.name, "options": dict(options or {}), "seed": seed,
             "impl": None if get_method(method).infrastructure else impl,
             "batch_size": preset.batch_size, "grad_accum": preset.grad_accum, "seq_len": preset.seq_len,
-            "device": str(setup.device), "dtype": str(next(setup.model.parameters()).dtype).replace("torch.", ""),
+            "device": str(setup.device), "world_size": distributed.world_size(),  # processes (launcher)
+            "dtype": str(next(setup.model.parameters()).dtype).replace("torch.", ""),
             "torch_version": torch.__version__, "transformers_version": transformers.__version__,
             "python_version": platform.python_version()}
 

@@ -8,6 +8,11 @@ returns for a batch (`model(**batch).loss`), so any Hugging Face model with labe
     cfg = TrainConfig(lr=2e-3, max_steps=20)
     history = train(model, batches, cfg)
     history.losses, history.step_time_median
+
+The same call runs on several processes under `accelerate launch` or `torchrun` (DDP or FSDP):
+the loop goes through an `accelerate.Accelerator` there, and through a plain-PyTorch stand-in with
+the same methods when no launcher started it (labs/distributed.py). Each process takes its own
+share of `batches`, so N processes with batch B train as one process with batch N*B.
 """
 from __future__ import annotations
 
@@ -16,11 +21,13 @@ import statistics
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
+from labs import distributed
 from labs.surgery import trainable_parameters
 
 OPTIMIZERS = ("adamw", "adamw8bit", "sgd")
@@ -64,11 +71,12 @@ class TrainConfig:
 class History:
     """What a run did, one entry per optimizer step (plus the evaluations eval_fn returned)."""
     steps: list[int] = field(default_factory=list)          # optimizer step numbers, from 1
-    losses: list[float] = field(default_factory=list)       # mean micro-batch loss of each step
+    losses: list[float] = field(default_factory=list)       # mean micro-batch loss of each step (over all processes)
     step_times: list[float] = field(default_factory=list)   # seconds per optimizer step
     lr: list[float] = field(default_factory=list)           # learning rate used at each step
     evals: list[tuple[int, dict]] = field(default_factory=list)  # (step, metrics) from eval_fn
     bf16: bool = False                                      # whether bf16 autocast was really on
+    world_size: int = 1                                     # processes that trained together (1: no launcher)
 
     @property
     def step_time_median(self) -> float:
@@ -190,41 +198,52 @@ def _forward_loss(model: nn.Module, batch: dict, autocast) -> torch.Tensor:
 # The loop
 # ---------------------------------------------------------------------------------------------
 def train(model: nn.Module, batches: Iterable[dict], cfg: TrainConfig, *,
-          eval_fn: Callable[[nn.Module], dict] | None = None, progress: bool = True) -> History:
+          eval_fn: Callable[[nn.Module], dict] | None = None, progress: bool = True,
+          accelerator=None) -> History:
     """Train `model` for cfg.max_steps optimizer steps on `batches`; return the History.
 
     `batches` yields dicts of tensors the model accepts (input_ids, attention_mask, labels);
     a list is cycled, an iterator is consumed (training stops early if it runs out).
     `eval_fn(model) -> dict` is called every cfg.eval_every steps and after the last step.
+    `accelerator`: an `accelerate.Accelerator` to train through (default: one made from the
+    launcher's settings under a launcher, else plain PyTorch in this process).
     """
     from tqdm.auto import tqdm
 
-    torch.manual_seed(cfg.seed)
-    device = model_device(model)
+    acc = accelerator or distributed.accelerator_for(model)
+    # One seed per process: dropout masks differ between processes, as their data does.
+    torch.manual_seed(cfg.seed + acc.process_index)
     optimizer = make_optimizer(model, cfg)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    history = History(bf16=cfg.bf16 and bf16_autocast_available(device))
+    # DDP or FSDP wrap the model here (FSDP also swaps the optimizer's parameters for its own).
+    wrapped, optimizer = acc.prepare(model, optimizer)
+    device = acc.device
+    history = History(bf16=cfg.bf16 and bf16_autocast_available(device), world_size=acc.num_processes)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if history.bf16 else nullcontext()
+    # FSDP gathers the weights only through its own wrapper; DDP's wrapper hides .config and the
+    # like, and its forward needs no other process, so evaluation sees the model it was given.
+    evaluated = wrapped if distributed.is_fsdp(acc) else model
     was_training = model.training
     model.train()
-    stream = micro_batches(batches)
-    bar = tqdm(range(1, cfg.max_steps + 1), desc="train", unit="step", disable=not progress)
+    stream = distributed.shard(micro_batches(batches), acc.process_index, acc.num_processes)
+    bar = tqdm(range(1, cfg.max_steps + 1), desc="train", unit="step",
+               disable=not (progress and acc.is_main_process))
     try:
         for step in bar:
-            loss = _train_step(model, optimizer, stream, step, cfg, autocast, history)
-            if loss is None:  # the batch iterator ran dry
+            loss = _train_step(acc, wrapped, optimizer, stream, step, cfg, autocast, history)
+            if loss is None:  # the batch iterator ran dry (on some process)
                 break
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{history.lr[-1]:.2e}")
             if eval_fn is not None and _eval_due(step, cfg):
-                history.evals.append((step, dict(eval_fn(model))))
+                history.evals.append((step, dict(eval_fn(evaluated))))
                 model.train()  # eval_fn may have switched to eval mode
     finally:
         bar.close()
         model.train(was_training)
     if eval_fn is not None and history.steps and (not history.evals or history.evals[-1][0] != history.steps[-1]):
-        history.evals.append((history.steps[-1], dict(eval_fn(model))))
+        history.evals.append((history.steps[-1], dict(eval_fn(evaluated))))
     return history
 
 
@@ -232,32 +251,38 @@ def _eval_due(step: int, cfg: TrainConfig) -> bool:
     return step == cfg.max_steps or (cfg.eval_every > 0 and step % cfg.eval_every == 0)
 
 
-def _train_step(model, optimizer, stream, step, cfg, autocast, history) -> float | None:
-    """One optimizer step over cfg.grad_accum micro-batches; returns its mean loss (None: no data)."""
-    device = model_device(model)
+def _train_step(acc, model, optimizer, stream, step, cfg, autocast, history) -> float | None:
+    """One optimizer step over cfg.grad_accum micro-batches; returns its mean loss (None: no data).
+
+    The loss is the mean over micro-batches and over processes: what one process would see with
+    all of their rows in one batch.
+    """
+    device = acc.device
     _sync(device)
     start = time.perf_counter()
     lr = lr_at(step, cfg)
     for group in optimizer.param_groups:
         group["lr"] = lr
+    micro = list(islice(stream, cfg.grad_accum))
+    if not distributed.all_agree(acc, len(micro) == cfg.grad_accum):  # every process stops together
+        optimizer.zero_grad(set_to_none=True)
+        return None
     total = 0.0
-    for _ in range(cfg.grad_accum):
-        batch = next(stream, None)
-        if batch is None:
-            optimizer.zero_grad(set_to_none=True)
-            return None
-        loss = _forward_loss(model, to_device(batch, device), autocast)
-        # Dividing by grad_accum makes the summed gradient the mean over micro-batches: 2
-        # micro-batches of 4 rows give the same step as 1 batch of 8 (exactly so when every
-        # micro-batch has as many target tokens, since each loss is a mean over its own tokens).
-        (loss / cfg.grad_accum).backward()
+    for i, batch in enumerate(micro):
+        # Processes exchange gradients once per step, on its last micro-batch, not on every one.
+        with acc.no_sync(model) if i < len(micro) - 1 else nullcontext():
+            loss = _forward_loss(model, to_device(batch, device), autocast)
+            # Dividing by grad_accum makes the summed gradient the mean over micro-batches: 2
+            # micro-batches of 4 rows give the same step as 1 batch of 8 (exactly so when every
+            # micro-batch has as many target tokens, since each loss is a mean over its own tokens).
+            acc.backward(loss / cfg.grad_accum)
         total += loss.item() / cfg.grad_accum
+    total = distributed.mean_across(acc, total)
     if not math.isfinite(total):
         raise ValueError(f"the loss became {total} at step {step}; lower the learning rate "
                          f"(now {cfg.lr:g}) or check the data")
     if cfg.max_grad_norm is not None:
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        acc.clip_grad_norm_(_clipped(acc, model, optimizer), cfg.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)  # set_to_none frees gradient memory between steps
     _sync(device)
@@ -266,6 +291,18 @@ def _train_step(model, optimizer, stream, step, cfg, autocast, history) -> float
     history.step_times.append(time.perf_counter() - start)
     history.lr.append(lr)
     return total
+
+
+def _clipped(acc, model, optimizer) -> list:
+    """The parameters whose gradient norm is clipped.
+
+    FSDP clips through its root module, which accelerate finds only when handed all of the model's
+    parameters (frozen ones have no gradient and count for nothing). Elsewhere: the optimizer's
+    parameters, in its order, since the float sum of the norm depends on the order.
+    """
+    if distributed.is_fsdp(acc):
+        return list(model.parameters())
+    return [p for g in optimizer.param_groups for p in g["params"]]
 
 
 def _sync(device: torch.device) -> None:
