@@ -35,6 +35,7 @@ class Method:
     adds_params: bool         # trains NEW weights (lora, adapters, prompts) or a subset of the base
     notebook: str             # where the method is taught
     trains_all: bool = False  # every weight of the base trains (full fine-tuning)
+    uses: tuple[str, ...] = ()  # other technique modules it runs: their exercises must be finished too
 
     @property
     def infrastructure(self) -> bool:
@@ -83,6 +84,11 @@ METHODS = {m.name: m for m in (
     Method("prompt", "prompt_tuning", "prompt tuning: trained soft-prompt embeddings at the input",
            lr={"quick": 3e-2, "laptop": 1e-2, "gpu": 3e-3}, config="PromptTuningConfig", peft_type="PROMPT_TUNING",
            adds_params=True, notebook="notebooks/07_prompt_tuning.ipynb"),
+    # QLoRA saves plain LoRA adapters (peft_type LORA, written by the lora module); its own tag only
+    # names the method. Learning rates: LoRA's, as in the QLoRA paper (not swept separately).
+    Method("qlora", "qlora", "QLoRA: LoRA on a frozen base stored in 4-bit NF4",
+           lr={"quick": 2e-3, "laptop": 1e-3, "gpu": 5e-4}, config="QLoRAConfig", peft_type="LABS_QLORA",
+           adds_params=True, notebook="notebooks/08_qlora.ipynb", uses=("quantization", "lora")),
 )}
 
 
@@ -137,8 +143,9 @@ def open_exercises(method: str, impl: str | None = None) -> list[str]:
     spec = get_method(method)
     if spec.infrastructure:
         return []
-    source = Path(spec.technique(impl).__file__).read_text(encoding="utf-8")
-    return STUB_EXERCISE.findall(source)
+    from labs.impl import technique
+    modules = [spec.technique(impl), *(technique(name, impl) for name in spec.uses)]
+    return [ex for module in modules for ex in STUB_EXERCISE.findall(Path(module.__file__).read_text(encoding="utf-8"))]
 
 
 def require_finished(method: str, impl: str | None = None) -> None:
@@ -149,7 +156,7 @@ def require_finished(method: str, impl: str | None = None) -> None:
     if todo:
         spec = get_method(method)
         raise NotImplementedError(
-            f"--method {method} runs your own labs/{spec.module}.py, where exercise(s) "
+            f"--method {method} runs your own {', '.join(f'labs/{m}.py' for m in (spec.module, *spec.uses))}, where exercise(s) "
             f"{', '.join(todo)} are still open (see {spec.notebook}); finish them, or run the "
             "reference with --impl solutions (or LABS_IMPL=solutions) where this edition has it")
 

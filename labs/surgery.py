@@ -54,13 +54,18 @@ class ParamCount:
 
 def count_parameters(model: nn.Module) -> ParamCount:
     """Trainable and total parameter counts (shared tensors, e.g. tied embeddings, counted once)."""
+    # A packed 4-bit weight (bitsandbytes' Linear4bit, qlora's NF4Linear) keeps two weights in each
+    # uint8 element: count the in x out weights the layer stands for, or the total comes out halved.
+    packed = {id(m.weight): m.in_features * m.out_features for m in model.modules()
+              if isinstance(m, nn.Linear) and m.weight.dtype == torch.uint8}
     seen, trainable, total = set(), 0, 0
     for p in model.parameters():  # .parameters() already skips duplicates of the same tensor
         if id(p) in seen:
             continue
         seen.add(id(p))
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
+        n = packed.get(id(p), p.numel())
+        total += n
+        trainable += n if p.requires_grad else 0
     return ParamCount(trainable, total)
 
 
@@ -106,6 +111,9 @@ def linear_dims(module: nn.Module) -> tuple[int, int]:
 def linear_weight(module: nn.Module) -> torch.Tensor:
     """The weight as (out, in), whatever the layout: a view, so in-place edits reach the module."""
     linear_dims(module)  # type check
+    if module.weight.dtype == torch.uint8:
+        raise TypeError(f"{type(module).__name__} stores its weight as packed 4-bit codes, which cannot be edited "
+                        "in place; dequantize it first (qlora.dequantize_model)")
     return module.weight if isinstance(module, nn.Linear) else module.weight.T
 
 
