@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Iterable, Iterator
 
 import torch
@@ -106,6 +106,24 @@ def all_agree(accelerator, flag: bool) -> bool:
         return flag
     votes = accelerator.gather(torch.tensor([int(flag)], device=accelerator.device))
     return bool(votes.min().item())
+
+
+@contextmanager
+def say_who_stopped(accelerator, step: int):
+    """A collective that fails (another process died, or lost its connection) says so in words.
+
+    The run cannot go on: every process stops, and since files are written only after training,
+    by the main process, atomically, nothing half-written is left behind.
+    """
+    try:
+        yield
+    except RuntimeError as err:
+        if accelerator.num_processes == 1:
+            raise
+        raise RuntimeError(f"process {accelerator.process_index} of {accelerator.num_processes} stopped at "
+                           f"step {step}: {str(err).splitlines()[0] if str(err) else type(err).__name__}. "
+                           "If another process died first, the launcher's 'Root Cause' names it; "
+                           "nothing was written") from err
 
 
 def mean_across(accelerator, value: float) -> float:

@@ -231,7 +231,8 @@ def train(model: nn.Module, batches: Iterable[dict], cfg: TrainConfig, *,
                disable=not (progress and acc.is_main_process))
     try:
         for step in bar:
-            loss = _train_step(acc, wrapped, optimizer, stream, step, cfg, autocast, history)
+            with distributed.say_who_stopped(acc, step):
+                loss = _train_step(acc, wrapped, optimizer, stream, step, cfg, autocast, history)
             if loss is None:  # the batch iterator ran dry (on some process)
                 break
             if step % cfg.log_every == 0 or step == cfg.max_steps:

@@ -1,0 +1,243 @@
+"""Several processes train as one: train() under accelerate launch and torchrun (DDP on 2 CPU processes, gloo).
+
+- Without a launcher train() is plain PyTorch, bit for bit (and so is a one-process Accelerator).
+- Two processes with batch B give the loss curve and the trained LoRA adapter of one process with
+  batch 2B, within float tolerance (LOSS_RTOL, ADAPTER_ATOL): DDP averages the two gradients,
+  where one process takes the mean over all 2B rows; the sums are rounded in another order.
+- labs finetune under a launcher writes its adapter and metrics.json once, from the main process.
+- A process that dies fails the run, the launcher names it, and nothing half-written is left.
+
+This file is also the script each launched process runs: `python tests/test_distributed.py MODE OUT MODEL_DIR`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if __name__ == "__main__":  # a launched process: make `import conftest` and `import labs` work
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
+
+import conftest  # noqa: E402
+from labs import distributed  # noqa: E402
+from labs.train import TrainConfig, lr_at, make_optimizer, train  # noqa: E402
+
+VOCAB, ROWS, TOKENS = 64, 4, 12      # ROWS = B: rows per process per micro-batch
+CFG = TrainConfig(lr=1e-2, max_steps=4, grad_accum=2, weight_decay=0.1)
+LOSS_RTOL = 1e-6                     # relative, per step's loss (measured: 6e-8)
+ADAPTER_ATOL = 1e-6                  # absolute, per LoRA weight of size up to 0.2 (measured: 4e-8)
+LAUNCH_TIMEOUT = 150                 # seconds: a launch takes 15-40 s on 2 busy cores
+
+
+# ---------------------------------------------------------------------------------------------
+# What every process builds: the same tiny Llama with the same LoRA, and the same batches
+# ---------------------------------------------------------------------------------------------
+def lora_model(dropout: float = 0.0):
+    from labs.impl import technique
+    lora = technique("lora", "solutions")
+    model = conftest.tiny_llama(VOCAB, 32, 64, max_position_embeddings=64, tie_word_embeddings=False,
+                                attention_dropout=dropout, seed=0, eval_mode=False)
+    torch.manual_seed(1)  # LoRA's A matrices: the same start in every process
+    return lora.apply(model, lora.LoRAConfig(r=4, alpha=8, target_modules=("q_proj", "v_proj")))
+
+
+def whole_batches(n: int = CFG.max_steps * CFG.grad_accum) -> list[dict]:
+    """The micro-batches of one process with 2B rows, every row the same length (equal token counts)."""
+    out = []
+    for seed in range(n):
+        ids = torch.randint(0, VOCAB, (2 * ROWS, TOKENS), generator=torch.Generator().manual_seed(seed))  # (2B, T)
+        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
+    return out
+
+
+def half_batches() -> list[dict]:
+    """The same rows as B-row batches, in the order two processes share them (rank r takes every
+    other one from r): process 0 gets the first half of each whole batch, process 1 the second."""
+    return [{k: v[i * ROWS:(i + 1) * ROWS] for k, v in whole.items()} for whole in whole_batches() for i in (0, 1)]
+
+
+def lora_weights(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+# ---------------------------------------------------------------------------------------------
+# One process, no launcher: exactly what the loop always did
+# ---------------------------------------------------------------------------------------------
+def plain_pytorch_loop(model, batches: list[dict], cfg: TrainConfig) -> list[float]:
+    """The loop as plain PyTorch: the reference a one-process run must match bit for bit."""
+    torch.manual_seed(cfg.seed)
+    optimizer = make_optimizer(model, cfg)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    model.train()
+    stream, losses = iter(batches * cfg.max_steps), []
+    for step in range(1, cfg.max_steps + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            loss = model(**next(stream)).loss
+            (loss / cfg.grad_accum).backward()
+            total += loss.item() / cfg.grad_accum
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(total)
+    return losses
+
+
+def test_without_a_launcher_train_is_plain_pytorch_bit_for_bit():
+    start = lora_model(dropout=0.2)  # dropout: the random stream must be consumed in the same order too
+    a, b = copy.deepcopy(start), copy.deepcopy(start)
+    expected = plain_pytorch_loop(a, whole_batches(), CFG)
+    history = train(b, whole_batches(), CFG, progress=False)
+    assert history.losses == expected and history.world_size == 1
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+def test_an_accelerator_in_one_process_changes_nothing():
+    from accelerate import Accelerator
+    start = lora_model(dropout=0.2)
+    a, b = copy.deepcopy(start), copy.deepcopy(start)
+    plain = train(a, whole_batches(), CFG, progress=False)
+    through = train(b, whole_batches(), CFG, progress=False, accelerator=Accelerator(cpu=True))
+    assert plain.losses == through.losses
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    assert not distributed.launched(), "making an Accelerator must not make later runs look launched"
+
+
+def test_each_process_takes_every_nth_batch():
+    assert list(distributed.shard(range(7), 0, 2)) == [0, 2, 4, 6]
+    assert list(distributed.shard(range(7), 1, 2)) == [1, 3, 5]
+    assert list(distributed.shard(range(3), 0, 1)) == [0, 1, 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# Two processes
+# ---------------------------------------------------------------------------------------------
+WORDS = ["<pad>", "<unk>", "<s>", "</s>", "the", "a", "of", "to", "and", "define", "word", "is", "in", "or",
+         "that", "an", ":", ",", ".", "Define", "Question", "Answer", "?", "for", "with", "as", "by"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama with a word-level tokenizer, as a local model folder for labs finetune."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+                            eos_token="</s>").save_pretrained(folder)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                 pad_token_id=0, bos_token_id=2, eos_token_id=3)).save_pretrained(folder)
+    return folder
+
+
+def launch(launcher: list[str], mode: str, out: Path, model_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+           "LABS_IMPL": "solutions", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg"}
+    for name in distributed.LAUNCHER_VARIABLES:  # the launcher sets them, not whoever runs the tests
+        env.pop(name, None)
+    return subprocess.run([sys.executable, "-m", *launcher, __file__, mode, str(out), str(model_dir)], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+
+
+ACCELERATE_DDP = ["accelerate.commands.launch", "--config_file", str(ROOT / "configs/accelerate/ddp.yaml")]
+TORCHRUN = ["torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def leftovers(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_with_twice_the_batch(tmp_path, tiny_model_dir):
+    run = launch(ACCELERATE_DDP, "train", tmp_path, tiny_model_dir)
+    assert run.returncode == 0, run.stderr[-3000:]
+    # the loop: the same curve and the same adapter as one process with 2B rows per batch
+    model = lora_model()
+    one = train(model, whole_batches(), CFG, progress=False)
+    two = json.loads((tmp_path / "train.json").read_text())
+    assert two["world_size"] == 2 and one.world_size == 1
+    assert two["losses"] == pytest.approx(one.losses, rel=LOSS_RTOL)
+    trained = torch.load(tmp_path / "lora.pt")
+    for name, weight in lora_weights(model).items():
+        torch.testing.assert_close(trained[name], weight, atol=ADAPTER_ATOL, rtol=0, msg=name)
+    # labs finetune: metrics.json and the adapter come from the main process alone
+    metrics = json.loads((tmp_path / "finetune" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 2
+    assert all((tmp_path / "finetune" / f).is_file() for f in metrics["saved_files"])
+    assert run.stdout.count("lora fine-tune of") == 1, "the summary should be printed by one process"
+    assert "rank 1 saved []" in run.stdout, run.stdout[-2000:]
+    assert not leftovers(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_process_that_dies_fails_the_run_and_leaves_nothing_half_written(tmp_path, tiny_model_dir):
+    run = launch(TORCHRUN, "die", tmp_path, tiny_model_dir)
+    assert run.returncode != 0
+    assert "rank 1 dies mid-training" in run.stdout
+    # torchrun's report names the process that died first, and how
+    assert re.search(r"rank\s*:\s*1 ", run.stderr) and re.search(r"exitcode\s*:\s*3 ", run.stderr), run.stderr[-3000:]
+    written = [p for p in (tmp_path / "finetune").rglob("*")] if (tmp_path / "finetune").exists() else []
+    assert not written, f"a failed run left {written}"
+    assert not leftovers(tmp_path)
+
+
+def test_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+    folder = ROOT / "configs" / "accelerate"
+    configs = {p.stem: load_config_from_file(str(p)) for p in sorted(folder.glob("*.yaml"))}
+    assert {"ddp", "fsdp_lora", "fsdp_qlora"} <= set(configs)
+    assert configs["ddp"].num_processes == 2 and str(configs["ddp"].distributed_type).endswith("MULTI_GPU")
+    for name in ("fsdp_lora", "fsdp_qlora"):
+        fsdp = configs[name].fsdp_config
+        assert str(configs[name].distributed_type).endswith("FSDP"), name
+        # frozen and trainable weights share FSDP units: FSDP2, or FSDP1 with use_orig_params
+        assert fsdp.get("fsdp_version") == 2 or fsdp.get("fsdp_use_orig_params") is True, name
+
+
+# ---------------------------------------------------------------------------------------------
+# The launched process
+# ---------------------------------------------------------------------------------------------
+def worker(mode: str, out: Path, model_dir: Path) -> None:
+    from labs.files import write_atomically, write_json
+    from labs.finetune import run_finetune
+    torch.set_num_threads(1)
+    rank = int(os.environ["RANK"])
+    if mode == "train":
+        model = lora_model()
+        history = train(model, half_batches(), CFG, progress=False)
+        if distributed.is_main_process():
+            write_atomically(out / "lora.pt", lambda tmp: torch.save(lora_weights(model), tmp))
+            write_json(out / "train.json", {"losses": history.losses, "world_size": history.world_size})
+    else:  # "die": process 1 exits mid-run, as a process killed for memory would
+        import labs.data
+        batches = labs.data.batches
+
+        def dying(*args, **kwargs):
+            for i, batch in enumerate(batches(*args, **kwargs)):
+                if rank == 1 and i == 2:
+                    print("rank 1 dies mid-training", flush=True)
+                    os._exit(3)
+                yield batch
+        labs.data.batches = dying
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_finetune import tiny_preset
+    metrics = run_finetune("lora", str(model_dir), task="define", preset=tiny_preset(max_steps=2),
+                           out=out / "finetune", progress=False, impl="solutions")
+    print(f"rank {rank} saved {metrics['saved_files'] if rank else '...'}", flush=True)
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))
