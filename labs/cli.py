@@ -5,6 +5,7 @@
     labs compare --methods full,lora,bitfit       several methods side by side: table + Pareto plot
     labs check [5 | 5.2]                          your exercises, pass or fail, with a hint
     labs grade ... / labs release ...             instructor tools (where this edition has them)
+    labs merge-grades --out grades.csv DIR...     join the grades of `labs grade --shard i/n` runs
 
 Imports are lazy so that `labs --help` answers at once. A mistake in the input (an unknown
 model, task, method or preset, an option a method does not take, an exercise not done yet)
@@ -19,7 +20,9 @@ import importlib.util
 import os
 import sys
 
-DELEGATED = {"check": "labs.check", "grade": "labs.instructor.grade", "release": "labs.instructor.release"}
+# command -> the module whose main(argv) runs it ("module:function" for another function)
+DELEGATED = {"check": "labs.check", "grade": "labs.instructor.grade", "release": "labs.instructor.release",
+             "merge-grades": "labs.instructor.grade:merge_main"}
 USER_ERRORS = (ValueError, NotImplementedError, FileNotFoundError, ModuleNotFoundError)
 RUN_COMMANDS = ("finetune", "compare")
 
@@ -91,7 +94,8 @@ def build_parser(choices: dict | None = None) -> argparse.ArgumentParser:
 
     for name, text in (("check", "run your exercise tests: labs check [5 | 5.2]"),
                        ("grade", "grade a folder of submissions (instructors)"),
-                       ("release", "build the student edition (instructors)")):
+                       ("release", "build the student edition (instructors)"),
+                       ("merge-grades", "join the grades.csv of labs grade --shard runs (instructors)")):
         if available(name):  # the student edition has no labs/instructor/: no grade, no release
             sub.add_parser(name, help=text, add_help=False)
     return parser
@@ -99,7 +103,7 @@ def build_parser(choices: dict | None = None) -> argparse.ArgumentParser:
 
 def available(command: str) -> bool:
     """Whether this edition has the module a delegated command runs (without importing it)."""
-    name = DELEGATED.get(command, "labs")
+    name = DELEGATED.get(command, "labs").partition(":")[0]
     if name in sys.modules:
         return True
     try:
@@ -208,7 +212,8 @@ def delegate(command: str, argv: list[str]) -> int:
         print(f"labs {command}: not available in this edition (it is an instructor tool of the course "
               "repository)", file=sys.stderr)
         return 2
-    return int(importlib.import_module(DELEGATED[command]).main(argv) or 0)
+    module, _, function = DELEGATED[command].partition(":")
+    return int(getattr(importlib.import_module(module), function or "main")(argv) or 0)
 
 
 def _one_line(err: BaseException) -> str:

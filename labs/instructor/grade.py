@@ -3,6 +3,8 @@
     labs grade submissions/*.zip --out grades            every zip (or folder) given
     labs grade submissions/ --out grades --jobs 2        a folder of zips or folders
     labs grade /autograder/submission --out /autograder/results --gradescope-single
+    labs grade submissions/ --out grades-2 --shard 2/4        machine 2 of 4 grades its slice
+    labs merge-grades --out grades.csv grades-1 grades-2 grades-3 grades-4
 
 For each submission only `labs/<technique>.py` is taken, screened (labs/instructor/screen.py), and dropped
 into a fresh grading tree built from the instructor's own files: infrastructure, tests (the
@@ -22,6 +24,10 @@ status: ok (everything graded), partial (a module was refused, missing or did no
 feedback.md), error:<reason> (nothing could be graded, e.g. a corrupt zip).
 sandbox: "bubblewrap" when each child ran in its own sandbox, else "NONE: <why>" (limits only).
 Every submission always gets a row, and grades.csv is always written, whatever a child does.
+
+A large class can be spread over machines: each runs `--shard i/n` on the same submissions and
+grades every n-th of them from the i-th (DIR/shard.json says which); `labs merge-grades` joins
+their grades.csv into one, refusing a missing, doubled or overlapping shard.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ import argparse
 import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,7 +48,8 @@ from pathlib import Path
 from labs.instructor import screen
 from labs.instructor.course import Course
 from labs.files import write_atomically
-from labs.instructor.gradebook import ExerciseScore, Graded, grades_csv, write_reports
+from labs.instructor.gradebook import (ExerciseScore, Graded, grades_csv, merge_shards, shard_record,
+                                       write_reports)
 from labs.instructor.submissions import Submission, expand, read_submission, student_id
 
 @dataclass(frozen=True)
@@ -259,15 +267,46 @@ def on_event(event: dict, by_student: dict[str, Graded]) -> Graded | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Shards: one class, several machines
+# ---------------------------------------------------------------------------------------------
+def parse_shard(text: str) -> tuple[int, int]:
+    """"2/4" -> (2, 4): this machine grades the second of four slices of the class."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise ValueError(f"--shard {text!r} is not i/n with 1 <= i <= n (for example --shard 2/4)")
+    return int(match[1]), int(match[2])
+
+
+def named_submissions(paths: list[Path], shard: tuple[int, int] | None = None) -> list[tuple[Path, str]]:
+    """(path, student id) of each submission to grade here.
+
+    Ids are given over the whole class first, so a student has the same id on every machine; a
+    shard (i, n) then keeps every n-th submission from the i-th, a slice that interleaves the
+    class so that no machine gets all the late, large submissions.
+    """
+    taken: set[str] = set()
+    named = [(p, student_id(p, taken)) for p in expand(paths)]
+    if shard is None:
+        return named
+    i, n = shard
+    return named[i - 1::n]
+
+
+# ---------------------------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------------------------
 def grade(paths: list[Path], out: Path, limits: Limits, jobs: int, single: bool = False,
           course: Course | None = None, progress=print, unscreened: frozenset[str] = frozenset(),
-          sandbox: str = "auto") -> list[tuple[str, list[ExerciseScore], str]]:
+          sandbox: str = "auto", shard: tuple[int, int] | None = None) -> list[tuple[str, list[ExerciseScore], str]]:
     """Grade every submission in `paths`; write the reports under `out`; return the grades.csv rows.
 
     unscreened: student ids whose modules skip the static screen (tests use it to check the walls
-    behind the screen on their own). sandbox: "auto" (bubblewrap where it works) or "off"."""
+    behind the screen on their own). sandbox: "auto" (bubblewrap where it works) or "off".
+    shard: (i, n) grades only slice i of n (see named_submissions) and writes out/shard.json."""
+    named = named_submissions(paths, shard)
+    if shard is not None:  # written first: it says what this machine was given, whatever happens next
+        write_atomically(out / "shard.json", json.dumps(shard_record(shard, [s for _, s in named],
+                                                                     len(named_submissions(paths))), indent=1))
     course = course or Course.load()
     policy = course.policy()
     workdir = Path(tempfile.mkdtemp(prefix="labs-grade-"))
@@ -277,13 +316,13 @@ def grade(paths: list[Path], out: Path, limits: Limits, jobs: int, single: bool 
         try:
             course.items = runner.collect(course, limits, policy)
         except RuntimeError:
-            _write_ungraded(paths, out, course, runner, "not graded: the course's own tests could not be collected")
+            _write_ungraded(named, out, course, runner, "not graded: the course's own tests could not be collected")
             raise
         progress(f"ready: {len(course.items)} graded tests collected, test runner up in "
                  f"{time.monotonic() - started:.1f} s; sandbox: {runner.sandbox_said}")
         if not runner.sandboxed:
             progress(_no_sandbox_banner(runner))
-        rows = _grade_all(expand(paths), out, limits, course, policy, runner, workdir, single, progress, unscreened)
+        rows = _grade_all(named, out, limits, course, policy, runner, workdir, single, progress, unscreened)
         if not runner.sandboxed:
             progress(_no_sandbox_banner(runner))
         if runner.dropped:
@@ -302,16 +341,14 @@ def _no_sandbox_banner(runner: Runner) -> str:
             f"apt-get install bubblewrap; user namespaces must be allowed.\n{line}")
 
 
-def _write_ungraded(paths: list[Path], out: Path, course: Course, runner: Runner, why: str) -> None:
+def _write_ungraded(named: list[tuple[Path, str]], out: Path, course: Course, runner: Runner, why: str) -> None:
     """A row per submission even when nothing could be graded, so no one is silently missing."""
-    taken: set[str] = set()
-    rows = [(student_id(p, taken), [], f"error:{why}") for p in expand(paths)]
+    rows = [(student, [], f"error:{why}") for _, student in named]
     write_atomically(out / "grades.csv", grades_csv(rows, course, runner.sandbox_column()))
 
 
-def _grade_all(paths, out, limits, course, policy, runner, workdir, single, progress, unscreened):
-    taken: set[str] = set()
-    subs = [read_submission(p, student_id(p, taken), list(course.stubs)) for p in paths]
+def _grade_all(named, out, limits, course, policy, runner, workdir, single, progress, unscreened):
+    subs = [read_submission(p, student, list(course.stubs)) for p, student in named]
     if single and len(subs) != 1:
         raise ValueError(f"--gradescope-single grades exactly one submission, got {len(subs)}")
     by_student = {s.student: Graded(s) for s in subs}
@@ -375,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="address-space limit of one child in MB (default: %(default)s)")
     parser.add_argument("--gradescope-single", action="store_true",
                         help="one submission; write results.json straight into --out (Gradescope)")
+    parser.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+                        help="grade only slice I of N of the submissions (every N-th from the I-th), for "
+                             "spreading a class over N machines; join them with labs merge-grades")
     parser.add_argument("--no-sandbox", action="store_true",
                         help="do not use bubblewrap even where it works (resource limits only; "
                              "grades.csv says so)")
@@ -383,15 +423,32 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
     limits = Limits(timeout=args.timeout, test_timeout=min(args.test_timeout, args.timeout),
                     memory_mb=args.memory_mb)
+    if args.shard and args.gradescope_single:
+        raise ValueError("--shard and --gradescope-single do not go together: Gradescope grades one "
+                         "submission per container already")
     if not hasattr(os, "fork"):
         raise ValueError("labs grade needs Linux or macOS: it forks and sets resource limits")
     started = time.monotonic()
     try:
         rows = grade(args.submissions, args.out, limits, args.jobs, args.gradescope_single,
                      progress=lambda line: print(line, file=sys.stderr),
-                     sandbox="off" if args.no_sandbox else "auto")
+                     sandbox="off" if args.no_sandbox else "auto", shard=args.shard)
     except RuntimeError as err:  # the course's own tests or test runner failed: not the students' fault
         print(f"labs grade: {err}", file=sys.stderr)
         return 1
     print(f"graded {len(rows)} submission(s) in {time.monotonic() - started:.1f} s: {args.out / 'grades.csv'}")
+    return 0
+
+
+def merge_main(argv: list[str] | None = None) -> int:
+    """`labs merge-grades`: join the grades.csv of several `labs grade --shard i/n` runs into one."""
+    parser = argparse.ArgumentParser(prog="labs merge-grades", description=merge_main.__doc__)
+    parser.add_argument("shards", nargs="+", type=Path,
+                        help="the --out folders of the shard runs (or the grades.csv in each)")
+    parser.add_argument("--out", type=Path, required=True, help="the merged CSV file to write")
+    args = parser.parse_args(argv)
+    csvs = [p / "grades.csv" if p.is_dir() else p for p in args.shards]
+    text = merge_shards(csvs)
+    write_atomically(args.out, text)
+    print(f"merged {len(csvs)} shard(s), {text.count(chr(10)) - 1} submission(s): {args.out}")
     return 0

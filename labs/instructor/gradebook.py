@@ -178,3 +178,75 @@ def write_reports(graded: Graded, course: Course, folder: Path) -> tuple[list[Ex
     write_atomically(folder / "feedback.md", feedback_md(scores, graded))
     write_atomically(folder / "output.txt", "".join(graded.output))
     return scores, status_of(graded)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards: grades.csv of several machines, joined into one
+# ---------------------------------------------------------------------------------------------
+SHARD_FILE = "shard.json"  # beside a shard's grades.csv: which slice it is, and whom it was given
+
+
+def shard_record(shard: tuple[int, int], students: list[str], class_size: int) -> dict:
+    i, n = shard
+    return {"shard": i, "of": n, "class_size": class_size, "students": students}
+
+
+def merge_shards(csvs: list[Path]) -> str:
+    """One grades.csv from the grades.csv of every shard of a class, in the class's order.
+
+    Refused, with the reason: a shard missing or given twice, shards of different splits or
+    classes, a student in two shards, a shard whose grades.csv lacks a student it was given.
+    """
+    shards = [_read_shard(Path(p)) for p in csvs]
+    n = shards[0]["of"]
+    for s in shards:
+        if (s["of"], s["class_size"]) != (n, shards[0]["class_size"]):
+            raise ValueError(f"{s['path']} is shard {s['shard']}/{s['of']} of a class of {s['class_size']}, but "
+                             f"{shards[0]['path']} is {shards[0]['shard']}/{n} of {shards[0]['class_size']}: "
+                             "merge the shards of one run only")
+        if s["header"] != shards[0]["header"]:
+            raise ValueError(f"{s['path']} has columns {s['header']} but {shards[0]['path']} has "
+                             f"{shards[0]['header']}: graded with different courses")
+    by_index: dict[int, dict] = {}
+    for s in shards:
+        if s["shard"] in by_index:
+            raise ValueError(f"shard {s['shard']}/{n} is given twice: {by_index[s['shard']]['path']} and {s['path']}")
+        by_index[s["shard"]] = s
+    missing = [f"{i}/{n}" for i in range(1, n + 1) if i not in by_index]
+    if missing:
+        raise ValueError(f"shard(s) {', '.join(missing)} missing: grade them with labs grade ... --shard I/{n}, "
+                         "then merge all of them")
+    seen: dict[str, str] = {}
+    for s in shards:
+        for student in s["students"]:
+            if student in seen:
+                raise ValueError(f"{student} is in {seen[student]} and in {s['path']}: the shards overlap "
+                                 "(were they cut from different lists of submissions?)")
+            seen[student] = str(s["path"])
+    ordered = [by_index[i] for i in range(1, n + 1)]
+    rows = [s["rows"][j] for j in range(max(len(s["students"]) for s in ordered))  # shard i holds i-1, i-1+n, ...
+            for s in ordered if j < len(s["students"])]
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows([shards[0]["header"], *rows])
+    return out.getvalue()
+
+
+def _read_shard(path: Path) -> dict:
+    """A shard's grades.csv with its shard.json: its rows in the order of the students it was given."""
+    record_path = path.parent / SHARD_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no such grades file: {path}")
+    if not record_path.is_file():
+        raise ValueError(f"{path} has no {SHARD_FILE} beside it: was it written by labs grade --shard I/N?")
+    record = json.loads(record_path.read_text())
+    header, *rows = list(csv.reader(io.StringIO(path.read_text())))
+    by_student = {row[0]: row for row in rows}
+    students = list(record["students"])
+    lacking = [s for s in students if s not in by_student]
+    extra = sorted(set(by_student) - set(students))
+    if lacking or extra:
+        raise ValueError(f"{path} does not match its {SHARD_FILE}: "
+                         + "; ".join(filter(None, [f"no row for {', '.join(lacking)} (did that run finish?)" if lacking else "",
+                                                   f"rows for {', '.join(extra)}, not of this shard" if extra else ""])))
+    return {"path": path, "shard": int(record["shard"]), "of": int(record["of"]), "class_size": int(record["class_size"]),
+            "students": students, "header": header, "rows": [by_student[s] for s in students]}

@@ -35,7 +35,7 @@ from labs.instructor import answer_leaks
 ROOT = Path(__file__).resolve().parents[2]
 INSTRUCTOR_PACKAGE = "instructor"  # labs/instructor/: grading and release, never in the student edition
 INSTRUCTOR_TOOLS = ("make_stubs.py", "check_exercises.py")
-INSTRUCTOR_TESTS = ("test_release.py", "test_grade.py", "test_exercise_machinery.py")
+INSTRUCTOR_TESTS = ("test_release.py", "test_grade.py", "test_grade_shards.py", "test_exercise_machinery.py")
 INSTRUCTOR_BENCHMARKS = ("grade_class.py",)
 # Makefile targets that only serve instructor tools: the release itself, bubblewrap for `labs grade`,
 # Chromium for tests/test_browser.py (held back: it runs the notebooks on the reference).
@@ -129,6 +129,8 @@ def build_student(out: Path, root: Path = ROOT) -> list[str]:
     held += _copy_scripts(root / "benchmarks", out / "benchmarks", INSTRUCTOR_BENCHMARKS)
     if (root / "data").is_dir():
         shutil.copytree(root / "data", out / "data", ignore=SKIP)
+    if (root / "configs").is_dir():  # accelerate configs: README, Scaling out
+        shutil.copytree(root / "configs", out / "configs", ignore=SKIP)
     for name in TOP_FILES:
         if (root / name).is_file():
             shutil.copyfile(root / name, out / name)
