@@ -5,7 +5,8 @@
 This is what `labs finetune` runs. It writes into `out/`:
     metrics.json        the run's numbers, written atomically: trainable/total parameters,
                         eval_before/eval_after ({"loss", "accuracy" | "perplexity"}),
-                        probe_before/probe_after (decoders), peak_memory_bytes, step and wall
+                        probe_before/probe_after (decoders), base_weight_bytes and base_bits_per_param
+                        (the base as loaded: 4-bit for qlora), peak_memory_bytes, step and wall
                         times, saved_bytes, generations, versions, the loss history
     adapter/            PEFT methods: adapter_config.json + adapter_model.safetensors
     model.safetensors   full fine-tuning: the whole state dict (tied weights stored once)
@@ -227,13 +228,14 @@ def run_finetune(method: str = "full", model: str = "smollm2-135m", task: str | 
     clock.lap("measure_before")
     setup.model = prepare(method, setup.model, setup.task, options or {}, impl)
     counts = count_parameters(setup.model)
+    base = _base_weights(method, setup.model, counts)  # as loaded and prepared, before training
     trained = fit(setup, method, preset, seed, progress)
     clock.lap("train")
     after = measure(setup, preset)
     clock.lap("measure_after")
     saved_bytes, saved_files = save_trained(method, setup.model, out) if main else (0, [])
     clock.lap("save")
-    metrics = {**_describe(method, model, setup, preset, options, seed, impl), **_costs(counts, trained),
+    metrics = {**_describe(method, model, setup, preset, options, seed, impl), **_costs(counts, trained), **base,
                **_quality(setup, before, after), "saved_bytes": saved_bytes, "saved_files": saved_files,
                "wall_time_s": clock.total(), "phase_times_s": clock.laps}
     if main:
@@ -255,6 +257,16 @@ def _describe(method, model, setup: Setup, preset, options, seed, impl) -> dict:
             "dtype": str(next(setup.model.parameters()).dtype).replace("torch.", ""),
             "torch_version": torch.__version__, "transformers_version": transformers.__version__,
             "python_version": platform.python_version()}
+
+
+def _base_weights(method: str, model, counts) -> dict:
+    """Bytes the base model's weights hold as loaded (4-bit for qlora), and bits per base parameter."""
+    from labs.memory import weight_bytes
+    from labs.methods import get_method
+    adds = get_method(method).adds_params   # new trainable weights are not part of the base
+    held = weight_bytes(model, exclude_trainable=adds)
+    params = counts.total - (counts.trainable if adds else 0)
+    return {"base_weight_bytes": held, "base_bits_per_param": 8 * held / params if params else None}
 
 
 def _costs(counts, trained: Fit) -> dict:

@@ -152,6 +152,17 @@ def _unique_bytes(tensors) -> int:
     return sum(seen.values())
 
 
+def weight_bytes(model: nn.Module, *, exclude_trainable: bool = False) -> int:
+    """Bytes the model's weights hold as loaded: parameters at their storage dtype, buffers (a 4-bit
+    layer's block constants), and bitsandbytes' 4-bit quantization states, which live outside both.
+    exclude_trainable leaves out trainable parameters (the new weights of an adapter method)."""
+    params = [p for p in model.parameters() if not (exclude_trainable and p.requires_grad)]
+    states = [getattr(p, "quant_state", None) for p in params]
+    extra = [t for s in states if s is not None
+             for t in (s.absmax, getattr(getattr(s, "state2", None), "absmax", None))]
+    return _unique_bytes([*params, *model.buffers(), *extra])
+
+
 def _optimizer_tensors(optimizer: torch.optim.Optimizer):
     for state in optimizer.state.values():
         yield from (v for v in state.values() if torch.is_tensor(v))

@@ -142,9 +142,12 @@ def dequantize_blocks(codes: torch.Tensor, absmax: torch.Tensor, code_book: torc
     if absmax.numel() != n_blocks:
         raise ValueError(f"absmax has {absmax.numel()} values, but {codes.numel()} codes in blocks of "
                          f"{block_size} need {n_blocks}")
-    values = code_book.float()[codes.long()]                        # (N,)
-    scale = absmax.float().repeat_interleave(block_size)[:codes.numel()]
-    return values * scale
+    values = code_book.float().index_select(0, codes.int())        # (N,): faster than code_book[codes.long()]
+    pad = n_blocks * block_size - codes.numel()                       # the partial last block, if any
+    if pad:
+        values = torch.nn.functional.pad(values, (0, pad))
+    values = values.view(n_blocks, block_size) * absmax.float()[:, None]   # (blocks, block_size)
+    return values.view(-1)[:codes.numel()]
     # END SOLUTION
 
 
