@@ -11,7 +11,9 @@ PEFT attacks gradients and optimizer states (few trainable parameters); QLoRA al
 weights (4-bit). Activations grow with the input (B x T) and depend on where the trainable
 parameters sit: nothing below the lowest trainable parameter is kept, and a frozen linear layer
 keeps nothing of its own (measure_activations counts it; estimate_memory assumes every parameter
-trains). Gradient checkpointing trades them for recomputation. Nothing here prints; everything returns numbers or dataclasses.
+trains). Gradient checkpointing trades them for recomputation. Several GPUs: `per_gpu` (DDP
+replicates all of it, FSDP shards weights, gradients and optimizer state). Nothing here prints;
+everything returns numbers or dataclasses.
 """
 from __future__ import annotations
 
@@ -137,6 +139,35 @@ def estimate_memory(n_params: int, method: str = "full", *, trainable_params: in
                                 vocab=vocab, bytes_per_value=activation_bytes_per_value)
     return MemoryEstimate(weights=n_params * wb + new * gb, gradients=trainable * gb,
                           optimizer=opt, activations=acts)
+
+
+STRATEGIES = ("ddp", "fsdp")
+
+
+def per_gpu(estimate: MemoryEstimate, gpus: int, strategy: str = "fsdp", *,
+            layers: int | None = None) -> MemoryEstimate:
+    """Memory on each of `gpus` GPUs when the run of `estimate` (one GPU, its own batch) is spread out.
+
+    ddp   every GPU keeps a full replica of weights, gradients and optimizer state; only the data
+          is split. Each GPU needs what one GPU alone needs: DDP buys speed, not room (its
+          gradient buckets, one more gradient-sized buffer, are not modelled).
+    fsdp  FULL_SHARD (ZeRO-3): weights, gradients and optimizer state are cut into `gpus` equal
+          shards. To compute a layer each GPU gathers that layer's full weights for a moment:
+          with `layers` (L) given, one layer's worth (weights / L) is added (prefetching the
+          next layer, as configs/accelerate/fsdp_*.yaml do, holds a second one).
+    Activations belong to each GPU's own batch and are never sharded, under either strategy.
+    """
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise ValueError(f"gpus must be an integer >= 1, got {gpus!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy {strategy!r} is not valid; use one of {', '.join(STRATEGIES)}")
+    if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or layers < 1):
+        raise ValueError(f"layers must be an integer >= 1 or None, got {layers!r}")
+    if strategy == "ddp" or gpus == 1:
+        return estimate
+    gathered = estimate.weights / layers if layers else 0.0
+    return MemoryEstimate(weights=estimate.weights / gpus + gathered, gradients=estimate.gradients / gpus,
+                          optimizer=estimate.optimizer / gpus, activations=estimate.activations)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -208,6 +208,34 @@ def test_accelerate_configs_parse():
 
 
 # ---------------------------------------------------------------------------------------------
+# Memory per GPU: DDP replicates, FSDP shards
+# ---------------------------------------------------------------------------------------------
+def test_ddp_replicates_and_fsdp_shards_the_memory_per_gpu():
+    from labs.memory import estimate_memory, per_gpu
+    full = estimate_memory(7e9, "full", weight_bytes="bf16", master_weights=True,
+                           batch_size=1, seq_len=512, hidden=4096, layers=32)  # 2 + 2 + 12 bytes per parameter
+    assert per_gpu(full, 8, "ddp") == full, "DDP: every GPU holds everything one GPU would"
+    sharded = per_gpu(full, 8, "fsdp", layers=32)
+    assert sharded.gradients == full.gradients / 8 and sharded.optimizer == full.optimizer / 8
+    assert sharded.weights == pytest.approx(7e9 * 2 / 8 + 7e9 * 2 / 32)  # a shard + one gathered layer
+    assert sharded.activations == full.activations, "activations belong to each GPU's own batch"
+    assert full.gb("weights") + full.gb("gradients") + full.gb("optimizer") == pytest.approx(112)
+    assert per_gpu(full, 1, "fsdp", layers=32) == full
+    # QLoRA on 70B: the 4-bit base is what FSDP shards; the LoRA states are small either way
+    qlora = estimate_memory(70e9, "lora", trainable_params=100_000_000, weight_bytes="nf4-dq")
+    assert per_gpu(qlora, 2, "fsdp").weights == pytest.approx(qlora.weights / 2)
+    assert per_gpu(qlora, 2, "ddp").total == qlora.total > 35e9
+
+
+@pytest.mark.parametrize("bad, match", [(dict(gpus=0), "gpus"), (dict(gpus=2, strategy="zero"), "strategy"),
+                                        (dict(gpus=2, layers=0), "layers")])
+def test_per_gpu_refuses_bad_input_by_name(bad, match):
+    from labs.memory import estimate_memory, per_gpu
+    with pytest.raises(ValueError, match=match):
+        per_gpu(estimate_memory(1e9, "full"), **bad)
+
+
+# ---------------------------------------------------------------------------------------------
 # The launched process
 # ---------------------------------------------------------------------------------------------
 def worker(mode: str, out: Path, model_dir: Path) -> None:
