@@ -137,6 +137,19 @@ def mean_across(accelerator, value: float) -> float:
 # ---------------------------------------------------------------------------------------------
 # For the code around the loop (labs finetune): who writes, and on which device
 # ---------------------------------------------------------------------------------------------
+def refuse_fsdp(what: str) -> None:
+    """Refuse to run code that reads the whole model in one process when FSDP has sharded it.
+
+    Under FSDP each process holds a shard of every weight: evaluating or saving "the model" on the
+    main process would read a shard as if it were the whole. train() itself is fine under FSDP.
+    """
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        raise ValueError(f"{what} does not run under FSDP yet: it evaluates and saves the model in one "
+                         "process, and FSDP leaves each process only a shard. Use configs/accelerate/ddp.yaml, "
+                         "or call labs.train.train() from your own script and save what "
+                         "accelerator.get_state_dict(model) gathers (README, Scaling out)")
+
+
 def _state():
     from accelerate import PartialState
     return _checked(PartialState(cpu=_no_gpu()))

@@ -214,6 +214,7 @@ def run_finetune(method: str = "full", model: str = "smollm2-135m", task: str | 
     from labs.surgery import count_parameters
     clock = PhaseClock()
     impl = impl or current_impl()
+    distributed.refuse_fsdp("labs finetune")
     check_options(method, options, impl)  # fail on a typo, or an unfinished exercise, before loading anything
     require_finished(method, impl)
     preset, task = _resolve_preset(preset), task or default_task(model)

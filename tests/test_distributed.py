@@ -207,6 +207,13 @@ def test_accelerate_configs_parse():
         assert fsdp.get("fsdp_version") == 2 or fsdp.get("fsdp_use_orig_params") is True, name
 
 
+def test_labs_finetune_refuses_fsdp_clearly(monkeypatch):
+    from labs.finetune import run_finetune
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what accelerate launch sets with an FSDP config
+    with pytest.raises(ValueError, match="labs finetune does not run under FSDP yet.*ddp.yaml"):
+        run_finetune("lora", "smollm2-135m", preset="quick", progress=False)
+
+
 # ---------------------------------------------------------------------------------------------
 # Memory per GPU: DDP replicates, FSDP shards
 # ---------------------------------------------------------------------------------------------
