@@ -234,6 +234,21 @@ def test_ddp_replicates_and_fsdp_shards_the_memory_per_gpu():
     assert per_gpu(qlora, 2, "ddp").total == qlora.total > 35e9
 
 
+def test_readme_per_gpu_table_is_what_the_memory_model_says():
+    from labs.memory import estimate_memory, per_gpu
+    runs = {"full fine-tuning of 7B": (estimate_memory(7e9, "full", weight_bytes="bf16", master_weights=True), 32),
+            "LoRA r=16 on 7B": (estimate_memory(7e9, "lora", trainable_params=40_000_000, weight_bytes="bf16"), 32),
+            "QLoRA r=16 on 70B": (estimate_memory(70e9, "lora", trainable_params=200_000_000, weight_bytes="nf4-dq"), 80),
+            "full fine-tuning of 70B": (estimate_memory(70e9, "full", weight_bytes="bf16", master_weights=True), 80)}
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| ") and "GPU" not in line]
+    for name, (est, layers) in runs.items():
+        row = next(r for r in rows if r.startswith(f"| {name}"))
+        numbers = [float(cell) for cell in row.strip("|").split("|")[1:]]
+        assert numbers == [round(est.gb(), 1), round(per_gpu(est, 8, "ddp").gb(), 1),
+                           round(per_gpu(est, 2, "fsdp", layers=layers).gb(), 1),
+                           round(per_gpu(est, 8, "fsdp", layers=layers).gb(), 1)], name
+
+
 @pytest.mark.parametrize("bad, match", [(dict(gpus=0), "gpus"), (dict(gpus=2, strategy="zero"), "strategy"),
                                         (dict(gpus=2, layers=0), "layers")])
 def test_per_gpu_refuses_bad_input_by_name(bad, match):
