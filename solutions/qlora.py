@@ -46,6 +46,24 @@ class QLoRAConfig(lora.LoRAConfig):
             raise ValueError(f"block_size={self.block_size!r} is not valid; use a power of two from 32 to 4096, e.g. 64")
 
 
+class _FrozenNF4MatMul(torch.autograd.Function):
+    """x @ W^T with W read back from NF4 in the forward and again in the backward.
+
+    Plain F.linear would keep the dequantized W for the backward: a full-precision copy of every
+    layer alive at once, the very memory QLoRA saves. W is frozen, so the backward needs only
+    grad @ W (nothing of x), and W can be rebuilt from the codes then.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: "NF4Linear") -> torch.Tensor:
+        ctx.layer = layer
+        return x @ layer.dequantized_weight().T          # (B, T, in) @ (in, out) -> (B, T, out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad @ ctx.layer.dequantized_weight(), None   # (B, T, out) @ (out, in) -> (B, T, in)
+
+
 class NF4Linear(nn.Linear):
     """A frozen linear layer stored in NF4: packed codes plus block constants, read back per forward.
 
@@ -78,8 +96,9 @@ class NF4Linear(nn.Linear):
         return quantization.dequantize_nf4(self.nf4(), self.compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(self.compute_dtype)
-        out = nn.functional.linear(x.to(self.compute_dtype), self.dequantized_weight(), bias)  # (B, T, out)
+        out = _FrozenNF4MatMul.apply(x.to(self.compute_dtype), self)   # (B, T, out)
+        if self.bias is not None:
+            out = out + self.bias.to(self.compute_dtype)
         return out.to(x.dtype)
 
     def extra_repr(self) -> str:

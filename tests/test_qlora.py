@@ -64,6 +64,7 @@ def test_scratch_and_bitsandbytes_give_the_same_loss(qlora, double_quant, rtol):
 
 @pytest.mark.parametrize("backend", ["scratch", "bitsandbytes"])
 def test_codes_stay_frozen_and_only_lora_trains(qlora, backend):
+    """Also: the gradient reaches the LoRA factors through the 4-bit layers (their custom backward)."""
     model = qlora.apply(tiny_llama(), qlora.QLoRAConfig(r=4, alpha=8, target_modules="all-linear", backend=backend))
     frozen = {n: t.clone() for n, t in model.state_dict().items() if "lora_" not in n}
     lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -101,7 +102,8 @@ def test_nf4_linear_reads_back_in_the_compute_dtype(qlora):
     assert out.dtype == torch.float32 and out.shape == (2, 5, 32), "output in the input's dtype"
     w = layer.dequantized_weight()
     assert w.dtype == torch.bfloat16 and w.shape == (32, 64)
-    torch.testing.assert_close(out, nn.functional.linear(x.bfloat16(), w, linear.bias.bfloat16()).float())
+    want = nn.functional.linear(x.bfloat16(), w, linear.bias.bfloat16()).float()
+    torch.testing.assert_close(out, want, atol=2e-2, rtol=2e-2)  # bf16: about 3 significant digits
     assert (w.float() - linear.weight).abs().max() < 0.2 * linear.weight.abs().max(), "NF4 error bound"
     assert layer.weight.dtype == torch.uint8 and layer.weight.numel() == 32 * 64 // 2
 
@@ -194,3 +196,13 @@ def test_real_model_base_bytes_ratio(qlora):
     held = sum(sum(t.numel() * t.element_size() for t in [m.weight, *m.buffers()])
                for n, m in model.named_modules() if n in fp32)
     assert held / sum(fp32.values()) <= 0.16
+
+
+def test_nf4_backward_gives_the_input_gradient_of_the_dequantized_weight(qlora):
+    torch.manual_seed(0)
+    layer = qlora.NF4Linear(nn.Linear(64, 32))
+    x = torch.randn(2, 5, 64, requires_grad=True)          # (B, T, in)
+    layer(x).pow(2).sum().backward()
+    x2 = x.detach().clone().requires_grad_()
+    nn.functional.linear(x2, layer.dequantized_weight(), layer.bias).pow(2).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
