@@ -113,6 +113,25 @@ def test_an_accelerator_in_one_process_changes_nothing():
     assert not distributed.launched(), "making an Accelerator must not make later runs look launched"
 
 
+def test_each_process_draws_its_own_dropout():
+    class SecondProcess(distributed.OneProcess):
+        process_index = 1  # the seed is cfg.seed + rank
+
+    start = lora_model(dropout=0.2)
+    first = train(copy.deepcopy(start), whole_batches(), CFG, progress=False)
+    second = train(copy.deepcopy(start), whole_batches(), CFG, progress=False,
+                   accelerator=SecondProcess(torch.device("cpu")))
+    assert first.losses != second.losses
+
+
+def test_processes_that_did_not_join_up_are_refused(monkeypatch):
+    from types import SimpleNamespace
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert distributed.launched()
+    with pytest.raises(RuntimeError, match="started 2 processes but accelerate joined 1; each would train alone"):
+        distributed._checked(SimpleNamespace(num_processes=1))
+
+
 def test_each_process_takes_every_nth_batch():
     assert list(distributed.shard(range(7), 0, 2)) == [0, 2, 4, 6]
     assert list(distributed.shard(range(7), 1, 2)) == [1, 3, 5]
