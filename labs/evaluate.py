@@ -73,6 +73,47 @@ def eval_loss(model: nn.Module, tokenizer, task, examples: Sequence[dict], seq_l
 
 
 @evaluation
+def example_losses(model: nn.Module, tokenizer, task, examples: Sequence[dict], seq_len: int,
+                   batch_size: int = 8) -> list[float]:
+    """Each example's own loss: mean per response token (generate/lm), or its row's loss (classify).
+
+    eval_loss pools every token; these per-example numbers are what a paired comparison of two
+    models on the same examples needs (see paired_difference).
+    """
+    from labs.data import collate
+    task, device = _task(task), model_device(model)
+    losses: list[float] = []
+    for chunk in _chunks(list(examples), batch_size):
+        batch = to_device(collate(chunk, tokenizer, task, seq_len), device)
+        labels = batch.pop("labels")
+        logits = model(**batch).logits.float()
+        if labels.dim() == 1:                                   # classify: one target per row
+            losses += F.cross_entropy(logits, labels, reduction="none").tolist()
+            continue
+        logits = logits[:, -labels.shape[1]:]  # prompt tuning puts its virtual tokens in front: drop them
+        targets = labels[:, 1:]                                 # (B, T-1): token t+1 from tokens <= t
+        per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")  # (B, T-1)
+        counts = (targets != -100).sum(dim=1)                   # (B,)
+        if not bool((counts > 0).all()):
+            raise ValueError("an example has no target tokens to score: raise seq_len or check the examples")
+        losses += (per_token.sum(dim=1) / counts).tolist()  # ignored positions contribute 0 to the sum
+    return losses
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Mean of a_i - b_i over the same examples, and its standard error.
+
+    Pairing removes what the examples share (a hard example is hard for both models), so a small
+    difference can stand out that two separate error bars would hide.
+    """
+    a, b = list(a), list(b)
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"need the same examples scored by both models, at least two: got {len(a)} and {len(b)}")
+    diffs = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+    return float(diffs.mean()), float(diffs.std(unbiased=True) / math.sqrt(len(diffs)))
+
+
+@evaluation
 def accuracy(model: nn.Module, tokenizer, examples: Sequence[dict], seq_len: int,
              batch_size: int = 16) -> float:
     """Fraction of {"text", "label"} examples whose highest logit is the label."""

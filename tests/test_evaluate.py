@@ -184,3 +184,38 @@ def test_accuracy_counts_argmax_hits():
         preds = [model(**tok([t], return_tensors="pt")).logits.argmax(-1).item() for t in texts]
     examples = [{"text": t, "label": p if i % 2 else 1 - p} for i, (t, p) in enumerate(zip(texts, preds))]
     assert evaluate.accuracy(model, tok, examples, seq_len=16, batch_size=2) == pytest.approx(2 / 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-example losses and paired differences
+# ---------------------------------------------------------------------------------------------
+PAIRS = [{"prompt": "what colour is the sky", "response": "blue"},
+         {"prompt": "what colour is the grass", "response": "green and red"},
+         {"prompt": "the cat sat on the mat", "response": "a dog ran on the mat"}]
+
+
+def test_example_losses_are_each_examples_own_eval_loss_whatever_the_batch():
+    tok, model = tiny_tokenizer(), tiny_llama()
+    one_by_one = [evaluate.eval_loss(model, tok, "define", [ex], seq_len=32) for ex in PAIRS]
+    batched = evaluate.example_losses(model, tok, "define", PAIRS, seq_len=32, batch_size=3)
+    assert batched == pytest.approx(one_by_one, rel=1e-5)  # padding a row changes nothing
+    assert len(set(round(x, 4) for x in batched)) == 3       # three different numbers, not one mean
+
+
+def test_example_losses_of_a_classifier_are_per_row_cross_entropies():
+    from transformers import BertConfig, BertForSequenceClassification
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2,
+                                                     num_attention_heads=2, intermediate_size=64, num_labels=2)).eval()
+    tok = tiny_tokenizer()
+    examples = [{"text": "the cat sat", "label": 0}, {"text": "the dog ran on the mat", "label": 1}]
+    losses = evaluate.example_losses(model, tok, "sentiment", examples, seq_len=16, batch_size=2)
+    single = [evaluate.eval_loss(model, tok, "sentiment", [ex], seq_len=16) for ex in examples]
+    assert losses == pytest.approx(single, rel=1e-5)
+
+
+def test_paired_difference_is_the_mean_difference_and_its_standard_error():
+    mean, se = evaluate.paired_difference([1.0, 2.0, 3.0], [0.0, 2.0, 1.0])  # differences 1, 0, 2
+    assert mean == pytest.approx(1.0) and se == pytest.approx(1.0 / math.sqrt(3))
+    with pytest.raises(ValueError, match="same examples"):
+        evaluate.paired_difference([1.0, 2.0], [1.0])
