@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from labs.memory import GB, MemoryEstimate, estimate_memory
+from labs.memory import GB, STRATEGIES, MemoryEstimate, estimate_memory, per_gpu
 from labs.methods import get_method
 from labs.viz import COLORS, COMPONENTS, new_figure
 
@@ -63,8 +63,16 @@ def lora_params(shape: ModelShape, r: int) -> int:
 
 
 def estimate(shape: ModelShape, method: str = "full", precision: str = "bf16", *,
-             batch_size: int = 8, seq_len: int = 512, r: int = 16) -> MemoryEstimate:
-    """Training memory for one configuration (what the calculator shows)."""
+             batch_size: int = 8, seq_len: int = 512, r: int = 16, gpus: int = 1,
+             strategy: str = "ddp") -> MemoryEstimate:
+    """Training memory on each GPU for one configuration (what the calculator shows): `batch_size`
+    rows per GPU, spread over `gpus` GPUs by `strategy` (ddp replicates, fsdp shards; see per_gpu)."""
+    one_gpu = _one_gpu(shape, method, precision, batch_size=batch_size, seq_len=seq_len, r=r)
+    return per_gpu(one_gpu, gpus, strategy, layers=shape.layers)
+
+
+def _one_gpu(shape: ModelShape, method: str, precision: str, *, batch_size: int, seq_len: int,
+             r: int) -> MemoryEstimate:
     if method not in SCENARIOS:
         raise ValueError(f"method {method!r} is not valid; use one of {', '.join(SCENARIOS)}")
     if precision not in PRECISIONS:
@@ -95,8 +103,9 @@ def breakdown_html(result: MemoryEstimate) -> str:
             f"<tr><td><b>total</b></td><td style='text-align:right'><b>{result.gb():,.2f}</b></td></tr></table>")
 
 
-def total_html(result: MemoryEstimate, method: str) -> str:
-    return f"<b>Total for {method}: {result.gb():,.2f} GB</b> &mdash; {smallest_gpu(result.total)}"
+def total_html(result: MemoryEstimate, method: str, gpus: int = 1, strategy: str = "ddp") -> str:
+    where = "" if gpus == 1 else f" per GPU, {gpus} GPUs under {strategy.upper()}"
+    return f"<b>Total for {method}{where}: {result.gb():,.2f} GB</b> &mdash; {smallest_gpu(result.total)}"
 
 
 def methods_figure(shape: ModelShape, precision: str, **settings):
@@ -110,7 +119,9 @@ def methods_figure(shape: ModelShape, precision: str, **settings):
         bottom = [b + h for b, h in zip(bottom, heights)]
     for i, total in enumerate(bottom):
         ax.annotate(f"{total:,.1f}", (i, total), ha="center", va="bottom", fontsize=8)
-    ax.set(ylabel="memory (GB)", title=f"Training memory, {shape.n_params / 1e9:.2f}B parameters, {precision}")
+    gpus, strategy = settings.get("gpus", 1), settings.get("strategy", "ddp")
+    spread = "" if gpus == 1 else f", per GPU of {gpus} ({strategy.upper()})"
+    ax.set(ylabel="memory (GB)", title=f"Training memory, {shape.n_params / 1e9:.2f}B parameters, {precision}{spread}")
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return fig
@@ -130,6 +141,10 @@ def _controls(w) -> dict:
         "rank": w.IntSlider(value=16, min=1, max=256, description="LoRA rank r", style=style),
         "batch": w.IntSlider(value=8, min=1, max=64, description="batch size B", style=style),
         "seq": w.IntSlider(value=512, min=64, max=8192, step=64, description="seq length T", style=style),
+        "gpus": w.IntSlider(value=1, min=1, max=64, description="GPUs", style=style),
+        "strategy": w.ToggleButtons(options=STRATEGIES, value="fsdp", description="spread by", style=style,
+                                    tooltips=["DDP: a full replica on every GPU, the data split",
+                                              "FSDP: weights, gradients and optimizer state sharded"]),
     }
     for name, control in controls.items():
         control.add_class(f"labs-memory-{name}")
@@ -150,10 +165,11 @@ def memory_calculator():
         custom = c["model"].value == CUSTOM
         c["custom"].disabled = not custom
         shape = shape_for_params(c["custom"].value * 1e9) if custom else MODEL_SIZES[c["model"].value]
-        settings = dict(batch_size=c["batch"].value, seq_len=c["seq"].value, r=c["rank"].value)
+        settings = dict(batch_size=c["batch"].value, seq_len=c["seq"].value, r=c["rank"].value,
+                        gpus=c["gpus"].value, strategy=c["strategy"].value)
         result = estimate(shape, c["method"].value, c["precision"].value, **settings)
         table.value = breakdown_html(result)
-        total.value = total_html(result, c["method"].value)
+        total.value = total_html(result, c["method"].value, c["gpus"].value, c["strategy"].value)
         with plot:
             plot.clear_output(wait=True)
             display(methods_figure(shape, c["precision"].value, **settings))

@@ -61,3 +61,25 @@ def test_calculator_updates_its_total_when_the_model_changes():
     model.value = widgets.CUSTOM
     custom = next(c for c in box.children if "labs-memory-custom" in c._dom_classes)
     assert not custom.disabled, "the custom slider is enabled when 'custom' is chosen"
+
+
+def test_more_gpus_shrink_each_gpus_share_under_fsdp_only():
+    one = estimate(SEVEN_B, "full", "bf16")
+    ddp = estimate(SEVEN_B, "full", "bf16", gpus=8, strategy="ddp")
+    fsdp = estimate(SEVEN_B, "full", "bf16", gpus=8, strategy="fsdp")
+    assert ddp.total == one.total, "DDP keeps a full replica on every GPU"
+    assert fsdp.optimizer == pytest.approx(one.optimizer / 8) and fsdp.activations == one.activations
+    assert fsdp.weights == pytest.approx(one.weights / 8 + one.weights / SEVEN_B.layers)  # + one gathered layer
+    with pytest.raises(ValueError, match="gpus"):
+        estimate(SEVEN_B, "full", gpus=0)
+
+
+def test_calculator_shows_the_per_gpu_total_when_gpus_change():
+    box = memory_calculator()
+    control = {cls.removeprefix("labs-memory-"): c for c in box.children for cls in c._dom_classes
+               if cls.startswith("labs-memory-")}
+    single = control["total"].value
+    control["gpus"].value = 8                       # the strategy starts on FSDP: the share shrinks
+    assert "per GPU, 8 GPUs under FSDP" in control["total"].value and control["total"].value != single
+    control["strategy"].value = "ddp"
+    assert "8 GPUs under DDP" in control["total"].value
