@@ -206,3 +206,18 @@ def test_nf4_backward_gives_the_input_gradient_of_the_dequantized_weight(qlora):
     x2 = x.detach().clone().requires_grad_()
     nn.functional.linear(x2, layer.dequantized_weight(), layer.bias).pow(2).sum().backward()
     torch.testing.assert_close(x.grad, x2.grad)
+
+
+def test_finetune_metrics_report_base_bytes_and_bits(qlora):
+    from labs.finetune import _base_weights
+    from labs.methods import prepare
+    from labs.surgery import count_parameters
+    got = {}
+    for method, options in [("lora", {}), ("qlora", {}), ("qlora", {"backend": "bitsandbytes"})]:
+        model = prepare(method, tiny_llama(), None, options, impl="solutions")
+        got[method + str(options)] = _base_weights(method, model, count_parameters(model))
+    assert got["lora{}"]["base_bits_per_param"] == pytest.approx(32, abs=0.1)   # fp32 (+ the rotary buffer)
+    for key in ("qlora{}", "qlora{'backend': 'bitsandbytes'}"):
+        # the tiny model's embedding and head (12,800 of 86,848 weights) stay fp32; its linears take 4.127 bits
+        assert 4.1 < got[key]["base_bits_per_param"] < 10, key
+        assert got[key]["base_weight_bytes"] < got["lora{}"]["base_weight_bytes"] / 3
