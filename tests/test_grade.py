@@ -852,3 +852,20 @@ def test_student_ids_are_safe_and_unique():
 def test_bad_command_line_values_are_named(argv, message):
     with pytest.raises(ValueError, match=message):
         grade_main(argv)
+
+
+def test_a_class_folder_of_student_folders_expands_to_one_submission_each(tmp_path):
+    from labs.instructor.submissions import expand
+
+    def student(folder: Path) -> Path:
+        (folder / "labs").mkdir(parents=True)
+        (folder / "labs" / "lora.py").write_text("# work\n")
+        return folder
+
+    course = tmp_path / "class"
+    alice, bob = student(course / "alice"), student(course / "bob" / "peft-lab-student").parent
+    (course / "carol.zip").write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip
+    assert expand([course]) == [alice, bob, course / "carol.zip"]
+    wrapped = student(tmp_path / "dave" / "peft-lab-student").parent   # one student, labs/ in a top folder
+    assert expand([wrapped]) == [wrapped]
+    assert expand([alice]) == [alice]

@@ -43,12 +43,17 @@ def student_id(path: Path, taken: set[str]) -> str:
 
 
 def expand(paths: list[Path]) -> list[Path]:
-    """Submissions from the command line: a folder without labs/ that holds zips or folders is a class."""
+    """Submissions from the command line. A folder that holds only zips and folders, and no labs/ of
+    its own, is a class (one submission per entry) when none of it has a labs/ folder or when two or
+    more entries are submissions (a zip, or a folder with labs/ inside): a student's folder may wrap
+    its labs/ in one top folder, a class of student folders has several."""
     out = []
     for path in paths:
-        if path.is_dir() and _find_labs_dir(path) is None:
-            entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-            if entries and all(p.is_dir() or p.suffix.lower() == ".zip" for p in entries):
+        if path.is_dir() and not (path / "labs").is_dir():
+            entries = sorted(p for p in _children(path))
+            submissions = [p for p in entries if p.suffix.lower() == ".zip" or _find_labs_dir(p) is not None]
+            if (entries and all(p.is_dir() or p.suffix.lower() == ".zip" for p in entries)
+                    and (len(submissions) >= 2 or _find_labs_dir(path) is None)):
                 out += entries
                 continue
         out.append(path)
