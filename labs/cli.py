@@ -58,6 +58,9 @@ def _run_arguments(parser: argparse.ArgumentParser, choices: dict | None) -> Non
     parser.add_argument("--max-steps", type=int, default=None, help="override the preset's optimizer steps")
     parser.add_argument("--lr", type=float, default=None,
                         help="learning rate (default: each method's own for the preset, from labs/methods.py)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute activations in the backward pass: less memory, slower steps "
+                             "(methods that cannot, such as prefix tuning, train without it)")
     parser.add_argument("--impl", default=None, choices=("labs", "solutions"),
                         help="whose technique modules run: labs = your own labs/<module>.py, solutions = "
                              "the reference where this edition has it (default: $LABS_IMPL, else labs)")
@@ -150,7 +153,7 @@ def _check_model(value: str, choices: dict) -> None:
 
 def _preset(args):
     from labs.presets import get_preset
-    overrides = {"max_steps": args.max_steps, "lr": args.lr}
+    overrides = {"max_steps": args.max_steps, "lr": args.lr, "gradient_checkpointing": args.gradient_checkpointing or None}
     return get_preset(args.preset, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -191,7 +194,7 @@ def cmd_compare(args, choices: dict) -> int:
     try:
         rows = run_compare(methods, args.model, task=args.task, preset=args.preset, out=args.out,
                            seed=args.seed, progress=not args.no_progress, max_steps=args.max_steps,
-                           impl=args.impl, lr=args.lr)
+                           impl=args.impl, lr=args.lr, gradient_checkpointing=args.gradient_checkpointing)
     except CompareFailed as err:
         print(f"labs compare: {len(err.rows) - len(err.failed)} of {len(err.rows)} methods finished; {err}",
               file=sys.stderr)

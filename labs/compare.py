@@ -34,7 +34,8 @@ class CompareFailed(RuntimeError):
 
 def run_compare(methods, model: str = "smollm2-135m", task: str | None = None, preset="quick",
                 out: str | Path | None = None, seed: int = 0, progress: bool = True,
-                max_steps: int | None = None, impl: str | None = None, lr: float | None = None) -> list[dict]:
+                max_steps: int | None = None, impl: str | None = None, lr: float | None = None,
+                gradient_checkpointing: bool = False) -> list[dict]:
     """Fine-tune each method on the same task; write the table and plot; return one row per method.
 
     lr  one learning rate for every method (default: each method's own, from the registry)
@@ -56,6 +57,7 @@ def run_compare(methods, model: str = "smollm2-135m", task: str | None = None, p
     extra = ["--impl", impl, "--seed", str(seed), "--model", model, "--task", task, "--preset", preset_name]
     extra += (["--max-steps", str(max_steps)] if max_steps else []) + (["--lr", str(lr)] if lr else [])
     extra += [] if progress else ["--no-progress"]
+    extra += ["--gradient-checkpointing"] if gradient_checkpointing else []
     rows = [_run_one(m, out / m, extra, progress) for m in methods]
     write_table(rows, out)
     done = [r for r in rows if r["status"] == "ok"]

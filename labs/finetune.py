@@ -161,14 +161,33 @@ class Fit:
     peak_memory_kind: str
 
 
-def fit(setup: Setup, method: str, preset, seed: int, progress: bool) -> Fit:
-    """Train the prepared model with the preset; measure the peak memory of training."""
+def store_frozen_base(setup: Setup, preset):
+    """Where the preset asks for it and bf16 autocast really runs, keep the frozen base in bf16.
+
+    Returns a factory of the context every later forward pass needs (evaluation included): bf16
+    autocast where the base was cast, since fp32 trainable weights beside bf16 frozen ones only mix
+    inside autocast; a no-op context otherwise. Also returns the bytes the cast saved.
+    """
+    from contextlib import nullcontext
+    from labs.train import bf16_autocast_available, store_frozen_in
+    if not (preset.frozen_bf16 and preset.bf16 and bf16_autocast_available(setup.device)):
+        return nullcontext, 0
+    saved = store_frozen_in(setup.model, torch.bfloat16)
+    return (lambda: torch.autocast(setup.device.type, dtype=torch.bfloat16)), saved
+
+
+def fit(setup: Setup, method: str, preset, seed: int, progress: bool, forward_context=None) -> Fit:
+    """Train the prepared model with the preset; measure the peak memory of training.
+
+    forward_context  a factory of the context held evaluation forwards run in (store_frozen_base)
+    """
     from labs.data import batches
-    from labs.methods import learning_rate
+    from labs.methods import get_method, learning_rate
     from labs.train import TrainConfig, train
     cfg = TrainConfig(lr=learning_rate(method, preset), max_steps=preset.max_steps,
-                      grad_accum=preset.grad_accum, seed=seed, bf16=preset.bf16, eval_every=preset.eval_every)
-    eval_fn = _held_out_loss(setup, preset) if preset.eval_every else None
+                      grad_accum=preset.grad_accum, seed=seed, bf16=preset.bf16, eval_every=preset.eval_every,
+                      gradient_checkpointing=preset.gradient_checkpointing and get_method(method).checkpointing)
+    eval_fn = _held_out_loss(setup, preset, forward_context) if preset.eval_every else None
     stream = batches(setup.train_examples, setup.tokenizer, setup.task, preset.seq_len, preset.batch_size,
                      seed=seed, epochs=None)
     rss_before = current_rss_bytes()
@@ -186,11 +205,16 @@ def _peak_kind(device: torch.device, windowed: bool) -> str:
     return "process peak resident memory since start (includes Python, torch, the model, loading)"
 
 
-def _held_out_loss(setup: Setup, preset):
+def _held_out_loss(setup: Setup, preset, forward_context=None):
     """Held-out loss during training (the cheap part of evaluate_task)."""
+    from contextlib import nullcontext
     from labs.evaluate import eval_loss
-    return lambda model: {"loss": eval_loss(model, setup.tokenizer, setup.task, setup.eval_examples,
-                                            preset.seq_len, preset.batch_size)}
+
+    def held_out(model):
+        with (forward_context or nullcontext)():
+            return {"loss": eval_loss(model, setup.tokenizer, setup.task, setup.eval_examples,
+                                      preset.seq_len, preset.batch_size)}
+    return held_out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,11 +252,14 @@ def run_finetune(method: str = "full", model: str = "smollm2-135m", task: str | 
     before = measure(setup, preset)
     clock.lap("measure_before")
     setup.model = prepare(method, setup.model, setup.task, options or {}, impl)
+    forward_context, cast_saved = store_frozen_base(setup, preset)
     counts = count_parameters(setup.model)
-    base = _base_weights(method, setup.model, counts)  # as loaded and prepared, before training
-    trained = fit(setup, method, preset, seed, progress)
+    base = {**_base_weights(method, setup.model, counts),  # as stored for training
+            "frozen_base_bf16": cast_saved > 0, "frozen_cast_saved_bytes": cast_saved}
+    trained = fit(setup, method, preset, seed, progress, forward_context)
     clock.lap("train")
-    after = measure(setup, preset)
+    with forward_context():
+        after = measure(setup, preset)
     clock.lap("measure_after")
     saved_bytes, saved_files = save_trained(method, setup.model, out) if main else (0, [])
     clock.lap("save")
@@ -278,7 +305,7 @@ def _costs(counts, trained: Fit) -> dict:
             "peak_memory_kind": trained.peak_memory_kind,
             "rss_before_train_bytes": trained.rss_before_train_bytes,
             "step_time_median_s": h.step_time_median, "steps": len(h.steps), "lr": trained.config.lr,
-            "bf16_autocast": h.bf16,
+            "bf16_autocast": h.bf16, "gradient_checkpointing": trained.config.gradient_checkpointing,
             "history": {"steps": h.steps, "losses": h.losses, "step_times": h.step_times, "lr": h.lr,
                         "evals": h.evals}}
 

@@ -35,6 +35,8 @@ class Method:
     adds_params: bool         # trains NEW weights (lora, adapters, prompts) or a subset of the base
     notebook: str             # where the method is taught
     trains_all: bool = False  # every weight of the base trains (full fine-tuning)
+    checkpointing: bool = True  # can train with gradient checkpointing (prefix tuning cannot: its
+                                # prefix rides in the key/value cache, which recomputation drops)
     uses: tuple[str, ...] = ()  # other technique modules it runs: their exercises must be finished too
 
     @property
@@ -80,7 +82,7 @@ METHODS = {m.name: m for m in (
            adds_params=True, notebook="notebooks/05_lora.ipynb"),
     Method("prefix", "prefix_tuning", "prefix tuning: trained key/value prefixes in every layer",
            lr={"quick": 1e-2, "laptop": 5e-3, "gpu": 3e-3}, config="PrefixTuningConfig", peft_type="PREFIX_TUNING",
-           adds_params=True, notebook="notebooks/06_prefix_tuning.ipynb"),
+           adds_params=True, notebook="notebooks/06_prefix_tuning.ipynb", checkpointing=False),
     Method("prompt", "prompt_tuning", "prompt tuning: trained soft-prompt embeddings at the input",
            lr={"quick": 3e-2, "laptop": 1e-2, "gpu": 3e-3}, config="PromptTuningConfig", peft_type="PROMPT_TUNING",
            adds_params=True, notebook="notebooks/07_prompt_tuning.ipynb"),

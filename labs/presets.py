@@ -24,6 +24,9 @@ class Preset:
     n_probe: int            # general-knowledge probe items (forgetting)
     eval_every: int         # steps between held-out evaluations during training (0 = only at end)
     bf16: bool              # autocast to bfloat16 where the device really supports it
+    frozen_bf16: bool = False  # with bf16 autocast on: store the frozen base in bf16, half its bytes
+                               # (trainable weights and optimizer state stay fp32)
+    gradient_checkpointing: bool = False  # recompute activations in backward (where the method allows)
     lr: float | None = None  # one learning rate for every method; None = each method's own from the
                              # registry (labs/methods.py: full fine-tuning wants ~100x less than PEFT)
 
@@ -34,7 +37,7 @@ PRESETS = {
     "laptop": Preset("laptop", max_steps=120, batch_size=8, grad_accum=2, seq_len=128, n_train=4000,
                      n_eval=256, n_probe=200, eval_every=40, bf16=False),
     "gpu": Preset("gpu", max_steps=600, batch_size=16, grad_accum=2, seq_len=256, n_train=20000,
-                  n_eval=1000, n_probe=400, eval_every=100, bf16=True),
+                  n_eval=1000, n_probe=400, eval_every=100, bf16=True, frozen_bf16=True),
 }
 
 

@@ -111,6 +111,22 @@ def bf16_autocast_available(device: torch.device) -> bool:
     return supports_bf16(device)
 
 
+def store_frozen_in(model: nn.Module, dtype: torch.dtype) -> int:
+    """Cast the frozen floating-point parameters to `dtype`; return the bytes this saves.
+
+    For PEFT under bf16 autocast: the frozen base is only ever read in bf16 by the autocast
+    matrix products, so an fp32 copy doubles its memory for nothing. Trainable parameters stay
+    fp32 (the optimizer updates them in full precision); buffers (e.g. rotary frequencies) too.
+    """
+    saved = 0
+    for param in {id(p): p for p in model.parameters()}.values():  # a tied weight once
+        if not param.requires_grad and param.is_floating_point() and param.dtype != dtype:
+            before = param.element_size() * param.numel()
+            param.data = param.data.to(dtype)
+            saved += before - param.element_size() * param.numel()
+    return saved
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """An optimizer over the trainable (requires_grad=True) parameters only.
 
