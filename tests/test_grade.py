@@ -22,7 +22,7 @@ import pytest
 
 from labs.instructor import boundary, sandbox, sandbox_child, screen, submissions
 from labs.instructor.grade import Course, Limits, Runner, grade
-from labs.instructor.grade import _grade_all as grade_all
+from labs.instructor.grade import _grade_all as grade_all, named_submissions
 from labs.instructor.grade import _write_ungraded as write_ungraded
 from labs.instructor.grade import main as grade_main
 
@@ -696,14 +696,14 @@ def test_every_submission_gets_a_row_when_the_runner_dies(course_root, tmp_path)
     course.items = [{"nodeid": "tests/test_ex_scaling.py::t", "exercise": "0.1", "points": 1}]
     subs = [folder(tmp_path, "a", {"scaling": filled("scaling")}), folder(tmp_path, "b", {}),
             zipped(tmp_path, "c", {})]
-    rows = grade_all(subs, tmp_path / "out", LIMITS, course, course.policy(), Dead(), tmp_path / "work",
-                     False, lambda line: None, frozenset())
+    rows = grade_all(named_submissions(subs), tmp_path / "out", LIMITS, course, course.policy(), Dead(),
+                     tmp_path / "work", False, lambda line: None, frozenset())
     table = {r["student"]: r for r in csv.DictReader((tmp_path / "out" / "grades.csv").open())}
     assert [r[0] for r in rows] == ["a", "b", "c"] and set(table) == {"a", "b", "c"}
     assert table["a"]["status"] == "partial" and table["c"]["status"].startswith("error:")
     assert {r["sandbox"] for r in table.values()} == {"NONE: test"}
     assert "test runner stopped" in (tmp_path / "out" / "a" / "feedback.md").read_text()
-    write_ungraded(subs, tmp_path / "none", course, Dead(), "not graded: the course's tests did not collect")
+    write_ungraded(named_submissions(subs), tmp_path / "none", course, Dead(), "not graded: the course's tests did not collect")
     table = {r["student"]: r for r in csv.DictReader((tmp_path / "none" / "grades.csv").open())}
     assert set(table) == {"a", "b", "c"} and {r["status"] for r in table.values()} == {
         "error:not graded: the course's tests did not collect"}

@@ -47,7 +47,7 @@ def _names(text: str) -> frozenset[str]:
 MODULE_API: dict[str, frozenset[str]] = {
     "__future__": _names("annotations"),
     "torch": _names("""
-        nn optim linalg random autograd
+        nn optim linalg random autograd special
         Tensor Size Generator device dtype finfo iinfo
         float float16 half bfloat16 float32 float64 double int int8 int16 short int32 int64 long
         uint8 bool complex64 inf nan pi e
@@ -86,6 +86,7 @@ MODULE_API: dict[str, frozenset[str]] = {
     "torch.linalg": _names("""
         norm vector_norm matrix_norm svd svdvals qr eigh eigvalsh solve inv pinv det
         matrix_rank lstsq cholesky"""),
+    "torch.special": _names("ndtri ndtr erf erfc erfinv expit logit log_ndtr"),  # normal quantiles (NF4)
     "torch.random": _names("fork_rng manual_seed seed initial_seed get_rng_state set_rng_state"),
     "torch.autograd": _names("grad Function"),
     "math": frozenset(n for n in dir(math) if not n.startswith("_")),  # arithmetic only
