@@ -55,6 +55,7 @@ def nf4_code_book(offset: float = NF4_OFFSET) -> torch.Tensor:
     7 negative ones: -N^-1(p) at p = linspace(offset, 0.5, 8)[:-1]; and 0. Compute the quantiles in
     float64 with torch.special.ndtri, convert to float32, sort, divide by the largest value.
     (8 positive and 7 negative: 0 must be exact, so one side gets the extra level.)
+    An offset outside (0.5, 1) raises ValueError (given code); its message must contain 'offset'.
     """
     if not 0.5 < offset < 1.0:
         raise ValueError(f"offset={offset!r} is not valid; it is a probability in (0.5, 1), e.g. {NF4_OFFSET}")
@@ -67,6 +68,8 @@ def blockwise_absmax(x: torch.Tensor, block_size: int = BLOCK_SIZE) -> tuple[tor
     Blocks are consecutive runs of `block_size` elements of x.flatten(); the last block may be
     shorter and gets its own absmax. absmax has ceil(N / block_size) float32 values. An all-zero
     block must not divide by zero: its values stay 0 (bitsandbytes clamps absmax at 1e-38 when dividing).
+    A block_size that is not a positive even integer raises ValueError (given code); its message must
+    contain the name and value, e.g. 'block_size=63'.
     """
     _check_block_size(block_size)
     raise NotImplementedError("Exercise 8.2: blockwise_absmax - see notebooks/08_qlora.ipynb")
@@ -87,7 +90,7 @@ def pack_nibbles(codes: torch.Tensor, pad: int = 0) -> torch.Tensor:
     """(ceil(N / 2),) uint8: codes[0] in the HIGH 4 bits of byte 0, codes[1] in its low 4 bits, ...
 
     An odd count gets one `pad` code appended (quantize_nf4 pads with NF4's zero, as bitsandbytes
-    does). Codes outside 0..15 are an error (a ValueError naming one).
+    does). A code outside 0..15 raises ValueError; the message must contain that code (e.g. 16).
     """
     raise NotImplementedError("Exercise 8.4: pack_nibbles - see notebooks/08_qlora.ipynb")
 
@@ -95,7 +98,8 @@ def pack_nibbles(codes: torch.Tensor, pad: int = 0) -> torch.Tensor:
 def unpack_nibbles(packed: torch.Tensor, n: int) -> torch.Tensor:
     """The first `n` uint8 codes held by `packed`, high nibble first (the inverse of pack_nibbles).
 
-    `n` must be 2 * len(packed) or one less (a ValueError otherwise, naming both numbers).
+    `n` must be 2 * len(packed) or one less; otherwise raise ValueError, and the message must contain
+    'n=' and the value, e.g. 'n=5'.
     """
     raise NotImplementedError("Exercise 8.5: unpack_nibbles - see notebooks/08_qlora.ipynb")
 
@@ -104,7 +108,8 @@ def dequantize_blocks(codes: torch.Tensor, absmax: torch.Tensor, code_book: torc
                       block_size: int = BLOCK_SIZE) -> torch.Tensor:
     """(N,) float32: code_book[codes], each block of `block_size` multiplied by its absmax.
 
-    absmax must hold ceil(N / block_size) values (a ValueError otherwise, naming both counts).
+    absmax must hold ceil(N / block_size) values; otherwise raise ValueError, and the message must
+    contain 'absmax has <count> values', e.g. 'absmax has 3 values'.
     """
     _check_block_size(block_size)
     raise NotImplementedError("Exercise 8.6: dequantize_blocks - see notebooks/08_qlora.ipynb")
@@ -142,6 +147,8 @@ def bits_per_parameter(block_size: int = BLOCK_SIZE, double_quant: bool = False,
 
     Without double quantization: one fp32 absmax per block. With it: one 8-bit code per block, and one
     fp32 absmax2 per dq_block_size blocks (the offset, one number per tensor, is left out).
+    A bad block size raises ValueError (given code); its message must contain the name and value,
+    e.g. 'dq_block_size=0'.
     """
     _check_block_size(block_size)
     _check_block_size(dq_block_size, "dq_block_size")

@@ -65,7 +65,8 @@ mirrored, plus 0, then divides by the largest so the levels run from -1 to 1. Th
 largest level at about 1.85 standard deviations, as the cell below computes.
 
 **Exercise 8.1.** Write `nf4_code_book(offset)`: the quantiles with `torch.special.ndtri` (the
-inverse normal CDF) in float64, then float32, sorted, divided by the max."""),
+inverse normal CDF) in float64, then float32, sorted, divided by the max. (An offset outside (0.5, 1)
+is refused by the given code: the message must contain 'offset'.)"""),
     ("code", r"""check("8.1")"""),
     ("code", r"""
 import bitsandbytes.functional as bnb_f
@@ -84,7 +85,8 @@ blocks of 64 and divides each block by its own largest magnitude (its *absmax*),
 fills $[-1, 1]$. A last block shorter than 64 gets its own absmax too.
 
 **Exercise 8.2.** `blockwise_absmax(x, block_size)` returns the scaled values (flattened, float32)
-and one absmax per block."""),
+and one absmax per block. A `block_size` that is not a positive even integer is refused by the
+given code: the message must contain the name and value, e.g. 'block_size=63'."""),
     ("code", r"""check("8.2")"""),
     ("code", r"""
 w = model.model.layers[0].self_attn.q_proj.weight.detach()   # (576, 576)
@@ -106,7 +108,11 @@ A 4-bit code fills half a byte: two codes share one uint8. The order matters for
 bitsandbytes puts the **first** code in the **high** four bits (`first << 4 | second`). An odd
 count is padded with one code.
 
-**Exercise 8.4.** `pack_nibbles(codes, pad)`. **Exercise 8.5.** `unpack_nibbles(packed, n)`, its inverse."""),
+**Exercise 8.4.** `pack_nibbles(codes, pad)`; a code above 15 raises ValueError and the message must
+contain that code (e.g. 16).
+
+**Exercise 8.5.** `unpack_nibbles(packed, n)`, its inverse; an `n` the bytes cannot hold raises
+ValueError and the message must contain 'n=' and the value, e.g. 'n=5'."""),
     ("code", r"""check("8.4")"""),
     ("code", r"""check("8.5")"""),
     ("code", r"""
@@ -121,7 +127,8 @@ print("first bytes:", [hex(b) for b in ours[:4].tolist()], "= codes", q.unpack_n
 Dequantization is a table lookup and a multiplication: level `code_book[code]` times the absmax of
 the code's block.
 
-**Exercise 8.6.** `dequantize_blocks(codes, absmax, code_book, block_size)`."""),
+**Exercise 8.6.** `dequantize_blocks(codes, absmax, code_book, block_size)`. With the wrong number of
+absmax values, raise ValueError: the message must contain 'absmax has <count> values', e.g. 'absmax has 3 values'."""),
     ("code", r"""check("8.6")"""),
     ("code", r"""
 back = q.dequantize_blocks(q.nearest_code(scaled, book), absmax, book, 64).view_as(w)
@@ -139,7 +146,10 @@ by its absmax, and take the nearest level of bitsandbytes' 8-bit "dynamic" code 
 `q.dynamic_code_book()`). Per weight this costs $8/64 + 32/(64 \cdot 256)$ bit.
 
 **Exercise 8.7.** `double_quantize(absmax, block_size=256)` returns (codes, absmax2, offset). Reuse
-8.2 and 8.3. **Exercise 8.8.** `bits_per_parameter(block_size, double_quant, dq_block_size)`."""),
+8.2 and 8.3.
+
+**Exercise 8.8.** `bits_per_parameter(block_size, double_quant, dq_block_size)`. A bad block size is
+refused by the given code: the message must contain the name and value, e.g. 'dq_block_size=0'."""),
     ("code", r"""check("8.7")"""),
     ("code", r"""check("8.8")"""),
     ("code", r"""
