@@ -39,6 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timed steps per QLoRA base")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", os.cpu_count())))
     p.add_argument("--no-memory", action="store_true", help="skip the child-process memory runs")
+    p.add_argument("--no-timing", action="store_true", help="skip the step-time comparison")
     return p.parse_args(argv)
 
 
@@ -118,6 +119,7 @@ def memory_table(preset) -> None:
         rows[variant] = parts(variant, preset)
         if not ARGS.no_memory:
             rows[variant]["peak"] = measure_peak(child_train, variant, preset.name, baseline=None).peak_bytes
+        print(f"  measured {variant}", flush=True)
     base = None if ARGS.no_memory else measure_peak(child_load_only, preset.name, baseline=None).peak_bytes
     print(f"\ntraining memory, SmolLM2-135M, batch {preset.batch_size} x {preset.seq_len}, CPU (MiB)")
     print(f"  {'variant':<16}{'weights':>9}{'grads':>8}{'optim':>8}{'estimate':>10}{'peak RSS':>10}{'- loaded':>10}")
@@ -155,7 +157,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(ARGS.threads)
     preset = get_preset(ARGS.preset)
     print(f"preset {preset.name}, {ARGS.threads} threads, torch {torch.__version__}")
-    step_ratio(preset)
+    if not ARGS.no_timing:
+        step_ratio(preset)
     memory_table(preset)
 
 
