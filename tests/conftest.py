@@ -43,6 +43,28 @@ def tiny_llama(vocab: int = 100, hidden: int = 64, intermediate: int = 128, laye
     return model.eval() if eval_mode else model
 
 
+# A word-level vocabulary that covers the `define` task's prompt words: enough for a real run.
+DEFINE_WORDS = ["<pad>", "<unk>", "<s>", "</s>", "the", "a", "of", "to", "and", "define", "word", "is", "in",
+                "or", "that", "an", ":", ",", ".", "Define", "Question", "Answer", "?", "for", "with", "as", "by"]
+
+
+def save_tiny_llama_folder(folder: Path, **config) -> Path:
+    """A tiny random Llama (seed 0) with a word-level tokenizer over DEFINE_WORDS, saved as a local
+    model folder that labs.models.load_model and `labs finetune --model FOLDER` accept."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(DEFINE_WORDS)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+                            eos_token="</s>").save_pretrained(folder)
+    torch_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(DEFINE_WORDS), hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                 max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+                                 **config)).save_pretrained(folder)
+    return folder
+
+
 def tiny_bert(vocab: int = 100, hidden: int = 32, intermediate: int = 64, layers: int = 2, heads: int = 2,
               labels: int = 2, *, seed: int = 0, **config):
     """A BERT encoder with a classification head (biases and LayerNorms everywhere), in eval mode."""

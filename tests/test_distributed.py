@@ -141,25 +141,10 @@ def test_each_process_takes_every_nth_batch():
 # ---------------------------------------------------------------------------------------------
 # Two processes
 # ---------------------------------------------------------------------------------------------
-WORDS = ["<pad>", "<unk>", "<s>", "</s>", "the", "a", "of", "to", "and", "define", "word", "is", "in", "or",
-         "that", "an", ":", ",", ".", "Define", "Question", "Answer", "?", "for", "with", "as", "by"]
-
-
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama with a word-level tokenizer, as a local model folder for labs finetune."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
-                            eos_token="</s>").save_pretrained(folder)
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                 pad_token_id=0, bos_token_id=2, eos_token_id=3)).save_pretrained(folder)
-    return folder
+    return conftest.save_tiny_llama_folder(tmp_path_factory.mktemp("tiny-llama"))
 
 
 def launch(launcher: list[str], mode: str, out: Path, model_dir: Path) -> subprocess.CompletedProcess:

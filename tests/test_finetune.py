@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import save_tiny_llama_folder
 from labs.presets import get_preset
 
 REQUIRED_KEYS = {
@@ -14,26 +15,10 @@ REQUIRED_KEYS = {
     "peak_memory_bytes", "rss_before_train_bytes", "step_time_median_s", "wall_time_s", "eval_before",
     "eval_after", "saved_bytes", "device", "dtype", "torch_version", "transformers_version", "seed",
 }
-WORDS = ["<pad>", "<unk>", "<s>", "</s>", "the", "a", "of", "to", "and", "define", "word", "is", "in", "or",
-         "that", "an", ":", ",", ".", "Define", "Question", "Answer", "?", "for", "with", "as", "by"]
-
-
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama and a word-level tokenizer saved as a local model folder."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
-                            eos_token="</s>").save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         pad_token_id=0, bos_token_id=2, eos_token_id=3, tie_word_embeddings=True)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
+    return save_tiny_llama_folder(tmp_path_factory.mktemp("tiny-llama"), tie_word_embeddings=True)
 
 
 def tiny_preset(**overrides):
