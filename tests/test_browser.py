@@ -121,7 +121,7 @@ def settled_total(total, before: str, timeout_s: float) -> str:
     deadline = time.monotonic() + timeout_s
     text = before
     while time.monotonic() < deadline:
-        text = total.inner_text()
+        text = total.text_content() or ""
         if text != before and GB_NUMBER.search(text):
             return text
         time.sleep(0.2)
@@ -161,8 +161,10 @@ def test_memory_calculator_in_jupyterlab(tmp_path):
                 expect(total).to_contain_text("GB", timeout=30_000)
                 # A busy kernel answers widget changes only after its queued cells: wait for all.
                 expect(page.locator(".jp-InputPrompt", has_text="[*]")).to_have_count(0, timeout=NOTEBOOK_RUN_S * 1000)
-                before = total.inner_text()
+                # JupyterLab renders only the cells near the viewport: bring the calculator back into
+                # view, then read its figure (text_content, not what happens to be painted).
                 total.scroll_into_view_if_needed()
+                before = settled_total(total, "", timeout_s=30)
                 page.screenshot(path=str(tmp_path / "calculator-before.png"), full_page=False)
 
                 select = page.locator(".labs-memory-model select")
