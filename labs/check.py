@@ -233,13 +233,45 @@ def format_table(results: list[ExerciseResult]) -> str:
     return "\n".join(lines)
 
 
+# check() results per notebook, kept while the code they tested is unchanged (see _notebook_results)
+_RESULTS: dict[tuple[str, str, str], list[ExerciseResult]] = {}
+
+
+def _code_fingerprint() -> str:
+    """A hash of every file a graded test can depend on: change one and cached results are void."""
+    import hashlib
+    digest = hashlib.sha256()
+    for folder, pattern in (("labs", "**/*.py"), ("solutions", "*.py"), ("tests", "conftest.py"),
+                            ("tests", "test_ex_*.py")):
+        for path in sorted((ROOT / folder).glob(pattern)):
+            digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _notebook_results(exercise: str) -> list[ExerciseResult]:
+    """The results of every exercise of `exercise`'s notebook, run once per version of the code.
+
+    Each run starts a pytest process (torch imported again, seconds of start-up), so a notebook with
+    eight check() cells runs its graded tests once and reuses them until a file changes: edit your
+    module and the next check() runs again.
+    """
+    notebook, impl = str(exercise).split(".")[0], current_impl()
+    key = (notebook, impl, _code_fingerprint())
+    if key not in _RESULTS:
+        _RESULTS.clear()  # only the newest version of the code is worth keeping
+        _RESULTS[key] = run_checks(notebook, impl)
+    return _RESULTS[key]
+
+
 def check(exercise: str) -> None:
     """Notebook helper: check one exercise and print one line about it (use run_checks for data).
 
     Under the test suite and in CI (see strict()), an exercise that does not pass also raises
     CheckFailed, so the notebook stops there and its test fails.
     """
-    results = run_checks(str(exercise))
+    if not SELECTOR.match(str(exercise)):
+        raise ValueError(f"exercise {exercise!r} is not valid: use a notebook number like 5 or an id like 5.2")
+    results = [r for r in _notebook_results(str(exercise)) if r.exercise == str(exercise) or "." not in str(exercise)]
     if not results:
         line = f"Exercise {exercise}: no graded tests found"
     else:

@@ -288,6 +288,43 @@ def test_first_party_modules_are_imported_never_skipped():
 
 FAILING = ExerciseResult("5.2", 1, 3, 1, 3, "AssertionError: B must start at zero")
 PASSING = ExerciseResult("5.2", 3, 3, 3, 3, "")
+FAILING_5_3 = ExerciseResult("5.3", 0, 2, 0, 2, "AssertionError: merge twice")
+
+
+@pytest.fixture(autouse=True)
+def fresh_check_results(monkeypatch):
+    """check() keeps results while the code is unchanged: every test here starts without any, and
+    each replacement of run_checks below counts as new code."""
+    labs_check._RESULTS.clear()
+    fingerprint = iter(range(10**6))
+    monkeypatch.setattr(labs_check, "_code_fingerprint", lambda: str(next(fingerprint)))
+
+
+def test_checks_of_one_notebook_run_its_tests_once_per_version_of_the_code(monkeypatch, capsys):
+    calls, version = [], ["v1"]
+    monkeypatch.setattr(labs_check, "_code_fingerprint", lambda: version[0])
+    monkeypatch.setattr(labs_check, "run_checks", lambda selector, impl: calls.append(selector) or [PASSING, FAILING_5_3])
+    labs_check.check("5.2")
+    labs_check.check("5.3")
+    assert calls == ["5"], "one run for the notebook, reused while no file changed"
+    out = capsys.readouterr().out
+    assert "Exercise 5.2: PASSED" in out and "Exercise 5.3: FAILING" in out
+    version[0] = "v2"  # a learner saved their module
+    labs_check.check("5.3")
+    assert calls == ["5", "5"]
+
+
+def test_the_code_fingerprint_changes_when_a_module_changes(tmp_path, monkeypatch):
+    monkeypatch.undo()  # the real fingerprint, over a copy of the layout
+    for folder in ("labs", "solutions", "tests"):
+        (tmp_path / folder).mkdir()
+    module = tmp_path / "labs" / "lora.py"
+    module.write_text("x = 1\n")
+    monkeypatch.setattr(labs_check, "ROOT", tmp_path)
+    before = labs_check._code_fingerprint()
+    assert labs_check._code_fingerprint() == before
+    module.write_text("x = 2\n")
+    assert labs_check._code_fingerprint() != before
 
 
 @pytest.mark.parametrize("env", [{}, {"CI": "true", "LABS_CHECK_STRICT": "0"}])
@@ -296,7 +333,7 @@ def test_a_learners_failing_check_prints_and_does_not_raise(monkeypatch, capsys,
     monkeypatch.delenv(STRICT_ENV, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(labs_check, "run_checks", lambda selector: [FAILING])
+    monkeypatch.setattr(labs_check, "run_checks", lambda *args: [FAILING])
     assert labs_check.check("5.2") is None
     assert "Exercise 5.2: FAILING (1/3 points, 1/3 tests" in capsys.readouterr().out
 
@@ -307,14 +344,14 @@ def test_a_failing_check_raises_under_the_tests_and_in_ci(monkeypatch, capsys, e
     monkeypatch.delenv(STRICT_ENV, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(labs_check, "run_checks", lambda selector: [FAILING])
+    monkeypatch.setattr(labs_check, "run_checks", lambda *args: [FAILING])
     with pytest.raises(labs_check.CheckFailed, match="Exercise 5.2: FAILING .*B must start at zero"):
         labs_check.check("5.2")
     assert "FAILING" in capsys.readouterr().out, "the line is printed before the error"
-    monkeypatch.setattr(labs_check, "run_checks", lambda selector: [])
+    monkeypatch.setattr(labs_check, "run_checks", lambda *args: [])
     with pytest.raises(labs_check.CheckFailed, match="no graded tests"):
         labs_check.check("5.9")
-    monkeypatch.setattr(labs_check, "run_checks", lambda selector: [PASSING])
+    monkeypatch.setattr(labs_check, "run_checks", lambda *args: [PASSING])
     labs_check.check("5.2")  # a passing check never raises
     monkeypatch.setenv(STRICT_ENV, "yes")
     with pytest.raises(ValueError, match="LABS_CHECK_STRICT='yes' is not valid"):
