@@ -211,7 +211,9 @@ def to_peft(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
     conv1d = any(not isinstance(layer.base_layer, nn.Linear) for _, layer in lora_layers(model))
     return {**config_fields(model, record),
             "r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
-            "target_modules": list(config.target_modules), "use_rslora": config.use_rslora,
+            # peft reads "all-linear" as a keyword only when it is the whole string, not a list item
+            "target_modules": ("all-linear" if "all-linear" in config.target_modules
+                               else list(config.target_modules)), "use_rslora": config.use_rslora,
             "bias": config.bias, "modules_to_save": modules_to_save(state),
             "fan_in_fan_out": conv1d,  # peft's flag for weights stored (in, out), as in GPT-2's Conv1D
             "init_lora_weights": True, "use_dora": False}, state

@@ -410,6 +410,7 @@ def trained_labs_lora(lora, model, **config):
 
 @pytest.mark.parametrize("family, config", [
     ("llama", dict(target_modules=("q_proj", "k_proj", "v_proj", "o_proj"))),
+    ("llama", dict(target_modules=("all-linear",))),
     ("gpt2", dict(target_modules=("c_attn",), use_rslora=True)),
     ("bert", dict(target_modules=("query", "value"), modules_to_save=("classifier",))),
 ])
