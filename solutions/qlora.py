@@ -61,7 +61,10 @@ class _FrozenNF4MatMul(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return grad @ ctx.layer.dequantized_weight(), None   # (B, T, out) @ (out, in) -> (B, T, in)
+        # Autocast does not reach a custom backward: under bf16 autocast the forward's output, so
+        # `grad`, is bf16 while W comes back in the compute dtype. Multiply in grad's dtype.
+        weight = ctx.layer.dequantized_weight().to(grad.dtype)
+        return grad @ weight, None                            # (B, T, out) @ (out, in) -> (B, T, in)
 
 
 class NF4Linear(nn.Linear):

@@ -10,7 +10,7 @@ from conftest import tiny_llama
 from labs.methods import METHODS, get_method, prepare
 from labs.train import enable_gradient_checkpointing, make_optimizer, store_frozen_in, TrainConfig
 
-PEFT_METHODS = [m for m in METHODS if not METHODS[m].trains_all and METHODS[m].module != "qlora"]
+PEFT_METHODS = [m for m in METHODS if not METHODS[m].trains_all]
 
 
 def batch(vocab: int = 100):
@@ -59,8 +59,9 @@ def test_every_peft_method_trains_on_a_bf16_frozen_base_under_autocast(method):
     for name, p in model.named_parameters():
         if p.requires_grad:   # the optimizer's weights and state stay in full precision
             assert p.dtype == torch.float32, name
-        else:
-            assert p.dtype == torch.bfloat16 and torch.equal(p, frozen[name]), name
+        else:      # frozen floats now bf16; QLoRA's packed 4-bit codes (uint8) as they were
+            assert p.dtype == (torch.bfloat16 if frozen[name].is_floating_point() else torch.uint8), name
+            assert torch.equal(p, frozen[name]), name
     assert any(not torch.equal(p, trainable[n]) for n, p in model.named_parameters() if p.requires_grad)
 
 
