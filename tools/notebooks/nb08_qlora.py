@@ -313,6 +313,23 @@ GPU), for four variants including LoRA on a bf16 base:
     python benchmarks/qlora.py --preset quick     # CPU
     python benchmarks/qlora.py --preset gpu       # on a CUDA machine
 
+Recorded with the first command on a shared 2-core CPU (2026-11-28, MiB; weights, gradients and
+optimizer state counted on the tensors, the estimate from `labs.memory`, the peak from the child
+process minus that of a child that only loads the model):
+
+| variant | weights | gradients | optimizer | estimate | peak minus load |
+|---|---|---|---|---|---|
+| full fine-tuning (fp32, AdamW) | 513 | 513 | 1026 | 2722 | 2745 |
+| LoRA, fp32 base | 515 | 1.8 | 3.5 | 1190 | 1488 |
+| LoRA, bf16 base | 258 | 1.8 | 3.5 | 646 | 968 |
+| QLoRA (NF4 + double quantization) | 162 | 1.8 | 3.5 | 743 | 1669 |
+
+The held weights fall as the notebook predicts, but QLoRA's whole-run peak is the odd one out: that
+child loads the fp32 checkpoint and quantizes it in the same process, and the NF4 layers rebuild
+each weight in the forward and again in the backward; which of the two sets its peak has not been
+isolated yet. The one-step measurement above, which starts after loading, is the fairer comparison
+of training itself. No GPU figures are recorded yet: the second command makes them.
+
 **What to remember.** NF4 stores a frozen weight in 4.127 bits, 13 % of fp32, at a lower round-trip
 error than FP4's (section 6 measured the ratio). QLoRA's base is read back layer by layer inside the forward, so only one layer's
 weight is ever in full precision, and LoRA on top trains exactly as before. The saved adapter is an
