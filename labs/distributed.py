@@ -1,6 +1,6 @@
 """Several processes, one training loop: the glue between labs/train.py and Hugging Face accelerate.
 
-    accelerate launch --config_file configs/accelerate/ddp_cpu.yaml -m labs finetune --method lora
+    accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2 -m labs finetune --method lora
     torchrun --nproc_per_node 2 -m labs finetune --method lora
 
 The course never builds a distributed engine. The loop in labs/train.py speaks a few methods of
