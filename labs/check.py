@@ -237,7 +237,7 @@ def format_table(results: list[ExerciseResult]) -> str:
 _RESULTS: dict[tuple[str, str, str], list[ExerciseResult]] = {}
 
 
-def _code_fingerprint() -> str:
+def code_fingerprint() -> str:
     """A hash of every file a graded test can depend on: change one and cached results are void."""
     import hashlib
     digest = hashlib.sha256()
@@ -256,7 +256,7 @@ def _notebook_results(exercise: str) -> list[ExerciseResult]:
     module and the next check() runs again.
     """
     notebook, impl = str(exercise).split(".")[0], current_impl()
-    key = (notebook, impl, _code_fingerprint())
+    key = (notebook, impl, code_fingerprint())
     if key not in _RESULTS:
         _RESULTS.clear()  # only the newest version of the code is worth keeping
         _RESULTS[key] = run_checks(notebook, impl)

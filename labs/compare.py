@@ -3,11 +3,17 @@
     rows = run_compare(["full", "lora", "prompt"], "smollm2-135m", task="define", preset="quick")
 
 Each method is fine-tuned by `labs finetune` in a fresh process, so that each peak memory is its
-own, with its own learning rate from the registry (labs/methods.py). Written into `out/`, each
-file atomically: <method>/ (that run's folder), compare.csv (raw numbers), compare.md (rounded,
-for reading) and pareto.png (trainable share against the held-out metric). A method whose run
-fails gets a row with status "failed: <reason>"; `run_compare` then raises CompareFailed after
-writing the table, naming every method that failed.
+own, with its own learning rate from the registry (labs/methods.py); its output goes to
+<method>/run.log. Written into `out/`, each file atomically and again after every method (a method
+not run yet has status "not run yet"): <method>/ (that run's folder), compare.csv (raw numbers),
+compare.json (the same rows and the settings), compare.md (rounded, for reading) and three plots:
+pareto.png (quality vs trainable share), pareto_memory.png (quality vs peak memory) and
+learning_forgetting.png.
+
+Resuming: a method whose folder holds a finished run of the same command and the same code (a
+hash of labs/ and solutions/) is not run again, so an interrupted comparison picks up where it
+stopped. A method whose run fails gets a row with status "failed: <reason>"; `run_compare` then
+raises CompareFailed after writing the table, naming every method that failed.
 """
 from __future__ import annotations
 
@@ -16,12 +22,17 @@ import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from labs.files import write_atomically
+from labs.files import write_atomically, write_json
 
-COLUMNS = ("method", "lr", "trainable_params", "trainable_percent", "metric", "before", "after",
-           "probe_before", "probe_after", "peak_memory_mib", "step_time_median_s", "saved_mib", "status")
+COLUMNS = ("method", "status", "lr", "trainable_params", "trainable_percent", "peak_memory_mib",
+           "step_time_median_s", "adapter_bytes", "metric", "before", "after", "score", "gain", "gain_se",
+           "learned", "probe_before", "probe_after", "probe_drop", "probe_drop_se", "english_ppl_before",
+           "english_ppl_after", "english_loss_rise", "english_loss_rise_se", "forgetting_note", "wall_time_s")
+NOT_RUN = "not run yet"
+RUN_RECORD = "compare_run.json"   # in a method's folder: the command and code of its finished run
 
 
 class CompareFailed(RuntimeError):
@@ -36,9 +47,10 @@ def run_compare(methods, model: str = "smollm2-135m", task: str | None = None, p
                 out: str | Path | None = None, seed: int = 0, progress: bool = True,
                 max_steps: int | None = None, impl: str | None = None, lr: float | None = None,
                 gradient_checkpointing: bool = False) -> list[dict]:
-    """Fine-tune each method on the same task; write the table and plot; return one row per method.
+    """Fine-tune each method on the same task; write the table and plots; return one row per method.
 
-    lr  one learning rate for every method (default: each method's own, from the registry)
+    lr        one learning rate for every method (default: each method's own, from the registry)
+    progress  print a line as each method starts and ends, with the time the rest should take
     """
     from labs.finetune import default_out, default_task
     from labs.impl import current_impl
@@ -54,54 +66,122 @@ def run_compare(methods, model: str = "smollm2-135m", task: str | None = None, p
     preset_name = preset if isinstance(preset, str) else preset.name
     out = Path(out) if out is not None else default_out("compare", model, task)
     out.mkdir(parents=True, exist_ok=True)
-    extra = ["--impl", impl, "--seed", str(seed), "--model", model, "--task", task, "--preset", preset_name]
+    extra = ["--impl", impl, "--seed", str(seed), "--model", str(model), "--task", task, "--preset", preset_name]
     extra += (["--max-steps", str(max_steps)] if max_steps else []) + (["--lr", str(lr)] if lr else [])
-    extra += [] if progress else ["--no-progress"]
     extra += ["--gradient-checkpointing"] if gradient_checkpointing else []
-    rows = [_run_one(m, out / m, extra, progress) for m in methods]
-    write_table(rows, out)
+    settings = {"model": str(model), "task": task, "preset": preset_name, "seed": seed, "impl": impl,
+                "max_steps": max_steps, "lr": lr, "gradient_checkpointing": gradient_checkpointing}
+    say = print if progress else (lambda *a, **k: None)
+    rows = [{"method": m, "status": NOT_RUN} for m in methods]
+    clock, ran = time.perf_counter(), 0
+    for i, method in enumerate(methods):
+        folder, label = out / method, f"[{i + 1}/{len(methods)}] {method}"
+        command = ["finetune", "--method", method, "--out", str(folder), "--no-progress", *extra]
+        rows[i] = finished_row(folder, command)
+        if rows[i] is not None:
+            say(f"{label}: reused the finished run in {folder}", flush=True)
+        else:
+            say(f"{label}: fine-tuning{_time_left(clock, ran, len(methods) - i)}", flush=True)
+            rows[i] = _run_one(method, folder, command)
+            ran += 1
+            say(f"{label}: {_outcome(rows[i])}", flush=True)
+        write_table(rows, out, settings)
     done = [r for r in rows if r["status"] == "ok"]
     if done:
-        _pareto_plot(done, out)
+        plot_comparison(done, out)
+    say(f"compare: {len(done)} of {len(rows)} methods finished in {time.perf_counter() - clock:.0f} s; "
+        f"table in {out / 'compare.md'}", flush=True)
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
         raise CompareFailed(failed, rows)
     return rows
 
 
-def _run_one(method: str, out: Path, extra: list[str], progress: bool) -> dict:
-    cmd = [sys.executable, "-m", "labs", "finetune", "--method", method, "--out", str(out), *extra]
-    proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"]
-        if progress:
-            print(f"{method}: {lines[-1]}", file=sys.stderr)
-        return {"method": method, "status": "failed: " + lines[-1][:200]}
-    return compare_row(json.loads((out / "metrics.json").read_text()))
+def _time_left(clock: float, ran: int, remaining: int) -> str:
+    """' (about N min left)' from the pace of the methods run so far in this call."""
+    if not ran:
+        return ""
+    return f" (about {(time.perf_counter() - clock) / ran * remaining / 60:.0f} min left at this pace)"
+
+
+def _outcome(row: dict) -> str:
+    if row["status"] != "ok":
+        return row["status"]
+    return (f"{row['metric']} {row['before']:.4g} -> {row['after']:.4g}, gain {row['gain']:+.3f} "
+            f"+- {row['gain_se']:.3f} ({row['wall_time_s']:.0f} s)")
+
+
+def _code_version() -> str:
+    from labs.check import code_fingerprint
+    return code_fingerprint()
+
+
+def finished_row(folder: Path, command: list[str]) -> dict | None:
+    """The row of a run in `folder` finished with the same command and code, else None (run it)."""
+    record, metrics = folder / RUN_RECORD, folder / "metrics.json"
+    if not (record.is_file() and metrics.is_file()):
+        return None
+    try:
+        if json.loads(record.read_text()) != {"command": command, "code": _code_version()}:
+            return None
+        return compare_row(json.loads(metrics.read_text()))
+    except (ValueError, KeyError):
+        return None  # a record from another version of the table: run again
+
+
+def _run_one(method: str, folder: Path, command: list[str]) -> dict:
+    """One `labs finetune` in its own process, its output in folder/run.log; its row."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RUN_RECORD).unlink(missing_ok=True)   # a rerun must not be mistaken for the old one
+    log = folder / "run.log"
+    code = _launch(command, log)
+    if code != 0:
+        lines = log.read_text(errors="replace").strip().splitlines() or [f"exit code {code}"]
+        return {"method": method, "status": "failed: " + lines[-1][:200] + f" (see {log})"}
+    row = compare_row(json.loads((folder / "metrics.json").read_text()))
+    write_json(folder / RUN_RECORD, {"command": command, "code": _code_version()})
+    return row
+
+
+def _launch(command: list[str], log: Path) -> int:
+    """`labs <command>` in a fresh process, its output into `log`; its exit code."""
+    with log.open("w") as sink:
+        return subprocess.run([sys.executable, "-m", "labs", *command], stdout=sink,
+                              stderr=subprocess.STDOUT).returncode
 
 
 def compare_row(metrics: dict) -> dict:
     """One table row from a run's metrics.json."""
     name = next(k for k in metrics["eval_after"] if k != "loss")
-    return {"method": metrics["method"], "lr": metrics["lr"], "trainable_params": metrics["trainable_params"],
-            "trainable_percent": metrics["trainable_percent"], "metric": name,
-            "before": metrics["eval_before"][name], "after": metrics["eval_after"][name],
-            "probe_before": metrics.get("probe_before"), "probe_after": metrics.get("probe_after"),
+    learning, forgot = metrics["learning"], metrics["forgetting"]
+    return {"method": metrics["method"], "status": "ok", "lr": metrics["lr"],
+            "trainable_params": metrics["trainable_params"], "trainable_percent": metrics["trainable_percent"],
             "peak_memory_mib": metrics["peak_memory_bytes"] / 2 ** 20,
-            "step_time_median_s": metrics["step_time_median_s"],
-            "saved_mib": metrics["saved_bytes"] / 2 ** 20, "status": "ok"}
+            "step_time_median_s": metrics["step_time_median_s"], "adapter_bytes": metrics["saved_bytes"],
+            "metric": name, "before": metrics["eval_before"][name], "after": metrics["eval_after"][name],
+            "score": learning["score"], "gain": learning["gain"], "gain_se": learning["se"],
+            "learned": learning["learned"],
+            "probe_before": metrics.get("probe_before"), "probe_after": metrics.get("probe_after"),
+            "probe_drop": forgot.get("probe_drop"), "probe_drop_se": forgot.get("probe_drop_se"),
+            "english_ppl_before": forgot.get("english_ppl_before"),
+            "english_ppl_after": forgot.get("english_ppl_after"),
+            "english_loss_rise": forgot.get("english_loss_rise"),
+            "english_loss_rise_se": forgot.get("english_loss_rise_se"),
+            "forgetting_note": forgot.get("note"), "wall_time_s": metrics["wall_time_s"]}
 
 
 def _cell(value) -> str:
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4g}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def write_table(rows: list[dict], out: Path) -> None:
-    """compare.csv (raw numbers) and compare.md (rounded, for reading)."""
+def write_table(rows: list[dict], out: Path, settings: dict | None = None) -> None:
+    """compare.csv (raw numbers), compare.json (rows and settings) and compare.md (rounded)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, restval="")
     writer.writeheader()
@@ -109,13 +189,25 @@ def write_table(rows: list[dict], out: Path) -> None:
     md = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     md += ["| " + " | ".join(_cell(r.get(c)) for c in COLUMNS) + " |" for r in rows]
     write_atomically(out / "compare.csv", buf.getvalue())
+    write_json(out / "compare.json", {"settings": settings or {}, "columns": list(COLUMNS), "rows": rows})
     write_atomically(out / "compare.md", "\n".join(md) + "\n")
 
 
-def _pareto_plot(rows: list[dict], out: Path) -> None:
+def plot_comparison(rows: list[dict], out: Path) -> None:
+    """pareto.png, pareto_memory.png and (where forgetting was measured) learning_forgetting.png."""
     from labs import viz
     metric = rows[0]["metric"]
-    points = {r["method"]: (max(r["trainable_percent"], 1e-6), r["after"]) for r in rows}
-    fig = viz.pareto(points, y_label=f"held-out {metric} after", higher_is_better=metric == "accuracy",
-                     title=f"Trainable share vs {metric}")
-    viz.save(fig, out / "pareto.png")
+    higher = metric == "accuracy"
+    quality = f"held-out {metric} after"
+    share = {r["method"]: (max(r["trainable_percent"], 1e-6), r["after"]) for r in rows}
+    viz.save(viz.pareto(share, y_label=quality, higher_is_better=higher, title=f"Trainable share vs {metric}"),
+             out / "pareto.png")
+    memory = {r["method"]: (r["peak_memory_mib"], r["after"]) for r in rows}
+    viz.save(viz.pareto(memory, x_label="peak training memory (MiB)", y_label=quality, higher_is_better=higher,
+                        logx=False, title=f"Peak memory vs {metric}"), out / "pareto_memory.png")
+    probed = [r for r in rows if r["probe_drop"] is not None]
+    if probed:
+        points = {r["method"]: (r["gain"], r["gain_se"], r["probe_drop"], r["probe_drop_se"]) for r in probed}
+        viz.save(viz.learning_vs_forgetting(points, x_label=f"learning: {rows[0]['score']} gain on the task",
+                                            y_label="forgetting: probe accuracy drop"),
+                 out / "learning_forgetting.png")

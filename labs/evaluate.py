@@ -114,17 +114,24 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, fl
 
 
 @evaluation
-def accuracy(model: nn.Module, tokenizer, examples: Sequence[dict], seq_len: int,
-             batch_size: int = 16) -> float:
-    """Fraction of {"text", "label"} examples whose highest logit is the label."""
-    device, correct = model_device(model), 0
+def example_correct(model: nn.Module, tokenizer, examples: Sequence[dict], seq_len: int,
+                    batch_size: int = 16) -> list[bool]:
+    """For each {"text", "label"} example, whether its highest logit is the label (for paired tests)."""
+    device, hits = model_device(model), []
     for chunk in _chunks(list(examples), batch_size):
         enc = tokenizer([ex["text"] for ex in chunk], truncation=True, max_length=seq_len,
                         padding=True, return_tensors="pt")
         logits = model(**to_device(dict(enc), device)).logits      # (B, num_labels)
         labels = torch.tensor([ex["label"] for ex in chunk], device=device)
-        correct += int((logits.argmax(-1) == labels).sum())
-    return correct / len(examples) if examples else float("nan")
+        hits += (logits.argmax(-1) == labels).tolist()
+    return hits
+
+
+def accuracy(model: nn.Module, tokenizer, examples: Sequence[dict], seq_len: int,
+             batch_size: int = 16) -> float:
+    """Fraction of {"text", "label"} examples whose highest logit is the label."""
+    hits = example_correct(model, tokenizer, examples, seq_len, batch_size)
+    return sum(hits) / len(hits) if hits else float("nan")
 
 
 @evaluation

@@ -5,6 +5,9 @@
 This is what `labs finetune` runs. It writes into `out/`:
     metrics.json        the run's numbers, written atomically: trainable/total parameters,
                         eval_before/eval_after ({"loss", "accuracy" | "perplexity"}),
+                        learning (the paired gain on held-out examples and its standard error),
+                        forgetting (decoders: the probe's accuracy drop and the loss rise on
+                        public-domain English, paired, with standard errors), each example's score,
                         probe_before/probe_after (decoders), base_weight_bytes and base_bits_per_param
                         (the base as loaded: 4-bit for qlora), peak_memory_bytes, step and wall
                         times, saved_bytes, generations, versions, the loss history
@@ -16,6 +19,7 @@ Several methods side by side: labs/compare.py.
 """
 from __future__ import annotations
 
+import math
 import platform
 import time
 from dataclasses import dataclass
@@ -29,6 +33,7 @@ from labs.memory import current_rss_bytes, peak_memory_bytes, reset_peak
 
 DEFAULT_TASKS = {"smollm2-135m": "define", "minilm-l6": "sentiment"}
 N_GENERATIONS = 3
+ENGLISH = ("austen", "moby")  # public-domain English for forgetting: the first that is not the task
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,6 +126,8 @@ class Setup:
     train_examples: list[dict]
     eval_examples: list[dict]     # the same held-out set for every run (seed 0)
     probe_items: list[dict]       # general-knowledge probe (decoders only)
+    english_corpus: str | None    # public-domain English scored for forgetting (decoders only)
+    english_examples: list[dict]  # its held-out chunks
     gen_examples: list[dict]      # prompts for greedy generations (generate tasks only)
 
 
@@ -133,20 +140,32 @@ def load_setup(model: str, task_name: str, preset, seed: int, device: str | None
     net, tokenizer = load_model(model, task_kind=task.kind, num_labels=num_labels, device=device)
     eval_examples = load_examples(task.name, "validation", n=preset.n_eval, seed=0)
     decoder = _decoder(net)
+    english = next(c for c in ENGLISH if c != task.name) if decoder and preset.n_english else None
     return Setup(net, tokenizer, task, device,
                  train_examples=load_examples(task.name, "train", n=preset.n_train, seed=seed),
                  eval_examples=eval_examples,
                  probe_items=load_probe(n=preset.n_probe) if decoder and preset.n_probe else [],
+                 english_corpus=english,
+                 english_examples=load_examples(english, "validation", n=preset.n_english) if english else [],
                  gen_examples=eval_examples[:N_GENERATIONS] if decoder and task.kind == "generate" else [])
 
 
 def measure(setup: Setup, preset) -> dict:
-    """Held-out metrics, probe accuracy (decoders) and greedy generations (generate tasks)."""
-    from labs.evaluate import evaluate_task, generate, probe_accuracy
-    model, tokenizer = setup.model, setup.tokenizer
-    result = {"eval": evaluate_task(model, tokenizer, setup.task, setup.eval_examples, preset)}
+    """Held-out metrics with each example's own score (paired tests); for decoders the probe and the
+    loss on public-domain English (forgetting); greedy generations (generate tasks)."""
+    from labs.evaluate import evaluate_task, example_correct, example_losses, generate, probe_correct
+    model, tokenizer, examples = setup.model, setup.tokenizer, setup.eval_examples
+    result = {"eval": evaluate_task(model, tokenizer, setup.task, examples, preset)}
+    if setup.task.kind == "classify":
+        result["scores"] = [float(hit) for hit in example_correct(model, tokenizer, examples, preset.seq_len)]
+    else:
+        result["scores"] = example_losses(model, tokenizer, setup.task, examples, preset.seq_len, preset.batch_size)
     if setup.probe_items:
-        result["probe"] = probe_accuracy(model, tokenizer, setup.probe_items)
+        result["probe_correct"] = probe_correct(model, tokenizer, setup.probe_items)
+        result["probe"] = sum(result["probe_correct"]) / len(result["probe_correct"])
+    if setup.english_examples:
+        result["english_losses"] = example_losses(model, tokenizer, setup.english_corpus, setup.english_examples,
+                                                  preset.seq_len, preset.batch_size)
     if setup.gen_examples:
         result["generations"] = generate(model, tokenizer, [ex["prompt"] for ex in setup.gen_examples])
     return result
@@ -311,15 +330,58 @@ def _costs(counts, trained: Fit) -> dict:
 
 
 def _quality(setup: Setup, before: dict, after: dict) -> dict:
-    """What training changed: held-out metrics, the probe, generations."""
-    quality = {"eval_before": before["eval"], "eval_after": after["eval"]}
+    """What training changed: held-out metrics, what was forgotten, generations."""
+    quality = {"eval_before": before["eval"], "eval_after": after["eval"],
+               "learning": learning(setup.task.kind, before["scores"], after["scores"]),
+               "forgetting": forgetting(setup, before, after),
+               "scores_before": before["scores"], "scores_after": after["scores"]}
     if "probe" in before:
         quality["probe_before"], quality["probe_after"] = before["probe"], after["probe"]
         quality["probe_items"] = len(setup.probe_items)
+        quality["probe_correct_before"], quality["probe_correct_after"] = before["probe_correct"], after["probe_correct"]
+    if "english_losses" in before:
+        quality["english_losses_before"], quality["english_losses_after"] = before["english_losses"], after["english_losses"]
     if setup.gen_examples:
         quality["generations"] = [{"prompt": ex["prompt"], "reference": ex["response"], "before": b, "after": a}
                                   for ex, b, a in zip(setup.gen_examples, before["generations"], after["generations"])]
     return quality
+
+
+def learning(task_kind: str, before: list[float], after: list[float]) -> dict:
+    """How much the task improved, paired over the same held-out examples, with its standard error.
+
+    gain > 0 is better: accuracy up (classify) or loss per example down (generate, lm).
+    """
+    from labs.evaluate import paired_difference
+    classify = task_kind == "classify"
+    gain, se = paired_difference(after, before) if classify else paired_difference(before, after)
+    return {"score": "accuracy" if classify else "loss", "gain": gain, "se": se, "learned": gain > se}
+
+
+NOT_PROBED = "not measured: an encoder classifier neither answers the probe's questions nor predicts text"
+
+
+def forgetting(setup: Setup, before: dict, after: dict) -> dict:
+    """What the model lost outside the task: probe accuracy and loss on English, paired, with standard errors.
+
+    Positive numbers mean forgotten: the probe's accuracy went down, the loss on English went up.
+    """
+    from labs.evaluate import paired_change, paired_difference
+    if "probe" not in before and "english_losses" not in before:
+        return {"note": NOT_PROBED}
+    result = {}
+    if "probe" in before:
+        drop, se = paired_difference([float(v) for v in before["probe_correct"]],
+                                     [float(v) for v in after["probe_correct"]])
+        result.update(probe_drop=drop, probe_drop_se=se,
+                      probe_p_value=paired_change(before["probe_correct"], after["probe_correct"]).p_value)
+    if "english_losses" in before:
+        b, a = before["english_losses"], after["english_losses"]
+        rise, se = paired_difference(a, b)
+        result.update(english_corpus=setup.english_corpus, english_chunks=len(b),
+                      english_ppl_before=math.exp(sum(b) / len(b)), english_ppl_after=math.exp(sum(a) / len(a)),
+                      english_loss_rise=rise, english_loss_rise_se=se)
+    return result
 
 
 def _plots(metrics: dict, history, out: Path) -> None:
@@ -351,11 +413,20 @@ def summary(metrics: dict, out: Path | None = None) -> str:
              f"({metrics['preset']} preset, {metrics['device']})",
              "  " + str(ParamCount(metrics["trainable_params"], metrics["total_params"])),
              "  held-out: " + ", ".join(changes)]
-    if "probe_before" in metrics:
+    learned = metrics["learning"]
+    lines.append(f"  learning: {learned['score']} {'up' if learned['score'] == 'accuracy' else 'down'} by "
+                 f"{learned['gain']:.3f} +- {learned['se']:.3f} (paired, {len(metrics['scores_after'])} examples)")
+    forgot = metrics["forgetting"]
+    if "probe_drop" in forgot:
         n, p0, p1 = metrics["probe_items"], metrics["probe_before"], metrics["probe_after"]
-        se = (max(p0 * (1 - p0), 1 / n) / n) ** 0.5  # standard error of one accuracy on n questions
         lines.append(f"  general-knowledge probe (forgetting): {p0:.3f} -> {p1:.3f} on {n} questions "
-                     f"(standard error {se:.3f}: a change within two of them is noise)")
+                     f"(change {p1 - p0:+.3f} +- {forgot['probe_drop_se']:.3f}, paired)")
+    if "english_loss_rise" in forgot:
+        lines.append(f"  {forgot['english_corpus']} perplexity (forgetting): {forgot['english_ppl_before']:.1f} -> "
+                     f"{forgot['english_ppl_after']:.1f} (loss {forgot['english_loss_rise']:+.3f} "
+                     f"+- {forgot['english_loss_rise_se']:.3f} on {forgot['english_chunks']} chunks)")
+    if "note" in forgot:
+        lines.append(f"  forgetting: {forgot['note']}")
     lines.append(f"  step {metrics['step_time_median_s']:.2f} s (median of {metrics['steps']}), "
                  f"peak memory {_fmt_bytes(metrics['peak_memory_bytes'])}, {metrics['wall_time_s']:.0f} s in all, "
                  f"saved {_fmt_bytes(metrics['saved_bytes'])}" + (f" to {out}" if out else ""))

@@ -29,15 +29,18 @@ class Preset:
     gradient_checkpointing: bool = False  # recompute activations in backward (where the method allows)
     lr: float | None = None  # one learning rate for every method; None = each method's own from the
                              # registry (labs/methods.py: full fine-tuning wants ~100x less than PEFT)
+    n_english: int = 32     # held-out chunks of public-domain English scored before and after
+                            # (forgetting, decoders only)
 
 
 PRESETS = {
     "quick": Preset("quick", max_steps=20, batch_size=8, grad_accum=1, seq_len=64, n_train=400,
                     n_eval=64, n_probe=60, eval_every=0, bf16=False),
     "laptop": Preset("laptop", max_steps=120, batch_size=8, grad_accum=2, seq_len=128, n_train=4000,
-                     n_eval=256, n_probe=200, eval_every=40, bf16=False),
+                     n_eval=256, n_probe=200, eval_every=40, bf16=False, n_english=128),
     "gpu": Preset("gpu", max_steps=600, batch_size=16, grad_accum=2, seq_len=256, n_train=20000,
-                  n_eval=1000, n_probe=400, eval_every=100, bf16=True, frozen_bf16=True),
+                  n_eval=1000, n_probe=400, eval_every=100, bf16=True, frozen_bf16=True,
+                  n_english=256),
 }
 
 

@@ -176,6 +176,28 @@ def pareto_front(points: Mapping[str, tuple[float, float]], higher_is_better: bo
     return front
 
 
+def learning_vs_forgetting(points: Mapping[str, tuple[float, float, float, float]], *,
+                           x_label: str = "learning (gain on the task)",
+                           y_label: str = "forgetting (loss elsewhere)",
+                           title: str = "Learning vs forgetting") -> Figure:
+    """{method: (gain, gain_se, forgotten, forgotten_se)} as points with one-standard-error bars.
+
+    Right is more learned, up is more forgotten: the best methods sit low and to the right. The
+    dotted lines at zero show which changes their error bars cannot tell from none.
+    """
+    if not points:
+        raise ValueError("no points to plot")
+    fig, (ax,) = new_figure()
+    for color, (name, (x, x_se, y, y_se)) in zip(PALETTE * 4, points.items()):
+        ax.errorbar([x], [y], xerr=[x_se], yerr=[y_se], fmt="o", color=color, capsize=3, zorder=3)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=9)
+    ax.axhline(0, color="grey", ls=":", lw=1)
+    ax.axvline(0, color="grey", ls=":", lw=1)
+    ax.set(xlabel=x_label + " (right is better)", ylabel=y_label + " (lower is better)", title=title)
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def ratio_bars(panels: Mapping[str, Mapping[str, float]], *, baseline: str = "base",
                y_label: str = "time / base model") -> Figure:
     """One panel per measurement: each variant's value divided by the baseline's, as labelled bars

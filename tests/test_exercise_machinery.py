@@ -297,13 +297,13 @@ def fresh_check_results(monkeypatch):
     each replacement of run_checks below counts as new code."""
     labs_check._RESULTS.clear()
     fingerprint = iter(range(10**6))
-    monkeypatch.setattr(labs_check, "_code_fingerprint", lambda: str(next(fingerprint)))
+    monkeypatch.setattr(labs_check, "code_fingerprint", lambda: str(next(fingerprint)))
 
 
 def test_checks_of_one_notebook_run_its_tests_once_per_version_of_the_code(monkeypatch, capsys):
     monkeypatch.setenv(STRICT_ENV, "0")  # a learner's check: a failing exercise prints, never raises
     calls, version = [], ["v1"]
-    monkeypatch.setattr(labs_check, "_code_fingerprint", lambda: version[0])
+    monkeypatch.setattr(labs_check, "code_fingerprint", lambda: version[0])
     monkeypatch.setattr(labs_check, "run_checks", lambda selector, impl: calls.append(selector) or [PASSING, FAILING_5_3])
     labs_check.check("5.2")
     labs_check.check("5.3")
@@ -315,17 +315,17 @@ def test_checks_of_one_notebook_run_its_tests_once_per_version_of_the_code(monke
     assert calls == ["5", "5"]
 
 
-def test_the_code_fingerprint_changes_when_a_module_changes(tmp_path, monkeypatch):
+def test_thecode_fingerprint_changes_when_a_module_changes(tmp_path, monkeypatch):
     monkeypatch.undo()  # the real fingerprint, over a copy of the layout
     for folder in ("labs", "solutions", "tests"):
         (tmp_path / folder).mkdir()
     module = tmp_path / "labs" / "lora.py"
     module.write_text("x = 1\n")
     monkeypatch.setattr(labs_check, "ROOT", tmp_path)
-    before = labs_check._code_fingerprint()
-    assert labs_check._code_fingerprint() == before
+    before = labs_check.code_fingerprint()
+    assert labs_check.code_fingerprint() == before
     module.write_text("x = 2\n")
-    assert labs_check._code_fingerprint() != before
+    assert labs_check.code_fingerprint() != before
 
 
 @pytest.mark.parametrize("env", [{}, {"CI": "true", "LABS_CHECK_STRICT": "0"}])

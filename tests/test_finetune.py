@@ -163,45 +163,88 @@ def check_compare(rows: list[dict], out: Path, methods: list[str]) -> None:
     from labs.compare import compare_row
     assert [r["method"] for r in rows] == methods
     assert [r["method"] for r in csv.DictReader((out / "compare.csv").open())] == methods
+    assert json.loads((out / "compare.json").read_text())["rows"] == json.loads(json.dumps(rows))
     assert "| method |" in (out / "compare.md").read_text()
-    assert (out / "pareto.png").read_bytes().startswith(b"\x89PNG")
+    for plot in ("pareto.png", "pareto_memory.png", "learning_forgetting.png"):
+        assert (out / plot).read_bytes().startswith(b"\x89PNG"), plot
     for row in rows:
         assert row["status"] == "ok", f"{row['method']} failed: {row['status']}"
         assert row == compare_row(json.loads((out / row["method"] / "metrics.json").read_text()))
+        assert row["gain_se"] > 0 and row["probe_drop_se"] is not None and row["english_ppl_after"] > 1
 
 
-def in_process(model_dir, fail: str | None = None):
-    """A stand-in for compare's subprocess: runs the fine-tune here (or fails for method `fail`)."""
-    from labs import compare, finetune
+def in_process(model_dir, fail: str | None = None, calls: list | None = None, tables: list | None = None):
+    """A stand-in for compare's child process: runs the fine-tune here (or fails for method `fail`).
 
-    def run_one(method, out, extra, progress):
+    calls   gets each method run; tables gets the table as it stood when each run started.
+    """
+    from labs import finetune
+
+    def launch(command, log):
+        method, out = command[command.index("--method") + 1], command[command.index("--out") + 1]
+        if calls is not None:
+            calls.append(method)
+        if tables is not None:
+            table = Path(out).parent / "compare.json"
+            tables.append(json.loads(table.read_text())["rows"] if table.exists() else None)
         if method == fail:
-            return {"method": method, "status": "failed: RuntimeError: out of memory"}
+            log.write_text("Traceback (most recent call last):\nRuntimeError: out of memory\n")
+            return 1
         finetune.run_finetune(method, str(model_dir), task="define", preset=tiny_preset(), out=out,
                               progress=False, impl="solutions")
-        return compare.compare_row(json.loads((out / "metrics.json").read_text()))
-    return run_one
+        return 0
+    return launch
 
 
-def test_compare_writes_a_table_and_a_pareto_plot(tiny_model_dir, tmp_path, monkeypatch):
+def test_compare_writes_a_table_and_its_plots(tiny_model_dir, tmp_path, monkeypatch, capsys):
     from labs import compare
-    monkeypatch.setattr(compare, "_run_one", in_process(tiny_model_dir))
+    tables = []
+    monkeypatch.setattr(compare, "_launch", in_process(tiny_model_dir, tables=tables))
     rows = compare.run_compare(["full", "lora"], str(tiny_model_dir), task="define", out=tmp_path,
-                               progress=False, impl="solutions")
+                               impl="solutions")
     check_compare(rows, tmp_path, ["full", "lora"])
     assert rows[0]["lr"] < rows[1]["lr"], "each method trains with its own learning rate"
+    assert tables[0] is None and [r["status"] for r in tables[1]] == ["ok", compare.NOT_RUN], \
+        "the table is rewritten, whole, after each method"
+    printed = capsys.readouterr().out
+    assert "[1/2] full: fine-tuning" in printed and "[2/2] lora: fine-tuning (about" in printed
+    assert "2 of 2 methods finished" in printed
     with pytest.raises(ValueError, match="twice"):
         compare.run_compare(["full", "full"], str(tiny_model_dir), out=tmp_path)
 
 
+def test_an_interrupted_compare_resumes_without_redoing_finished_methods(tiny_model_dir, tmp_path, monkeypatch):
+    from labs import compare
+    calls = []
+    monkeypatch.setattr(compare, "_launch", in_process(tiny_model_dir, calls=calls))
+    first = compare.run_compare(["full", "lora"], str(tiny_model_dir), task="define", out=tmp_path,
+                                progress=False, impl="solutions")
+    (tmp_path / "lora" / compare.RUN_RECORD).unlink()   # as if lora had been interrupted
+    calls.clear()
+    again = compare.run_compare(["full", "lora"], str(tiny_model_dir), task="define", out=tmp_path,
+                                progress=False, impl="solutions")
+    assert calls == ["lora"] and again[0] == first[0]
+    calls.clear()
+    compare.run_compare(["full", "lora"], str(tiny_model_dir), task="define", out=tmp_path,
+                        progress=False, impl="solutions", max_steps=2)
+    assert calls == ["full", "lora"], "other settings are another comparison: nothing is reused"
+    calls.clear()
+    monkeypatch.setattr(compare, "_code_version", lambda: "edited")
+    compare.run_compare(["full"], str(tiny_model_dir), task="define", out=tmp_path, progress=False,
+                        impl="solutions", max_steps=2)
+    assert calls == ["full"], "a run made by other code is not reused"
+
+
 def test_compare_fails_naming_every_method_that_failed(tiny_model_dir, tmp_path, monkeypatch):
     from labs import compare
-    monkeypatch.setattr(compare, "_run_one", in_process(tiny_model_dir, fail="lora"))
+    monkeypatch.setattr(compare, "_launch", in_process(tiny_model_dir, fail="lora"))
     with pytest.raises(compare.CompareFailed, match="lora: failed: RuntimeError: out of memory") as err:
         compare.run_compare(["full", "lora"], str(tiny_model_dir), task="define", out=tmp_path,
                             progress=False, impl="solutions")
-    assert [r["status"] for r in err.value.rows] == ["ok", "failed: RuntimeError: out of memory"]
+    assert [r["status"][:35] for r in err.value.rows] == ["ok", "failed: RuntimeError: out of memory"]
+    assert "run.log" in err.value.rows[1]["status"], "the reason names the log to read"
     assert "failed: RuntimeError" in (tmp_path / "compare.md").read_text(), "the table is written all the same"
+    assert not (tmp_path / "lora" / compare.RUN_RECORD).exists(), "a failed run is never reused"
 
 
 def test_compare_refuses_unfinished_exercises_before_any_run(tmp_path):
@@ -222,6 +265,11 @@ def test_compare_runs_each_method_in_its_own_process(tiny_model_dir, tmp_path, m
     check_compare(rows, tmp_path, ["full", "lora"])
     metrics = json.loads((tmp_path / "lora" / "metrics.json").read_text())
     assert metrics["impl"] == impl and metrics["lr"] == rows[1]["lr"]
+    assert "summary" not in metrics and "learning:" in (tmp_path / "lora" / "run.log").read_text()
+    written = (tmp_path / "lora" / "metrics.json").stat().st_mtime_ns
+    assert run_compare(["full", "lora"], str(tiny_model_dir), task="define", preset="quick", out=tmp_path,
+                       progress=False, max_steps=3, impl=impl) == rows
+    assert (tmp_path / "lora" / "metrics.json").stat().st_mtime_ns == written, "a finished run is reused"
 
 
 def test_pareto_front_keeps_only_undominated_points():
