@@ -20,6 +20,7 @@ from __future__ import annotations
 import multiprocessing
 import sys
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -380,3 +381,145 @@ def measure_peak(fn: Callable, *args, device: str | torch.device | None = None,
     peak = _run_in_child(fn, args, kwargs)
     base = _run_in_child(baseline, (), {}) if baseline is not None else None
     return MemoryMeasurement(peak, "cpu", "peak resident memory (VmHWM) of a child process", base)
+
+
+# ---------------------------------------------------------------------------------------------
+# One training step, measured part by part (notebook 09)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StepMemory:
+    """Where one training step's memory went, each part counted on real tensors, and its peak.
+
+    Each phase's peak is read against the memory held just before the step (CPU: the process's
+    peak resident memory, windowed by reset_peak; CUDA: the allocator's peak): one window over the
+    forward and backward, one over the optimizer step. The step's peak training memory is weights
+    + what was held before the step (optimizer state from earlier steps, any gradients) + the
+    larger of the two. The four parts need not coexist: gradients are allocated during the
+    backward while the activations are being freed, and the activations are gone before the
+    optimizer step, which holds gradients, state and its own temporaries at once.
+    """
+    weights: int          # bytes of the model's weights as held (weight_bytes)
+    gradients: int        # bytes of .grad after the backward (trainable parameters only)
+    optimizer: int        # bytes of optimizer state after the step
+    activations: int      # bytes the forward saved for the backward (saved-tensor hooks)
+    held_before: int      # gradients and optimizer state that existed before the step
+    added_backward: int | None   # peak during forward + backward minus memory before the step
+    added_optimizer: int | None  # peak during optimizer.step() minus memory before the step
+                                 # (None, both: no windowed peak on this system)
+
+    @property
+    def added(self) -> int | None:
+        """What the step added at its peak, over both phases (None if not windowed)."""
+        return None if self.added_backward is None else max(self.added_backward, self.added_optimizer)
+
+    @property
+    def peak_phase(self) -> str | None:
+        """"backward" or "optimizer step": the phase that set the peak (None if not windowed)."""
+        if self.added_backward is None:
+            return None
+        return "backward" if self.added_backward >= self.added_optimizer else "optimizer step"
+
+    @property
+    def peak(self) -> int | None:
+        """Peak training memory of the step: weights + held_before + added (None if not windowed)."""
+        return None if self.added is None else self.weights + self.held_before + self.added
+
+    @property
+    def parts_total(self) -> int:
+        """weights + gradients + optimizer + activations: what the analytic model adds up."""
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+    @property
+    def other(self) -> int | None:
+        """peak - parts_total: temporaries none of the parts names (positive), or parts that were
+        never held at the same time (negative). None if the peak was not windowed."""
+        return None if self.peak is None else self.peak - self.parts_total
+
+
+M_MMAP_THRESHOLD = -3        # glibc mallopt parameter
+MMAP_THRESHOLD = 128 * 1024  # glibc's default: blocks above it get their own pages, returned when freed
+
+
+def release_freed_memory() -> bool:
+    """Give memory that was freed but is still resident back to the system (glibc's malloc_trim).
+
+    Without it, a resident-memory window can start on top of freed pages that the next
+    allocations quietly reuse, and the window sees less than was allocated. It also pins glibc's
+    mmap threshold at its 128 KiB default (glibc raises it, up to 32 MiB, after large blocks are
+    freed), so every tensor above it is handed back the moment it is freed: resident memory then
+    follows live tensors closely, and repeated windows agree within a few MiB. False where this C
+    library has neither (macOS, Windows, musl): there the window can read low or noisy.
+    """
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.malloc_trim(0)
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create the optimizer's state as its first step would, without changing any weight.
+
+    One step on zero gradients with the learning rate at 0: the moments AdamW keeps exist
+    afterwards (all zeros), the weights are bit-identical, and the gradients are freed again.
+    A step measured after this is a steady-state step, without paying a forward and backward.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    try:
+        optimizer.step()
+    finally:
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+
+
+def measure_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer, *,
+                 context: Callable | None = None) -> StepMemory:
+    """Run one training step (forward, backward, optimizer step, gradients freed) and measure it.
+
+    Activations are counted on the step's own forward (saved-tensor hooks, as measure_activations);
+    gradients before they are freed; optimizer state after the step. The peak is windowed
+    (release_freed_memory, reset_peak) over forward + backward, then over the optimizer step. `context`: a factory of the context
+    the forward runs in (e.g. lambda: torch.autocast("cpu", dtype=torch.bfloat16)).
+    """
+    device = next(model.parameters()).device
+    params = list(model.parameters())
+    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+    kept = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in param_ptrs:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    held = _unique_bytes(p.grad for p in params) + _unique_bytes(_optimizer_tensors(optimizer))
+    release_freed_memory()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else current_rss_bytes()
+    windowed = reset_peak(device)
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with (context or nullcontext)():
+            loss = model(**batch).loss
+    loss.backward()
+    del loss
+    gradients = _unique_bytes(p.grad for p in params)
+    backward = peak_memory_bytes(device) - before if windowed else None
+    reset_peak(device)                      # a second window: the optimizer step alone
+    optimizer.step()
+    stepped = peak_memory_bytes(device) - before if windowed else None
+    optimizer.zero_grad(set_to_none=True)
+    return StepMemory(weights=weight_bytes(model), gradients=gradients,
+                      optimizer=_unique_bytes(_optimizer_tensors(optimizer)),
+                      activations=sum(kept.values()), held_before=held,
+                      added_backward=backward, added_optimizer=stepped)

@@ -193,3 +193,78 @@ def test_measure_peak_reports_the_failure_of_the_run():
 def test_measure_peak_rejects_unsupported_device():
     with pytest.raises(ValueError, match="mps"):
         measure_peak(hold_megabytes, 1, device="mps")
+
+
+# ---------------------------------------------------------------------------------------------
+# One training step measured part by part (notebook 09)
+# ---------------------------------------------------------------------------------------------
+def test_init_optimizer_state_creates_adam_moments_without_moving_a_weight():
+    model = _tiny_llama()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1)  # decay would move weights at lr > 0
+    memory.init_optimizer_state(optimizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert measure_components(model, optimizer).optimizer >= 2 * 4 * n_params   # two fp32 moments per weight
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert all(p.grad is None for p in model.parameters())                     # freed again
+    assert optimizer.param_groups[0]["lr"] == 0.1                              # restored
+
+
+def test_measure_step_counts_each_part_on_real_tensors():
+    model = _tiny_llama()
+    for name, p in model.named_parameters():
+        p.requires_grad_("q_proj" in name)                                      # a PEFT-like run
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-3)
+    memory.init_optimizer_state(optimizer)
+    state = measure_components(model, optimizer).optimizer
+    torch.manual_seed(0)
+    batch = _batch(2)
+    got = memory.measure_step(model, batch, optimizer)
+    assert got.weights == memory.weight_bytes(model)
+    assert got.gradients == sum(p.numel() * 4 for p in trainable)
+    assert got.optimizer == state and got.held_before == state                  # steady state: nothing new
+    assert got.activations == measure_activations(model, batch) > 0
+    assert all(p.grad is None for p in model.parameters())                      # gradients freed after the step
+    if got.added is not None:
+        assert got.peak == got.weights + got.held_before + got.added
+        assert got.other == got.peak - got.parts_total
+
+
+class _BigTemporary(nn.Module):
+    """A loss whose forward holds a large temporary while the backward has not started."""
+
+    def __init__(self, megabytes: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(4))
+        self.n = megabytes * MB // 4
+
+    def forward(self, x):
+        big = torch.ones(self.n) * 2        # written: resident
+        return type("Out", (), {"loss": (self.w * x).sum() + big[0] * 0})()
+
+
+@pytest.mark.skipif(not memory.reset_peak(torch.device("cpu")), reason="no windowed peak on this system")
+def test_measure_step_sees_a_temporary_that_no_part_names():
+    model = _BigTemporary(128)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    got = memory.measure_step(model, {"x": torch.ones(4)}, optimizer)
+    assert got.activations < MB and got.gradients == 16
+    assert got.added_backward > 100 * MB and got.peak_phase == "backward"
+    assert got.other > 100 * MB                                                 # peak minus the four parts
+
+
+def test_step_memory_peak_is_the_larger_phase_or_none():
+    step = memory.StepMemory(weights=10, gradients=2, optimizer=4, activations=3, held_before=4,
+                             added_backward=5, added_optimizer=7)
+    assert step.added == 7 and step.peak_phase == "optimizer step" and step.peak == 21
+    assert step.parts_total == 19 and step.other == 2
+    blind = memory.StepMemory(10, 2, 4, 3, 4, None, None)
+    assert blind.added is None and blind.peak is None and blind.other is None and blind.peak_phase is None
+
+
+def test_release_freed_memory_works_on_glibc():
+    import platform
+    ok = memory.release_freed_memory()
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert ok
