@@ -251,6 +251,7 @@ def test_measure_step_sees_a_temporary_that_no_part_names():
     got = memory.measure_step(model, {"x": torch.ones(4)}, optimizer)
     assert got.activations < MB and got.gradients == 16
     assert got.added_backward > 100 * MB and got.peak_phase == "backward"
+    assert got.added_optimizer < got.added_backward / 2                         # its own window: SGD adds ~nothing
     assert got.other > 100 * MB                                                 # peak minus the four parts
 
 

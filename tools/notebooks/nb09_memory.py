@@ -146,7 +146,8 @@ for name, got in measured.items():
 # tied embedding (also the output layer) in fp32, since it is not an nn.Linear.
 fixed = {"prompt": analytic("prompt", counts["prompt"].trainable, B, T + P).total,
          "qlora": model_of["qlora"].total + emb.numel() * (4 - 0.5 - 1 / 64 - 4 / (64 * 256))}
-print(f"\none fp32 copy of the logits: {LOGITS / MiB:.1f} MiB; the tied embedding: {emb.numel() * 4 / MiB:.1f} MiB in fp32")
+print(f"\none fp32 copy of the logits: {LOGITS / MiB:.1f} MiB; the tied embedding: {emb.numel() * 4 / MiB:.1f} MiB in fp32, "
+      f"{emb.numel() / N_BASE:.0%} of the base's weights")
 for name, total in fixed.items():
     print(f"{name:<7} model {model_of[name].total / MiB:6.1f} MiB -> with what it misses {total / MiB:6.1f} MiB; "
           f"peak vs model {100 * rel[name]:+.1f}% -> {100 * (measured[name].peak - total) / total:+.1f}%")
@@ -170,8 +171,8 @@ Three things, each measured above:
   and BitFit keep less than full fine-tuning. Prompt tuning keeps *more* than the model says: each
   row is T + P tokens long, and the model was told T.
 - **QLoRA's weights.** The model puts every base weight in NF4; our QLoRA quantizes the linear layers
-  of the blocks, and the tied embedding (also the output layer) stays fp32, which on SmolLM2 is a
-  fifth of the model. Put back, the two structural misses close most of the gap for prompt tuning;
+  of the blocks, and the tied embedding (also the output layer) stays fp32: on SmolLM2, with its
+  large vocabulary, that is the share of the weights printed above. Put back, the two structural misses close most of the gap for prompt tuning;
   for QLoRA what stays is *other*, larger than LoRA's at the same shape (the *other / logits*
   column): the NF4 layers rebuild each weight in fp32 in the forward and again in the backward, and
   which of those temporaries sets its peak is not isolated here.
@@ -201,7 +202,7 @@ assert lo.gradients + lo.optimizer < 0.02 * lo.peak < lo.activations + lo.other
 viz.memory_breakdown({"full": full, "LoRA": lo}, title=f"Full fine-tuning vs LoRA, one step, B={B} x T={T}")"""),
     ("md", r"""
 LoRA removes what grows with the *trainable* count (gradients and AdamW's moments: three fp32 numbers
-per weight, 1.5 GB here). What grows with the *model* (the frozen weights) and with the *input*
+per weight: the MiB printed above). What grows with the *model* (the frozen weights) and with the *input*
 (activations and the loss's temporaries) stays. Its activations fall only a little: the gradient has
 to travel back through every layer to reach the LoRA factors in layer 0, so every norm, SiLU and
 attention on the way keeps its input. Section 4 shows the input-sized part taking over as the batch grows.
@@ -233,8 +234,8 @@ The activations kept through the step fall several-fold for both, but only LoRA'
 Full fine-tuning's peak comes late in the backward, when nearly all of its gradients exist (as many
 bytes as the weights) and the activations are already freed: cutting them moved its peak by only the
 few MiB printed above, so at this batch size recomputation buys full fine-tuning almost nothing. Checkpointing pays
-where activations set the peak: PEFT, and large batches or long rows for everyone. Every step pays one
-more forward of each block for it (notebook 01's "about 30% slower"). (Non-reentrant checkpointing
+where activations set the peak: PEFT, and large batches or long rows for everyone. The price is time:
+every step runs the forward of each block twice. (Non-reentrant checkpointing
 keeps each block's input outside the saved-tensor hooks; the peak includes it.)
 
 **8-bit AdamW** (bitsandbytes' `AdamW8bit`, which runs on a CPU too) stores the two moments in 8 bits
