@@ -170,6 +170,18 @@ def compare_row(metrics: dict) -> dict:
             "forgetting_note": forgot.get("note"), "wall_time_s": metrics["wall_time_s"]}
 
 
+def read_comparison(out: str | Path) -> tuple[dict, list[dict], dict[str, dict]]:
+    """A comparison as written: its settings, its rows, and each finished method's metrics.json."""
+    out = Path(out)
+    table = out / "compare.json"
+    if not table.is_file():
+        raise FileNotFoundError(f"{table} is missing: run `labs compare --out {out}` first")
+    written = json.loads(table.read_text())
+    runs = {r["method"]: json.loads((out / r["method"] / "metrics.json").read_text())
+            for r in written["rows"] if r["status"] == "ok"}
+    return written["settings"], written["rows"], runs
+
+
 def _cell(value) -> str:
     if value is None:
         return ""

@@ -72,7 +72,48 @@ def eval_loss(model: nn.Module, tokenizer, task, examples: Sequence[dict], seq_l
     return total / count
 
 
+@dataclass(frozen=True)
+class Scores:
+    """One pass over held-out examples: each example's own loss and how many targets it averages."""
+    losses: list[float]          # mean loss per target of each example
+    targets: list[int]           # its targets: response tokens (generate), tokens (lm), 1 (classify)
+    correct: list[bool] | None   # classify: is the highest logit the label? (None for the others)
+
+    @property
+    def loss(self) -> float:
+        """The pooled loss per target over all examples, as eval_loss computes it."""
+        return sum(l * n for l, n in zip(self.losses, self.targets)) / sum(self.targets)
+
+
 @evaluation
+def score_examples(model: nn.Module, tokenizer, task, examples: Sequence[dict], seq_len: int,
+                   batch_size: int = 8) -> Scores:
+    """Each example's loss (and, for classify, whether it is right) in one pass over `examples`."""
+    from labs.data import collate
+    task, device = _task(task), model_device(model)
+    losses: list[float] = []
+    targets: list[int] = []
+    correct: list[bool] = []
+    for chunk in _chunks(list(examples), batch_size):
+        batch = to_device(collate(chunk, tokenizer, task, seq_len), device)
+        labels = batch.pop("labels")
+        logits = model(**batch).logits.float()
+        if labels.dim() == 1:                                   # classify: one target per row
+            losses += F.cross_entropy(logits, labels, reduction="none").tolist()
+            targets += [1] * len(chunk)
+            correct += (logits.argmax(-1) == labels).tolist()
+            continue
+        logits = logits[:, -labels.shape[1]:]  # prompt tuning puts its virtual tokens in front: drop them
+        shifted = labels[:, 1:]                                 # (B, T-1): token t+1 from tokens <= t
+        per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), shifted, reduction="none")  # (B, T-1)
+        counts = (shifted != -100).sum(dim=1)                   # (B,)
+        if not bool((counts > 0).all()):
+            raise ValueError("an example has no target tokens to score: raise seq_len or check the examples")
+        losses += (per_token.sum(dim=1) / counts).tolist()  # ignored positions contribute 0 to the sum
+        targets += counts.tolist()
+    return Scores(losses, targets, correct if task.kind == "classify" else None)
+
+
 def example_losses(model: nn.Module, tokenizer, task, examples: Sequence[dict], seq_len: int,
                    batch_size: int = 8) -> list[float]:
     """Each example's own loss: mean per response token (generate/lm), or its row's loss (classify).
@@ -80,24 +121,7 @@ def example_losses(model: nn.Module, tokenizer, task, examples: Sequence[dict], 
     eval_loss pools every token; these per-example numbers are what a paired comparison of two
     models on the same examples needs (see paired_difference).
     """
-    from labs.data import collate
-    task, device = _task(task), model_device(model)
-    losses: list[float] = []
-    for chunk in _chunks(list(examples), batch_size):
-        batch = to_device(collate(chunk, tokenizer, task, seq_len), device)
-        labels = batch.pop("labels")
-        logits = model(**batch).logits.float()
-        if labels.dim() == 1:                                   # classify: one target per row
-            losses += F.cross_entropy(logits, labels, reduction="none").tolist()
-            continue
-        logits = logits[:, -labels.shape[1]:]  # prompt tuning puts its virtual tokens in front: drop them
-        targets = labels[:, 1:]                                 # (B, T-1): token t+1 from tokens <= t
-        per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")  # (B, T-1)
-        counts = (targets != -100).sum(dim=1)                   # (B,)
-        if not bool((counts > 0).all()):
-            raise ValueError("an example has no target tokens to score: raise seq_len or check the examples")
-        losses += (per_token.sum(dim=1) / counts).tolist()  # ignored positions contribute 0 to the sum
-    return losses
+    return score_examples(model, tokenizer, task, examples, seq_len, batch_size).losses
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
@@ -114,24 +138,17 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, fl
 
 
 @evaluation
-def example_correct(model: nn.Module, tokenizer, examples: Sequence[dict], seq_len: int,
-                    batch_size: int = 16) -> list[bool]:
-    """For each {"text", "label"} example, whether its highest logit is the label (for paired tests)."""
-    device, hits = model_device(model), []
+def accuracy(model: nn.Module, tokenizer, examples: Sequence[dict], seq_len: int,
+             batch_size: int = 16) -> float:
+    """Fraction of {"text", "label"} examples whose highest logit is the label."""
+    device, correct = model_device(model), 0
     for chunk in _chunks(list(examples), batch_size):
         enc = tokenizer([ex["text"] for ex in chunk], truncation=True, max_length=seq_len,
                         padding=True, return_tensors="pt")
         logits = model(**to_device(dict(enc), device)).logits      # (B, num_labels)
         labels = torch.tensor([ex["label"] for ex in chunk], device=device)
-        hits += (logits.argmax(-1) == labels).tolist()
-    return hits
-
-
-def accuracy(model: nn.Module, tokenizer, examples: Sequence[dict], seq_len: int,
-             batch_size: int = 16) -> float:
-    """Fraction of {"text", "label"} examples whose highest logit is the label."""
-    hits = example_correct(model, tokenizer, examples, seq_len, batch_size)
-    return sum(hits) / len(hits) if hits else float("nan")
+        correct += int((logits.argmax(-1) == labels).sum())
+    return correct / len(examples) if examples else float("nan")
 
 
 @evaluation
@@ -349,14 +366,16 @@ def metric_name(task) -> str:
     return "accuracy" if _task(task).kind == "classify" else "perplexity"
 
 
-def evaluate_task(model: nn.Module, tokenizer, task, examples: Sequence[dict], preset) -> dict:
+def evaluate_task(model: nn.Module, tokenizer, task, examples: Sequence[dict], preset,
+                  scores: Scores | None = None) -> dict:
     """{"loss": ..., "accuracy" | "perplexity": ...} on held-out examples.
 
     For generate tasks the prompt is masked out of the labels, so the perplexity is that of the
-    response tokens only: how well the model predicts the answers, not the questions.
+    response tokens only: how well the model predicts the answers, not the questions. Pass the
+    `scores` of score_examples on the same examples to reuse that pass.
     """
     task = _task(task)
-    loss = eval_loss(model, tokenizer, task, examples, preset.seq_len, preset.batch_size)
+    scores = scores or score_examples(model, tokenizer, task, examples, preset.seq_len, preset.batch_size)
     if task.kind == "classify":
-        return {"loss": loss, "accuracy": accuracy(model, tokenizer, examples, preset.seq_len, preset.batch_size)}
-    return {"loss": loss, "perplexity": math.exp(loss)}
+        return {"loss": scores.loss, "accuracy": sum(scores.correct) / len(scores.correct)}
+    return {"loss": scores.loss, "perplexity": math.exp(scores.loss)}

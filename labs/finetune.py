@@ -153,13 +153,11 @@ def load_setup(model: str, task_name: str, preset, seed: int, device: str | None
 def measure(setup: Setup, preset) -> dict:
     """Held-out metrics with each example's own score (paired tests); for decoders the probe and the
     loss on public-domain English (forgetting); greedy generations (generate tasks)."""
-    from labs.evaluate import evaluate_task, example_correct, example_losses, generate, probe_correct
-    model, tokenizer, examples = setup.model, setup.tokenizer, setup.eval_examples
-    result = {"eval": evaluate_task(model, tokenizer, setup.task, examples, preset)}
-    if setup.task.kind == "classify":
-        result["scores"] = [float(hit) for hit in example_correct(model, tokenizer, examples, preset.seq_len)]
-    else:
-        result["scores"] = example_losses(model, tokenizer, setup.task, examples, preset.seq_len, preset.batch_size)
+    from labs.evaluate import evaluate_task, example_losses, generate, probe_correct, score_examples
+    model, tokenizer = setup.model, setup.tokenizer
+    scores = score_examples(model, tokenizer, setup.task, setup.eval_examples, preset.seq_len, preset.batch_size)
+    result = {"eval": evaluate_task(model, tokenizer, setup.task, setup.eval_examples, preset, scores),
+              "scores": [float(hit) for hit in scores.correct] if scores.correct is not None else scores.losses}
     if setup.probe_items:
         result["probe_correct"] = probe_correct(model, tokenizer, setup.probe_items)
         result["probe"] = sum(result["probe_correct"]) / len(result["probe_correct"])

@@ -214,6 +214,25 @@ def test_example_losses_of_a_classifier_are_per_row_cross_entropies():
     assert losses == pytest.approx(single, rel=1e-5)
 
 
+def test_one_scoring_pass_gives_the_pooled_loss_and_accuracy_of_evaluate_task():
+    from transformers import BertConfig, BertForSequenceClassification
+    from labs.presets import get_preset
+    tok, model = tiny_tokenizer(), tiny_llama()
+    scores = evaluate.score_examples(model, tok, "define", PAIRS, seq_len=32, batch_size=2)
+    assert scores.correct is None and 0 < scores.targets[0] < scores.targets[1] < scores.targets[2]  # 1, 3, 6 words
+    assert scores.loss == pytest.approx(evaluate.eval_loss(model, tok, "define", PAIRS, seq_len=32), rel=1e-5)
+    preset = get_preset("quick", seq_len=32, batch_size=2)
+    assert evaluate.evaluate_task(model, tok, "define", PAIRS, preset)["loss"] == pytest.approx(scores.loss)
+    torch.manual_seed(0)
+    classifier = BertForSequenceClassification(BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2,
+                                                          num_attention_heads=2, intermediate_size=64, num_labels=2)).eval()
+    examples = [{"text": "the cat sat", "label": 0}, {"text": "the dog ran on the mat", "label": 1},
+                {"text": "the mat", "label": 1}]
+    scored = evaluate.score_examples(classifier, tok, "sentiment", examples, seq_len=16, batch_size=2)
+    assert sum(scored.correct) / 3 == evaluate.accuracy(classifier, tok, examples, seq_len=16)
+    assert scored.loss == pytest.approx(evaluate.eval_loss(classifier, tok, "sentiment", examples, seq_len=16), rel=1e-5)
+
+
 def test_paired_difference_is_the_mean_difference_and_its_standard_error():
     mean, se = evaluate.paired_difference([1.0, 2.0, 3.0], [0.0, 2.0, 1.0])  # differences 1, 0, 2
     assert mean == pytest.approx(1.0) and se == pytest.approx(1.0 / math.sqrt(3))

@@ -146,7 +146,7 @@ RUNS = {  # label: (method, options, learning rate)
 }
 runs = {}
 for label, (method, options, lr) in RUNS.items():
-    budget = get_preset(preset.name, max_steps=STEPS, lr=lr, n_probe=0,
+    budget = get_preset(preset.name, max_steps=STEPS, lr=lr, n_probe=0, n_english=0,
                         n_eval=max(preset.n_eval, 256))   # 256 reviews: one review is 0.4 points
     runs[label] = run_finetune(method, "minilm-l6", task="sentiment", preset=budget, options=options,
                                out=runs_dir / f"{label.replace(' ', '-').replace('+', '')}", progress=False)"""),
@@ -277,7 +277,7 @@ Does it learn anything? A short run on the "define" task (WordNet: *Define the w
 its gloss), with held-out loss on the definitions before and after. `labs finetune --method bitfit`
 does the same on a bias-free model (`norm_fallback` is its default there)."""),
     ("code", r"""
-budget = get_preset(preset.name, n_probe=0)  # BitFit's own learning rate (labs/methods.py)
+budget = get_preset(preset.name, n_probe=0, n_english=0)  # BitFit's own learning rate (labs/methods.py)
 norm_run = run_finetune("bitfit", "smollm2-135m", task="define", preset=budget,
                         options={"norms": True}, out=runs_dir / "norm-only", progress=False)
 before, after = norm_run["eval_before"], norm_run["eval_after"]

@@ -189,7 +189,7 @@ weights start from an exact copy of the base model's behaviour, so a learning ra
 fine-tuning's is safe; much larger ones (5e-3 here) collapse this small model onto one class."""),
     ("code", r"""
 STEPS = max(preset.max_steps, 60)    # the quick preset's 20 steps leave MiniLM near chance on this task
-budget = get_preset(preset.name, max_steps=STEPS, lr=1e-3, n_probe=0,  # Houlsby swept 3e-5, 3e-4, 3e-3 (sec. 3.2)
+budget = get_preset(preset.name, max_steps=STEPS, lr=1e-3, n_probe=0, n_english=0,  # Houlsby swept 3e-5, 3e-4, 3e-3 (sec. 3.2)
                     n_eval=max(preset.n_eval, 256))     # 256 reviews: one review is 0.4 points
 bert_run = run_finetune("adapter", "minilm-l6", task="sentiment", preset=budget,
                         out=runs_dir / "adapter-minilm", progress=False)"""),
@@ -197,7 +197,7 @@ bert_run = run_finetune("adapter", "minilm-l6", task="sentiment", preset=budget,
 Then SmolLM2 on the "define" task (*Define the word "X".*, answered by its WordNet gloss): a short run
 at the preset's budget, scored by held-out loss and perplexity of the definitions."""),
     ("code", r"""
-smol_run = run_finetune("adapter", "smollm2-135m", task="define", preset=get_preset(preset.name, n_probe=0),
+smol_run = run_finetune("adapter", "smollm2-135m", task="define", preset=get_preset(preset.name, n_probe=0, n_english=0),
                         out=runs_dir / "adapter-smollm2", progress=False)
 for g in smol_run["generations"][:2]:
     print(f"{g['prompt']}\n  before: {g['before'][:100]}\n  after:  {g['after'][:100]}\n")"""),
