@@ -386,6 +386,12 @@ def measure_peak(fn: Callable, *args, device: str | torch.device | None = None,
 # ---------------------------------------------------------------------------------------------
 # One training step, measured part by part (notebook 09)
 # ---------------------------------------------------------------------------------------------
+# Why StepMemory's peaks can be None: this process cannot start a new peak window (reset_peak).
+NO_PEAK_WINDOW = ("peaks by phase are measured only where a process can reset its peak counter: Linux "
+                  "(/proc/self/clear_refs) or a CUDA GPU; not on this system (macOS or Windows), so added, "
+                  "peak and other are None. The four parts are counted on real tensors everywhere")
+
+
 @dataclass(frozen=True)
 class StepMemory:
     """Where one training step's memory went, each part counted on real tensors, and its peak.
@@ -425,6 +431,11 @@ class StepMemory:
         return None if self.added is None else self.weights + self.held_before + self.added
 
     @property
+    def why_no_peak(self) -> str | None:
+        """Why added, peak, peak_phase and other are None (NO_PEAK_WINDOW); None when they were measured."""
+        return NO_PEAK_WINDOW if self.added_backward is None else None
+
+    @property
     def parts_total(self) -> int:
         """weights + gradients + optimizer + activations: what the analytic model adds up."""
         return self.weights + self.gradients + self.optimizer + self.activations
@@ -434,6 +445,15 @@ class StepMemory:
         """peak - parts_total: temporaries none of the parts names (positive), or parts that were
         never held at the same time (negative). None if the peak was not windowed."""
         return None if self.peak is None else self.peak - self.parts_total
+
+
+def format_measured(value: float | None, spec: str, scale: float = 1.0) -> str:
+    """One table cell: format(value / scale, spec), e.g. bytes as MiB with ("8.1f", 2**20) or a
+    fraction with "+7.1%". A figure not measured on this system (None, as StepMemory's peaks without
+    a peak window) reads "n/a" at the same width, so a None never reaches a format string."""
+    if value is None:
+        return "n/a".rjust(len(format(0.0, spec)))
+    return format(value / scale, spec)
 
 
 M_MMAP_THRESHOLD = -3        # glibc mallopt parameter
@@ -488,8 +508,10 @@ def measure_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer
 
     Activations are counted on the step's own forward (saved-tensor hooks, as measure_activations);
     gradients before they are freed; optimizer state after the step. The peak is windowed
-    (release_freed_memory, reset_peak) over forward + backward, then over the optimizer step. `context`: a factory of the context
-    the forward runs in (e.g. lambda: torch.autocast("cpu", dtype=torch.bfloat16)).
+    (release_freed_memory, reset_peak) over forward + backward, then over the optimizer step;
+    where reset_peak cannot open a window (macOS, Windows) the parts are still counted and the
+    peaks are None (StepMemory.why_no_peak says why). `context`: a factory of the context the
+    forward runs in (e.g. lambda: torch.autocast("cpu", dtype=torch.bfloat16)).
     """
     device = next(model.parameters()).device
     params = list(model.parameters())

@@ -264,6 +264,50 @@ def test_step_memory_peak_is_the_larger_phase_or_none():
     assert blind.added is None and blind.peak is None and blind.other is None and blind.peak_phase is None
 
 
+def _without_proc(monkeypatch):
+    """This process as macOS or Windows see it: no /proc (so no resettable peak, no VmHWM), no malloc_trim."""
+    def open_without_proc(file, *args, **kwargs):
+        if str(file).startswith("/proc/"):
+            raise FileNotFoundError(2, "No such file or directory", str(file))
+        return open(file, *args, **kwargs)
+    monkeypatch.setattr(memory, "open", open_without_proc, raising=False)   # shadows the builtin in labs.memory
+    monkeypatch.setattr(memory, "release_freed_memory", lambda: False)
+
+
+def test_measure_step_without_a_peak_window_counts_the_parts_and_says_why(monkeypatch):
+    _without_proc(monkeypatch)
+    assert memory.reset_peak(torch.device("cpu")) is False
+    model = _tiny_llama()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    memory.init_optimizer_state(optimizer)
+    state = measure_components(model, optimizer).optimizer
+    batch = _batch(2)
+    got = memory.measure_step(model, batch, optimizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert got.weights == memory.weight_bytes(model) and got.gradients == 4 * n_params
+    assert got.optimizer == state == got.held_before and got.activations == measure_activations(model, batch) > 0
+    assert got.parts_total == got.weights + got.gradients + got.optimizer + got.activations
+    assert got.added is got.peak is got.other is got.peak_phase is None
+    assert got.why_no_peak == memory.NO_PEAK_WINDOW and "Linux" in got.why_no_peak
+
+
+def test_a_measured_step_has_no_reason_for_a_missing_peak():
+    step = memory.StepMemory(10, 2, 4, 3, 4, added_backward=5, added_optimizer=7)
+    assert step.why_no_peak is None
+
+
+def test_format_measured_prints_n_a_for_a_figure_not_measured():
+    blind = memory.StepMemory(10 * MB, 2 * MB, 4 * MB, 3 * MB, 4 * MB, None, None)
+    assert memory.format_measured(blind.weights, "8.1f", MB) == "    10.0"
+    assert memory.format_measured(blind.peak, "8.1f", MB) == "     n/a"          # same width as a number
+    assert memory.format_measured(-0.125, "+7.1%") == " -12.5%"
+    assert memory.format_measured(None, "+7.1%") == "    n/a"
+    assert memory.format_measured(None, ".1f") == "n/a"
+    row = " ".join(memory.format_measured(getattr(blind, f), "8.1f", MB)
+                   for f in ("weights", "activations", "peak", "other"))
+    assert row == "    10.0      3.0      n/a      n/a"
+
+
 def test_release_freed_memory_works_on_glibc():
     import platform
     ok = memory.release_freed_memory()
