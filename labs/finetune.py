@@ -19,6 +19,8 @@ Several methods side by side: labs/compare.py.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import platform
 import time
@@ -169,6 +171,41 @@ def measure(setup: Setup, preset) -> dict:
     return result
 
 
+def measure_base(setup: Setup, preset, model: str, seed: int) -> tuple[dict, bool]:
+    """measure() of the base model, before any method touches it; and whether it came from the cache.
+
+    Every method of a comparison (and every run of a sweep) starts from the same base, scored on the
+    same examples: the numbers are the same each time, so they are measured once per base, data,
+    settings and version of the code, and kept in $LABS_CACHE/measured/.
+    """
+    path = _base_measure_path(setup, preset, model, seed)
+    if path.is_file():
+        try:
+            return json.loads(path.read_text()), True
+        except ValueError:
+            pass    # a damaged entry is measured again and replaced
+    result = measure(setup, preset)
+    write_json(path, result)
+    return result, False
+
+
+def _base_measure_path(setup: Setup, preset, model: str, seed: int) -> Path:
+    import transformers
+    from labs.check import code_fingerprint
+    from labs.data import DATA_DIR
+    from labs.models import cache_root
+    local = Path(model)
+    files = sorted(local.rglob("*") if local.is_dir() else [local] if local.exists() else [])
+    files += sorted(DATA_DIR.glob("*"))     # the examples, the probe and the English chunks
+    key = {"model": str(model), "files": [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()],
+           "transformers": transformers.__version__,
+           "task": setup.task.name, "seed": seed, "device": str(setup.device), "seq_len": preset.seq_len,
+           "batch_size": preset.batch_size, "n_eval": preset.n_eval, "n_probe": preset.n_probe,
+           "n_english": preset.n_english, "torch": torch.__version__, "code": code_fingerprint()}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    return cache_root() / "measured" / f"{digest}.json"
+
+
 @dataclass
 class Fit:
     history: object               # labs.train.History
@@ -266,7 +303,7 @@ def run_finetune(method: str = "full", model: str = "smollm2-135m", task: str | 
     if main:
         out.mkdir(parents=True, exist_ok=True)
     clock.lap("load")
-    before = measure(setup, preset)
+    before, before_cached = measure_base(setup, preset, model, seed)
     clock.lap("measure_before")
     setup.model = prepare(method, setup.model, setup.task, options or {}, impl)
     forward_context, cast_saved = store_frozen_base(setup, preset)
@@ -282,7 +319,7 @@ def run_finetune(method: str = "full", model: str = "smollm2-135m", task: str | 
     clock.lap("save")
     metrics = {**_describe(method, model, setup, preset, options, seed, impl), **_costs(counts, trained), **base,
                **_quality(setup, before, after), "saved_bytes": saved_bytes, "saved_files": saved_files,
-               "wall_time_s": clock.total(), "phase_times_s": clock.laps}
+               "measure_before_cached": before_cached, "wall_time_s": clock.total(), "phase_times_s": clock.laps}
     if main:
         write_json(out / "metrics.json", metrics)
         _plots(metrics, trained.history, out)

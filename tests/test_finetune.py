@@ -57,6 +57,26 @@ def test_full_finetune_of_a_local_tiny_model(tiny_model_dir, tmp_path):
     assert sum(t.numel() for t in tensors.values()) == metrics["total_params"], "tied weights must be stored once"
 
 
+def test_the_base_is_measured_once_per_base_data_and_settings(tiny_model_dir, tmp_path, monkeypatch):
+    from labs import finetune
+    monkeypatch.setenv("LABS_CACHE", str(tmp_path / "cache"))
+    first = finetune.run_finetune("lora", str(tiny_model_dir), task="define", preset=tiny_preset(max_steps=1),
+                                  out=tmp_path / "a", progress=False, impl="solutions")
+    second = finetune.run_finetune("full", str(tiny_model_dir), task="define", preset=tiny_preset(max_steps=1),
+                                   out=tmp_path / "b", progress=False)
+    assert not first["measure_before_cached"] and second["measure_before_cached"]
+    for key in ("eval_before", "scores_before", "probe_correct_before", "english_losses_before"):
+        assert second[key] == first[key], key
+    other = finetune.run_finetune("full", str(tiny_model_dir), task="define", preset=tiny_preset(max_steps=1, n_eval=6),
+                                  out=tmp_path / "c", progress=False)
+    assert not other["measure_before_cached"] and len(other["scores_before"]) == 6
+    for entry in (tmp_path / "cache" / "measured").iterdir():
+        entry.write_text("{damaged")
+    again = finetune.run_finetune("full", str(tiny_model_dir), task="define", preset=tiny_preset(max_steps=1),
+                                  out=tmp_path / "d", progress=False)
+    assert not again["measure_before_cached"] and again["eval_before"] == first["eval_before"]
+
+
 def test_same_seed_same_numbers(tiny_model_dir, tmp_path):
     from labs.finetune import run_finetune
     runs = [run_finetune("full", str(tiny_model_dir), task="define", preset=tiny_preset(max_steps=2),
