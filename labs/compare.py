@@ -182,6 +182,31 @@ def read_comparison(out: str | Path) -> tuple[dict, list[dict], dict[str, dict]]
     return written["settings"], written["rows"], runs
 
 
+ROOT = Path(__file__).resolve().parent.parent
+RECORDED = ROOT / "notebooks" / "recorded" / "compare-quick"
+RECORD_COMMAND = "LABS_IMPL=solutions labs compare --task define --preset quick --out notebooks/recorded/compare-quick"
+
+
+def course_comparison(live: bool = False, folder: str | Path | None = None
+                      ) -> tuple[Path, dict, list[dict], dict[str, dict]]:
+    """The comparison notebooks 11 and 12 read: (folder, settings, rows, each method's metrics).
+
+    By default the recorded one (made by RECORD_COMMAND, about half an hour on 2 CPU cores); with
+    live=True every method run here on your own modules, in runs/course-compare/<preset>, resumed
+    where an earlier run stopped (so the second notebook reuses the first one's runs); or the one
+    `labs compare` wrote to `folder`.
+    """
+    from labs.methods import METHODS
+    from labs.presets import get_preset
+    if folder is not None:
+        return (Path(folder), *read_comparison(folder))
+    folder = RECORDED
+    if live:
+        folder = ROOT / "runs" / "course-compare" / get_preset().name
+        run_compare(list(METHODS), "smollm2-135m", task="define", preset=get_preset().name, out=folder)
+    return (folder, *read_comparison(folder))
+
+
 def _cell(value) -> str:
     if value is None:
         return ""
