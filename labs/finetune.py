@@ -448,14 +448,15 @@ def summary(metrics: dict, out: Path | None = None) -> str:
              f"({metrics['preset']} preset, {metrics['device']})",
              "  " + str(ParamCount(metrics["trainable_params"], metrics["total_params"])),
              "  held-out: " + ", ".join(changes)]
-    learned = metrics["learning"]
-    lines.append(f"  learning: {learned['score']} {'up' if learned['score'] == 'accuracy' else 'down'} by "
-                 f"{learned['gain']:.3f} +- {learned['se']:.3f} (paired, {len(metrics['scores_after'])} examples)")
-    forgot = metrics["forgetting"]
-    if "probe_drop" in forgot:
+    learned = metrics.get("learning")       # absent from runs written before it was measured
+    if learned:
+        lines.append(f"  learning: {learned['score']} {'up' if learned['score'] == 'accuracy' else 'down'} by "
+                     f"{learned['gain']:.3f} +- {learned['se']:.3f} (paired, {len(metrics['scores_after'])} examples)")
+    forgot = metrics.get("forgetting", {})
+    if "probe_before" in metrics:
         n, p0, p1 = metrics["probe_items"], metrics["probe_before"], metrics["probe_after"]
-        lines.append(f"  general-knowledge probe (forgetting): {p0:.3f} -> {p1:.3f} on {n} questions "
-                     f"(change {p1 - p0:+.3f} +- {forgot['probe_drop_se']:.3f}, paired)")
+        paired = f" (change {p1 - p0:+.3f} +- {forgot['probe_drop_se']:.3f}, paired)" if "probe_drop_se" in forgot else ""
+        lines.append(f"  general-knowledge probe (forgetting): {p0:.3f} -> {p1:.3f} on {n} questions{paired}")
     if "english_loss_rise" in forgot:
         lines.append(f"  {forgot['english_corpus']} perplexity (forgetting): {forgot['english_ppl_before']:.1f} -> "
                      f"{forgot['english_ppl_after']:.1f} (loss {forgot['english_loss_rise']:+.3f} "

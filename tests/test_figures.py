@@ -96,6 +96,14 @@ def test_run_summary_names_held_out_numbers_consistently():
                "eval_before": {"loss": 4.926, "perplexity": 137.84}, "eval_after": {"loss": 3.71, "perplexity": 40.9},
                "probe_before": 0.65, "probe_after": 0.6667, "probe_items": 60, "step_time_median_s": 2.4,
                "steps": 20, "peak_memory_bytes": 3 * 2 ** 30, "wall_time_s": 95.0, "saved_bytes": 1_850_000}
+    older = summary(metrics)     # a run written before learning and forgetting were measured
+    assert "held-out: loss 4.926 -> 3.710, perplexity 137.8 -> 40.9" in older
+    assert "0.650 -> 0.667 on 60 questions" in older and "learning" not in older
+    metrics.update(learning={"score": "loss", "gain": 1.216, "se": 0.151}, scores_after=[0.0] * 64,
+                   forgetting={"probe_drop": -0.0167, "probe_drop_se": 0.0504, "english_corpus": "austen",
+                               "english_chunks": 32, "english_ppl_before": 74.21, "english_ppl_after": 69.64,
+                               "english_loss_rise": -0.0636, "english_loss_rise_se": 0.0086})
     text = summary(metrics)
-    assert "held-out: loss 4.926 -> 3.710, perplexity 137.8 -> 40.9" in text
-    assert "0.650 -> 0.667 on 60 questions" in text and "standard error 0.062" in text
+    assert "learning: loss down by 1.216 +- 0.151 (paired, 64 examples)" in text
+    assert "0.650 -> 0.667 on 60 questions (change +0.017 +- 0.050, paired)" in text
+    assert "austen perplexity (forgetting): 74.2 -> 69.6 (loss -0.064 +- 0.009 on 32 chunks)" in text
