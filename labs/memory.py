@@ -537,6 +537,7 @@ def measure_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer
     del loss
     gradients = _unique_bytes(p.grad for p in params)
     backward = peak_memory_bytes(device) - before if windowed else None
+    release_freed_memory()                  # the forward's temporaries go back before the next window opens
     reset_peak(device)                      # a second window: the optimizer step alone
     optimizer.step()
     stepped = peak_memory_bytes(device) - before if windowed else None
