@@ -20,7 +20,7 @@ from __future__ import annotations
 import multiprocessing
 import sys
 import traceback
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -208,6 +208,14 @@ def measure_activations(model: nn.Module, batch: dict) -> int:
     checkpointing keeps each checkpointed block's input outside these hooks: add B*T*D bytes
     per block for the full picture.
     """
+    with saved_tensor_bytes(model) as kept:
+        model(**batch)
+    return sum(kept.values())
+
+
+@contextmanager
+def saved_tensor_bytes(model: nn.Module):
+    """Within: {storage: bytes} of every distinct non-parameter storage autograd saves for backward."""
     param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
     kept = {}
 
@@ -218,8 +226,7 @@ def measure_activations(model: nn.Module, batch: dict) -> int:
         return t
 
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(**batch)
-    return sum(kept.values())
+        yield kept
 
 
 def measure_components(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
@@ -515,24 +522,14 @@ def measure_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer
     """
     device = next(model.parameters()).device
     params = list(model.parameters())
-    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
-    kept = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in param_ptrs:
-            kept[storage.data_ptr()] = storage.nbytes()
-        return t
-
     held = _unique_bytes(p.grad for p in params) + _unique_bytes(_optimizer_tensors(optimizer))
     release_freed_memory()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else current_rss_bytes()
     windowed = reset_peak(device)
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        with (context or nullcontext)():
-            loss = model(**batch).loss
+    with saved_tensor_bytes(model) as kept, (context or nullcontext)():
+        loss = model(**batch).loss
     loss.backward()
     del loss
     gradients = _unique_bytes(p.grad for p in params)
