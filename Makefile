@@ -33,7 +33,7 @@ TEST_ENV := LABS_IMPL=solutions LABS_PRESET=quick HF_HUB_OFFLINE=1 OMP_NUM_THREA
             TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg
 # Setup runs alone: let torch use every core.
 SETUP_ENV := HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false MPLBACKEND=Agg
-PYTEST_ARGS ?= -n 2 --dist loadgroup -q -p no:cacheprovider --durations=15
+PYTEST_ARGS ?= -n 2 --dist loadgroup -q -p no:cacheprovider --durations=30
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .PHONY: help setup deps browser sandbox assets finetune test test-fast lab release clean-venv

@@ -394,6 +394,7 @@ def learning(task_kind: str, before: list[float], after: list[float]) -> dict:
 
 
 NOT_PROBED = "not measured: an encoder classifier neither answers the probe's questions nor predicts text"
+SWITCHED_OFF = "not measured: this run's preset sets n_probe=0 and n_english=0"
 
 
 def forgetting(setup: Setup, before: dict, after: dict) -> dict:
@@ -403,7 +404,7 @@ def forgetting(setup: Setup, before: dict, after: dict) -> dict:
     """
     from labs.evaluate import paired_change, paired_difference
     if "probe" not in before and "english_losses" not in before:
-        return {"note": NOT_PROBED}
+        return {"note": NOT_PROBED if setup.task.kind == "classify" else SWITCHED_OFF}
     result = {}
     if "probe" in before:
         drop, se = paired_difference([float(v) for v in before["probe_correct"]],

@@ -183,17 +183,23 @@ def learning_vs_forgetting(points: Mapping[str, tuple[float, float, float, float
     """{method: (gain, gain_se, forgotten, forgotten_se)} as points with one-standard-error bars.
 
     Right is more learned, up is more forgotten: the best methods sit low and to the right. The
-    dotted lines at zero show which changes their error bars cannot tell from none.
+    dotted line at zero forgetting shows which changes their error bars cannot tell from none; the
+    one at zero learning is drawn only when a bar reaches it (else it would squeeze every point
+    into a corner). Methods are named in a legend, each with its own colour and marker, since
+    methods that learned alike sit on top of each other.
     """
     if not points:
         raise ValueError("no points to plot")
     fig, (ax,) = new_figure()
-    for color, (name, (x, x_se, y, y_se)) in zip(PALETTE * 4, points.items()):
-        ax.errorbar([x], [y], xerr=[x_se], yerr=[y_se], fmt="o", color=color, capsize=3, zorder=3)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=9)
+    markers = "osD^vP*Xh<>"
+    for i, (name, (x, x_se, y, y_se)) in enumerate(points.items()):
+        ax.errorbar([x], [y], xerr=[x_se], yerr=[y_se], fmt=markers[i % len(markers)],
+                    color=PALETTE[i % len(PALETTE)], capsize=3, zorder=3, label=name, alpha=0.85)
     ax.axhline(0, color="grey", ls=":", lw=1)
-    ax.axvline(0, color="grey", ls=":", lw=1)
+    if min(x - x_se for x, x_se, _, _ in points.values()) <= 0:
+        ax.axvline(0, color="grey", ls=":", lw=1)
     ax.set(xlabel=x_label + " (right is better)", ylabel=y_label + " (lower is better)", title=title)
+    ax.legend(fontsize=8, loc="best", ncols=2 if len(points) > 4 else 1)
     ax.grid(alpha=0.3)
     return fig
 

@@ -58,7 +58,14 @@ FIGURES = {
                                                                           "LoRA merged": 0.7}}),
     "sweep": lambda: viz.sweep({"q,v": ([1, 2, 4, 8], [0.7, 0.72, 0.75, 0.75])}, x_label="rank r",
                                y_label="accuracy", logx=True),
+    "learning vs forgetting": lambda: viz.learning_vs_forgetting(RECORDED_LIKE),
 }
+
+# The shape of the recorded quick comparison: seven methods, three of them at the same point.
+RECORDED_LIKE = {"full": (2.52, 0.17, -0.067, 0.047), "bitfit": (2.29, 0.17, -0.017, 0.061),
+                 "adapter": (2.54, 0.18, 0.0, 0.063), "lora": (2.38, 0.16, -0.017, 0.05),
+                 "prefix": (2.27, 0.15, -0.017, 0.05), "prompt": (2.18, 0.15, -0.033, 0.04),
+                 "qlora": (2.27, 0.17, 0.0, 0.05)}
 
 
 @pytest.mark.parametrize("name", FIGURES)
@@ -107,3 +114,15 @@ def test_run_summary_names_held_out_numbers_consistently():
     assert "learning: loss down by 1.216 +- 0.151 (paired, 64 examples)" in text
     assert "0.650 -> 0.667 on 60 questions (change +0.017 +- 0.050, paired)" in text
     assert "austen perplexity (forgetting): 74.2 -> 69.6 (loss -0.064 +- 0.009 on 32 chunks)" in text
+
+
+def test_learning_vs_forgetting_tells_methods_apart_and_leaves_out_zero_learning_when_no_bar_reaches_it(tmp_path):
+    fig = viz.learning_vs_forgetting(RECORDED_LIKE)
+    rendered(fig, tmp_path)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(RECORDED_LIKE)
+    styles = {(c.lines[0].get_color(), c.lines[0].get_marker()) for c in ax.containers}
+    assert len(styles) == len(RECORDED_LIKE), f"two methods share a colour and marker: {styles}"
+    assert ax.get_xlim()[0] > 1.0, f"x axis starts at {ax.get_xlim()[0]}: the points are squeezed to the right"
+    near_zero = viz.learning_vs_forgetting({"a": (0.05, 0.1, 0.0, 0.01), "b": (0.5, 0.1, 0.1, 0.01)})
+    assert near_zero.axes[0].get_xlim()[0] <= 0 <= near_zero.axes[0].get_xlim()[1]

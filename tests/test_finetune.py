@@ -352,3 +352,13 @@ def test_adapter_of_an_embedded_model_names_its_hub_base_and_loads_in_peft(tmp_p
     ids = tok("Define the word \"lake\".", return_tensors="pt").input_ids
     with torch.no_grad():
         torch.testing.assert_close(theirs(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_a_run_without_forgetting_measures_says_why_for_its_kind_of_model():
+    from types import SimpleNamespace
+
+    from labs.finetune import forgetting
+    encoder, decoder = (SimpleNamespace(task=SimpleNamespace(kind=k)) for k in ("classify", "generate"))
+    assert "encoder classifier" in forgetting(encoder, {}, {})["note"]
+    note = forgetting(decoder, {}, {})["note"]
+    assert "n_probe=0" in note and "encoder" not in note

@@ -195,9 +195,11 @@ bert_run = run_finetune("adapter", "minilm-l6", task="sentiment", preset=budget,
                         out=runs_dir / "adapter-minilm", progress=False)"""),
     ("md", r"""
 Then SmolLM2 on the "define" task (*Define the word "X".*, answered by its WordNet gloss): a short run
-at the preset's budget, scored by held-out loss and perplexity of the definitions."""),
+(12 steps in the quick preset, the preset's budget in the others), scored by held-out loss and
+perplexity of the definitions."""),
     ("code", r"""
-smol_run = run_finetune("adapter", "smollm2-135m", task="define", preset=get_preset(preset.name, n_probe=0, n_english=0),
+smol_budget = get_preset(preset.name, n_probe=0, n_english=0, max_steps=12 if preset.name == "quick" else preset.max_steps)
+smol_run = run_finetune("adapter", "smollm2-135m", task="define", preset=smol_budget,
                         out=runs_dir / "adapter-smollm2", progress=False)
 for g in smol_run["generations"][:2]:
     print(f"{g['prompt']}\n  before: {g['before'][:100]}\n  after:  {g['after'][:100]}\n")"""),
@@ -241,7 +243,7 @@ models = {"base": base, "adapters (Houlsby)": with_adapters, "LoRA merged": merg
 latency = {}
 for tokens in (1, 32):                          # one new token (a decoding step) and a short prompt
     input_ids = torch.randint(0, base.config.vocab_size, (1, tokens))   # (B=1, T)
-    latency[tokens] = median_latency_ms(models, input_ids, repeats=30 if tokens == 1 else 15)
+    latency[tokens] = median_latency_ms(models, input_ids, repeats=20 if tokens == 1 else 8)
     ms = latency[tokens]
     print(f"T={tokens:>3}: " + "   ".join(f"{n} {v:.1f} ms ({v / ms['base']:.2f}x)" for n, v in ms.items()))"""),
     ("code", r"""

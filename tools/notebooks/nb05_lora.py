@@ -239,18 +239,18 @@ print("plain layers again:", type(merged.model.layers[0].self_attn.q_proj).__nam
 
 variants = {"base": base.eval(), "LoRA unmerged": model.eval(), "LoRA merged": merged.eval()}
 short_prompt = prompt_ids[:, :8]                                            # (1, 8)
-new_tokens = 16
+new_tokens = 8
 
-def generate_greedy(m):  # 16 decoding steps, one token each, batch 1
+def generate_greedy(m):  # 8 decoding steps, one token each, batch 1
     m.generate(input_ids=short_prompt, attention_mask=torch.ones_like(short_prompt), do_sample=False,
                max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=tok.pad_token_id or 0)
 
 with torch.inference_mode():
     latency = {
         f"forward, 1 x {prompt_ids.shape[1]} tokens": interleaved_medians(
-            {n: (lambda m=m: m(prompt_ids)) for n, m in variants.items()}, repeats=10),
+            {n: (lambda m=m: m(prompt_ids)) for n, m in variants.items()}, repeats=5),
         f"generate {new_tokens} tokens, batch 1": interleaved_medians(
-            {n: (lambda m=m: generate_greedy(m)) for n, m in variants.items()}, repeats=6),
+            {n: (lambda m=m: generate_greedy(m)) for n, m in variants.items()}, repeats=4),
     }
 for what, seconds in latency.items():
     print(f"{what}: " + "   ".join(f"{n} {1e3 * t:.0f} ms ({t / seconds['base']:.2f}x)" for n, t in seconds.items()))
@@ -282,7 +282,7 @@ looks the same as "too short to tell". So: few settings, runs long enough to lea
 says whether a difference is real. Each run is a fresh copy of the base trained with the same
 learning rate, data and number of steps, scored along the way on the same held-out examples. α
 stays 16 throughout: the α/r scale is what lets every rank use the same learning rate. In quick
-mode each run takes 20 steps of 4 examples (half the batch of section 4), to fit the quick budget.
+mode each run takes 12 steps of 4 examples (half the batch of section 4), to fit the quick budget.
 
 Two models scored on the *same* examples can be compared pair by pair: example by example, the
 difference of their losses. A hard example is hard for both, so pairing cancels what the examples
@@ -294,7 +294,7 @@ the `laptop` preset's longer runs are the check on that.)"""),
 from labs.evaluate import example_losses, paired_difference
 
 quick = preset.name == "quick"
-sweep_steps = 20 if quick else preset.max_steps
+sweep_steps = 12 if quick else preset.max_steps
 sweep_batch = 4 if quick else preset.batch_size
 sweep_eval = eval_ex[:48] if quick else eval_ex
 
@@ -368,7 +368,7 @@ of layers at a lower rank does at least as well as a higher rank on fewer (secti
 GPT-3, rank 4 on $W_q$ and $W_v$ beat rank 8 on $W_q$ alone, and rank 2 on all four projections did
 as well or better), and the QLoRA paper found adapting every linear layer necessary to match full
 fine-tuning. If the verdict here is "cannot be told apart", that is an honest result, not a
-failure: 20 steps are too few to separate them, and `LABS_PRESET=laptop` (120 steps of full
+failure: 12 steps are too few to separate them, and `LABS_PRESET=laptop` (120 steps of full
 batches, all held-out examples, and the third layout) is the run to make before concluding. The
 lesson either way: the rank is cheap to keep small, and when the budget is fixed, where you spend
 it is the question worth measuring.

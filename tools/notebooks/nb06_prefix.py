@@ -221,11 +221,13 @@ del from_text"""),
 ## 7. Style control: one frozen model, two prefixes
 
 Now the real thing. We train one prefix on excerpts of Jane Austen's novels and another on the King
-James Bible (both public domain, in `data/`), each for `preset.max_steps` steps, from the same frozen
-SmolLM2. Prefix and prompt tuning train a few numbers far from any pretrained weight and take a larger
-learning rate than LoRA: $10^{-2}$ here (peft's examples use $10^{-2}$ to $3 \cdot 10^{-2}$)."""),
+James Bible (both public domain, in `data/`), each for `STYLE_STEPS` steps (12 in the quick preset,
+the preset's own budget in the others), from the same frozen SmolLM2. Prefix and prompt tuning train a
+few numbers far from any pretrained weight and take a larger learning rate than LoRA: $10^{-2}$ here
+(peft's examples use $10^{-2}$ to $3 \cdot 10^{-2}$)."""),
     ("code", r"""
 LR = 1e-2
+STYLE_STEPS = 12 if preset.name == "quick" else preset.max_steps   # two runs: the quick budget
 N_EVAL = max(16, preset.n_eval // 4)
 CORPORA = ("austen", "kjv")
 held_out = {c: load_examples(c, "validation", n=N_EVAL) for c in CORPORA}
@@ -234,7 +236,7 @@ def train_prefix(corpus: str):
     model = prefix_tuning.apply(copy.deepcopy(base), prefix_tuning.PrefixTuningConfig(num_virtual_tokens=P))
     data = batches(load_examples(corpus, "train", n=preset.n_train), tok, corpus, preset.seq_len,
                    preset.batch_size, epochs=None)
-    history = train(model, data, TrainConfig(lr=LR, max_steps=preset.max_steps, seed=0))
+    history = train(model, data, TrainConfig(lr=LR, max_steps=STYLE_STEPS, seed=0))
     return model, history
 
 NAMES = {"austen": "Austen prefix", "kjv": "King James prefix"}

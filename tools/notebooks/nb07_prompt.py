@@ -184,10 +184,10 @@ shown = held_out[:3]
 def held_out_perplexity(model) -> float:
     return math.exp(eval_loss(model, tok, task, held_out, preset.seq_len, preset.batch_size))
 
-def tune(num_virtual_tokens: int, init: str, steps: int, progress: bool = False):
+def tune(num_virtual_tokens: int, init: str, steps: int, batch_size: int = preset.batch_size, progress: bool = False):
     cfg = prompt_tuning.PromptTuningConfig(num_virtual_tokens=num_virtual_tokens, init=init, init_text=INIT_TEXT)
     model = prompt_tuning.apply(copy.deepcopy(base), cfg, tok)
-    data = batches(train_examples, tok, task, preset.seq_len, preset.batch_size, epochs=None)
+    data = batches(train_examples, tok, task, preset.seq_len, batch_size, epochs=None)
     history = train(model, data, TrainConfig(lr=LR, max_steps=steps, seed=0), progress=progress)
     return model, history
 
@@ -216,18 +216,19 @@ for row in range(0, learned.shape[0], 4):
 ## 6. How long, and where to start?
 
 Two questions from the paper, asked on a small budget: short runs of the same length for each setting
-(tiny in the quick preset, so read the trend, not the decimals). First the prompt length $P$, started
+(tiny in the quick preset, 5 steps of 4 examples, so read the trend, not the decimals). First the prompt length $P$, started
 from the task text; then, at one length, the three starting points."""),
     ("code", r"""
 del model
 gc.collect()
 SWEEP_STEPS = max(4, preset.max_steps // 4)
+SWEEP_BATCH = 4 if preset.name == "quick" else preset.batch_size   # half the batch: the quick budget
 LENGTHS = (1, 4, 16) if preset.name == "quick" else (1, 5, 20, 50)
 runs = {}  # (P, init) -> held-out perplexity after SWEEP_STEPS steps
 
 def sweep_run(num_virtual_tokens: int, init: str) -> float:
     if (num_virtual_tokens, init) not in runs:
-        m, _ = tune(num_virtual_tokens, init, SWEEP_STEPS)
+        m, _ = tune(num_virtual_tokens, init, SWEEP_STEPS, SWEEP_BATCH)
         runs[num_virtual_tokens, init] = held_out_perplexity(m)
         print(f"P={num_virtual_tokens:>3}, init {init:>6}: held-out perplexity {runs[num_virtual_tokens, init]:.1f}")
         del m
@@ -275,7 +276,7 @@ def training_step(m):
     return step
 
 # in turns (labs.timing): a busy machine slows every method alike
-seconds = interleaved_medians({m: training_step(m) for m in models}, repeats=3, warmup=0)
+seconds = interleaved_medians({m: training_step(m) for m in models}, repeats=2, warmup=0)
 rows = {m: measure_components(model, optimizers[m], batch=batch) for m, model in models.items()}
 for m, model in models.items():
     print(f"{m:>6}: step {seconds[m]:.2f} s, {count_parameters(model)}")
