@@ -185,6 +185,10 @@ def read_comparison(out: str | Path) -> tuple[dict, list[dict], dict[str, dict]]
 ROOT = Path(__file__).resolve().parent.parent
 RECORDED = ROOT / "notebooks" / "recorded" / "compare-quick"
 RECORD_COMMAND = "LABS_IMPL=solutions labs compare --task define --preset quick --out notebooks/recorded/compare-quick"
+# What a longer run changes (notebook 12): two methods in the laptop preset, one thread, about 2 h
+RECORDED_LAPTOP = ROOT / "notebooks" / "recorded" / "compare-laptop"
+RECORD_LAPTOP_COMMAND = ("LABS_IMPL=solutions OMP_NUM_THREADS=1 labs compare --task define --preset laptop "
+                         "--methods lora,prompt --out notebooks/recorded/compare-laptop")
 
 
 def course_comparison(live: bool = False, folder: str | Path | None = None

@@ -319,8 +319,8 @@ def test_memory_and_sweep_plots_take_plain_numbers():
 def test_quick_full_finetune_of_smollm2(tmp_path):
     from labs.finetune import run_finetune
     out = tmp_path / "full"
-    metrics = run_finetune("full", "smollm2-135m", preset=get_preset("quick", max_steps=4, n_eval=16, n_probe=12),
-                           out=out, progress=False)
+    small = get_preset("quick", max_steps=4, n_eval=16, n_probe=12, n_english=8)
+    metrics = run_finetune("full", "smollm2-135m", preset=small, out=out, progress=False)
     check_run(metrics, out, "full")
     assert metrics["task"] == "define" and metrics["trainable_percent"] == 100.0
     assert {"probe_before", "probe_after", "generations"} <= set(metrics)
