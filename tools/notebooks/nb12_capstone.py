@@ -168,12 +168,12 @@ print(f"English chunks scored in the laptop runs: {', '.join(map(str, chunks))} 
 by_preset = {"quick": {r["method"]: r for r in quick_rows if r["status"] == "ok"},
              "laptop": {r["method"]: r for r in laptop_rows if r["status"] == "ok"}}
 both = [m for m in by_preset["laptop"] if m in by_preset["quick"]]
-print(f"\n{'method':<8}{'preset':<8}{'perplexity':>18}{'gain ± SE (z)':>24}{'probe drop ± SE':>18}"
+print(f"\n{'method':<8}{'preset':<8}{'lr':>8}{'perplexity':>18}{'gain ± SE (z)':>24}{'probe drop ± SE':>18}"
       f"{'English rise ± SE':>20}{'step s':>8}")
 for m in both:
     for name, table in by_preset.items():
         r = table[m]
-        print(f"{m:<8}{name:<8}{r['before']:>8.1f} -> {r['after']:<6.1f}"
+        print(f"{m:<8}{name:<8}{r['lr']:>8.0e}{r['before']:>8.1f} -> {r['after']:<6.1f}"
               f"{r['gain']:>+10.3f} ± {r['gain_se']:.3f} ({r['gain'] / r['gain_se']:4.1f})"
               f"{r['probe_drop']:>+10.3f} ± {r['probe_drop_se']:.3f}{r['english_loss_rise']:>+12.3f} ± "
               f"{r['english_loss_rise_se']:.3f}{r['step_time_median_s']:>8.2f}")"""),
@@ -198,7 +198,7 @@ Markdown("\n".join(lines))"""),
     ("md", r"""
 Read the two presets' figures side by side with care: the laptop preset scores 256 held-out
 definitions at up to 128 tokens, the quick one 64 at 64, so even the "before" figures come from
-different items. What carries over is each method's gain in standard errors, and the forgetting
+different items, and each method trains with the registry's learning rate for that preset (column lr). What carries over is each method's gain in standard errors, and the forgetting
 columns, now on more items: a probe of 200 questions sees smaller changes than one of 60 (notebook
 11), and a change of the probe *up* is as much a change as one down. Where the probe goes up, one
 explanation (not tested here) is that the task teaches short, plain answers, the form the probe
