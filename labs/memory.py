@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from labs.methods import get_method
+from labs.train import batch_loss
 
 # Bytes per parameter. NF4 stores 4 bits plus one fp32 absmax per block of 64 (0.5 + 4/64);
 # double quantization stores that absmax in 8 bits plus one fp32 per 256 blocks (Dettmers et al. 2023).
@@ -529,7 +530,7 @@ def measure_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else current_rss_bytes()
     windowed = reset_peak(device)
     with saved_tensor_bytes(model) as kept, (context or nullcontext)():
-        loss = model(**batch).loss
+        loss = batch_loss(model, batch)   # the loss train() takes
     loss.backward()
     del loss
     gradients = _unique_bytes(p.grad for p in params)

@@ -38,6 +38,8 @@ class Method:
     checkpointing: bool = True  # can train with gradient checkpointing (prefix tuning cannot: its
                                 # prefix rides in the key/value cache, which recomputation drops)
     uses: tuple[str, ...] = ()  # other technique modules it runs: their exercises must be finished too
+    virtual_tokens: bool = False  # adds trained positions in front (in the input or the key/value
+                                  # cache): a cache computed without them cannot be reused
 
     @property
     def infrastructure(self) -> bool:
@@ -82,10 +84,11 @@ METHODS = {m.name: m for m in (
            adds_params=True, notebook="notebooks/05_lora.ipynb"),
     Method("prefix", "prefix_tuning", "prefix tuning: trained key/value prefixes in every layer",
            lr={"quick": 1e-2, "laptop": 5e-3, "gpu": 3e-3}, config="PrefixTuningConfig", peft_type="PREFIX_TUNING",
-           adds_params=True, notebook="notebooks/06_prefix_tuning.ipynb", checkpointing=False),
+           adds_params=True, notebook="notebooks/06_prefix_tuning.ipynb", checkpointing=False,
+           virtual_tokens=True),
     Method("prompt", "prompt_tuning", "prompt tuning: trained soft-prompt embeddings at the input",
            lr={"quick": 3e-2, "laptop": 1e-2, "gpu": 3e-3}, config="PromptTuningConfig", peft_type="PROMPT_TUNING",
-           adds_params=True, notebook="notebooks/07_prompt_tuning.ipynb"),
+           adds_params=True, notebook="notebooks/07_prompt_tuning.ipynb", virtual_tokens=True),
     # QLoRA saves plain LoRA adapters (peft_type LORA, written by the lora module); its own tag only
     # names the method. Learning rates: LoRA's, as in the QLoRA paper (not swept separately).
     Method("qlora", "qlora", "QLoRA: LoRA on a frozen base stored in 4-bit NF4",

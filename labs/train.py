@@ -2,8 +2,9 @@
 
 Full fine-tuning, BitFit, adapters, LoRA, prefix and prompt tuning all train through `train()`:
 a technique only decides which parameters have requires_grad=True, and the optimizer is built
-from exactly those (as nanoGPT's `configure_optimizers` does). The loop takes the loss the model
-returns for a batch (`model(**batch).loss`), so any Hugging Face model with labels works.
+from exactly those (as nanoGPT's `configure_optimizers` does). The loop takes the loss of a batch
+from `batch_loss`: the model's own (`model(**batch).loss`), so any Hugging Face model with labels
+works, except that a causal LM computes its logits only where they predict a label.
 
     cfg = TrainConfig(lr=2e-3, max_steps=20)
     history = train(model, batches, cfg)
@@ -16,6 +17,7 @@ share of `batches`, so N processes with batch B train as one process with batch 
 """
 from __future__ import annotations
 
+import inspect
 import math
 import statistics
 import time
@@ -26,6 +28,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from labs import distributed
 from labs.surgery import trainable_parameters
@@ -202,12 +205,61 @@ def micro_batches(batches: Iterable[dict]) -> Iterator[dict]:
             return
 
 
-def _forward_loss(model: nn.Module, batch: dict, autocast) -> torch.Tensor:
-    with autocast:
-        loss = model(**batch).loss
+# ---------------------------------------------------------------------------------------------
+# The loss of a batch
+# ---------------------------------------------------------------------------------------------
+def keeps_logits(model: nn.Module) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (transformers' causal LMs do)."""
+    while isinstance(getattr(model, "module", None), nn.Module):   # DDP / FSDP wrappers
+        model = model.module
+    if hasattr(model, "get_base_model"):                           # peft's PeftModel
+        model = model.get_base_model()
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def label_logits(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits that predict a label, and the labels they predict, for token labels (B, T).
+
+    Position t predicts token t+1, so no position before the first label (in any row) is scored.
+    In a generate task that is the whole prompt: on a batch of definitions, about 20 of 55
+    positions predict a label. Asking the model for the last K logits only (`logits_to_keep`) runs
+    the output layer (V x D, V = 49,152 on SmolLM2) and the loss on K positions instead of T, in the
+    forward and in the backward. Returns logits (B, K, V) and targets (B, K), -100 where a position
+    predicts nothing. A model that returns extra leading positions (prompt tuning's virtual tokens)
+    is cut to the same last K.
+    """
+    labels = batch["labels"]                                             # (B, T)
+    targets = F.pad(labels[:, 1:], (0, 1), value=-100)                   # (B, T): the token each position predicts
+    scored = (targets != -100).any(dim=0).nonzero()
+    first = int(scored[0]) if len(scored) else labels.shape[1] - 1
+    keep = labels.shape[1] - first                                       # K
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if keeps_logits(model):
+        inputs["logits_to_keep"] = keep
+    return model(**inputs).logits[:, -keep:], targets[:, first:]         # (B, K, V), (B, K)
+
+
+def batch_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """The mean loss per target of a batch: what `model(**batch).loss` returns, computed on the
+    label positions only for a causal LM (see label_logits); any other model computes its own.
+
+    Only where no row's first token is a target: a model that puts positions in front (prompt
+    tuning) predicts the first token from the last of them, a target label_logits does not see.
+    """
+    labels = batch.get("labels")
+    if (labels is not None and labels.dim() == 2 and bool((labels[:, 0] == -100).all())
+            and keeps_logits(model)):
+        logits, targets = label_logits(model, batch)                     # (B, K, V), (B, K)
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+    loss = model(**batch).loss
     if loss is None:
         raise ValueError(f"the model returned no loss: the batch needs 'labels' (it has {sorted(batch)})")
     return loss
+
+
+def _forward_loss(model: nn.Module, batch: dict, autocast) -> torch.Tensor:
+    with autocast:
+        return batch_loss(model, batch)
 
 
 # ---------------------------------------------------------------------------------------------

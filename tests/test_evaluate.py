@@ -95,6 +95,39 @@ def test_shared_context_cache_gives_the_same_scores(normalize):
     assert shared == pytest.approx(whole, abs=1e-5)
 
 
+QUESTIONS = [("what colour is the sky ?", ["blue", "red", "green a cat"]),
+             ("Question : the cat sat on the mat and ran ? Answer :", ["dog", "the mat"]),
+             ("is the grass green ?", ["green", "blue", "red", "a dog sat on the mat"])] * 4  # 12 > PROBE_BATCH
+
+
+@pytest.mark.parametrize("share_context", [False, True])
+def test_questions_scored_together_score_as_one_at_a_time(share_context):
+    tok, model = tiny_tokenizer(), tiny_llama(seed=2)
+    together = evaluate.score_choices(model, tok, QUESTIONS, share_context=share_context)
+    alone = [evaluate.choice_logprobs(model, tok, context, choices, share_context=False)
+             for context, choices in QUESTIONS]
+    assert [len(s) for s in together] == [len(c) for _, c in QUESTIONS]
+    for got, want in zip(together, alone):
+        assert got == pytest.approx(want, abs=1e-5)
+    items = [{"question": context, "choices": choices, "answer": 0} for context, choices in QUESTIONS]
+    hits = evaluate.probe_correct(model, tok, items)
+    contexts = [evaluate.probe_context(tok, item["question"]) for item in items]
+    assert hits == [max(range(len(s)), key=s.__getitem__) == 0
+                    for s in evaluate.score_choices(model, tok, list(zip(contexts, [i["choices"] for i in items])))]
+
+
+@pytest.mark.parametrize("method, shared", [("lora", True), ("prefix", False), ("prompt", False)])
+def test_only_virtual_token_adapters_make_the_probe_read_whole_rows(method, shared):
+    from labs.surgery import AdapterRecord
+    tok, model = tiny_tokenizer(), tiny_llama()
+    model.labs_adapter = AdapterRecord(method, None, f"labs.{method}")
+    cached = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: cached.append(bool(kwargs.get("use_cache"))),
+                                    with_kwargs=True)
+    evaluate.choice_logprobs(model, tok, "what is the sky ?", ["red", "blue"])
+    assert cached == ([True, False] if shared else [False])   # context with its cache, then the choices
+
+
 def test_probe_correct_is_per_question_and_averages_to_the_accuracy():
     tok, model = tiny_tokenizer(), unigram(red=0.2, green=0.3, blue=0.3)
     item = {"question": "what colour is the grass ?", "choices": ["red", "green blue"], "answer": 1}

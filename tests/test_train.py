@@ -6,10 +6,11 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import conftest
 from labs.surgery import freeze, unfreeze
-from labs.train import History, TrainConfig, lr_at, make_optimizer, train
+from labs.train import History, TrainConfig, batch_loss, lr_at, make_optimizer, train
 
 VOCAB = 64
 
@@ -134,6 +135,57 @@ def test_gradient_checkpointing_refused_clearly():
 
     with pytest.raises(ValueError, match="does not support gradient checkpointing"):
         train(Plain(), [{}], TrainConfig(gradient_checkpointing=True), progress=False)
+
+
+def prompt_masked_batch() -> dict:
+    """A batch shaped like a generate task's: no loss on each row's prompt (of 5 to 8 tokens)."""
+    batch = lm_batch(rows=4, tokens=12)
+    for row, prompt in enumerate((6, 8, 5, 7)):
+        batch["labels"][row, :prompt] = -100
+    return batch
+
+
+class PrependedPositions(nn.Module):
+    """A causal LM that puts P trained vectors in front of every row and returns logits for them
+    too (B, P+T, V), as prompt tuning does. It takes `logits_to_keep`, counted from the end."""
+
+    def __init__(self, lm: nn.Module, virtual: int = 3):
+        super().__init__()
+        self.lm, self.front = lm, nn.Parameter(torch.randn(virtual, lm.config.hidden_size))
+
+    def forward(self, input_ids, attention_mask=None, logits_to_keep=0):  # rows here have no padding
+        embeds = self.lm.get_input_embeddings()(input_ids)                           # (B, T, D)
+        embeds = torch.cat([self.front.expand(len(embeds), -1, -1), embeds], dim=1)  # (B, P+T, D)
+        return self.lm(inputs_embeds=embeds, logits_to_keep=logits_to_keep)
+
+
+def loss_from_every_logit(model: nn.Module, batch: dict) -> torch.Tensor:
+    """The definition: position t of the T real positions predicts token t+1; mean over the labels."""
+    labels = batch["labels"]                                                         # (B, T)
+    logits = model(input_ids=batch["input_ids"]).logits[:, -labels.shape[1]:]       # (B, T, V)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+@pytest.mark.parametrize("make, shape", [(tiny_llama, "prompt masked"), (tiny_llama, "every token"),
+                                         (lambda: PrependedPositions(tiny_llama()), "prompt masked")],
+                         ids=["llama-prompt-masked", "llama-every-token", "prepended-prompt-masked"])
+def test_batch_loss_is_the_full_loss_from_fewer_logits(make, shape):
+    model, batch = make(), prompt_masked_batch() if shape == "prompt masked" else lm_batch(rows=4, tokens=12)
+    full = loss_from_every_logit(model, batch)
+    full.backward()
+    full_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    widths = []
+    lm = model.lm if isinstance(model, PrependedPositions) else model
+    lm.lm_head.register_forward_hook(lambda module, args, out: widths.append(out.shape[1]))
+    loss = batch_loss(model, batch)
+    loss.backward()
+    torch.testing.assert_close(loss, full, atol=1e-6, rtol=1e-6)
+    for p, g in zip(model.parameters(), full_grads):
+        torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-5)
+    # The shortest prompt is 5 tokens: position 4 predicts the first label, so 12 - 4 = 8 positions
+    # need logits. With every token a label, the model computes its own loss, on all 12.
+    assert widths == [8 if shape == "prompt masked" else 12]
 
 
 def test_missing_labels_is_a_clear_error():
