@@ -262,14 +262,25 @@ def _shared_context_logps(model, ctxs: list[list[int]], conts: list[list[list[in
                           pad_id: int) -> list[list[torch.Tensor]]:
     """Same numbers as _whole_row_logps, reading each context once and copying its cache per choice.
 
-    The contexts are padded on the left, so that every one ends in the last column; positions count
-    real tokens only, so padding changes nothing but which columns the mask hides.
+    What every context starts with (a chat template's system prompt: 25 of SmolLM2's 40 tokens) is
+    read once. The rest of each context is padded on the left, so that every context ends in the
+    last column; positions count real tokens only, so the padding changes nothing but which
+    columns the mask hides.
     """
     device = model_device(model)
-    ctx_ids, ctx_mask = _left_pad(ctxs, pad_id)                                     # (Q, Tc)
+    shared = _common_prefix(ctxs)                                   # Tp tokens, read once
+    ends, end_mask = _left_pad([ctx[len(shared):] for ctx in ctxs], pad_id)         # (Q, Te)
+    ctx_mask = torch.cat([torch.ones(len(ctxs), len(shared), dtype=end_mask.dtype), end_mask], dim=1)  # (Q, Tc)
+    cache = None
+    if shared:
+        cache = _output_cache(model(input_ids=torch.tensor([shared], device=device), use_cache=True))
+        if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+            return _whole_row_logps(model, ctxs, conts, pad_id)
+        cache.batch_repeat_interleave(len(ctxs))                    # (1, ...) -> (Q, ...) per layer
     keep = {"logits_to_keep": 1} if keeps_logits(model) else {}   # only the last position predicts a choice
-    out = model(input_ids=ctx_ids.to(device), attention_mask=ctx_mask.to(device),
-                position_ids=_positions(ctx_mask).to(device), use_cache=True, **keep)
+    out = model(input_ids=ends.to(device), attention_mask=ctx_mask.to(device), use_cache=True,
+                position_ids=_positions(ctx_mask)[:, len(shared):].to(device),
+                **({_cache_argument(model): cache} if cache is not None else {}), **keep)
     cache = _output_cache(out)
     if cache is None or not hasattr(cache, "batch_select_indices"):
         return _whole_row_logps(model, ctxs, conts, pad_id)
@@ -277,7 +288,7 @@ def _shared_context_logps(model, ctxs: list[list[int]], conts: list[list[list[in
     owner = torch.tensor([q for q, cs in enumerate(conts) for _ in cs])             # (R,) row -> question
     cache.batch_select_indices(owner.to(device))                    # (Q, ...) -> (R, ...) per layer
     ids, mask = _right_pad([c for cs in conts for c in cs], pad_id)                 # (R, Tn)
-    lengths = ctx_mask.sum(dim=1)[owner]                                            # (R,) real context tokens
+    lengths = torch.tensor([len(ctx) for ctx in ctxs])[owner]                       # (R,) real context tokens
     positions = lengths.unsqueeze(1) + torch.arange(ids.shape[1])                   # (R, Tn)
     logits = model(input_ids=ids.to(device), attention_mask=torch.cat([ctx_mask[owner], mask], dim=1).to(device),
                    position_ids=positions.to(device), **{_cache_argument(model): cache}).logits  # (R, Tn, V)
@@ -287,6 +298,14 @@ def _shared_context_logps(model, ctxs: list[list[int]], conts: list[list[list[in
     for r, (q, c) in enumerate((q, c) for q, cs in enumerate(conts) for c in cs):
         scores[q].append(torch.cat([first[q, c[0]].view(1), rest[r, :len(c) - 1]]))
     return scores
+
+
+def _common_prefix(rows: list[list[int]]) -> list[int]:
+    """The tokens every row starts with, leaving each row at least one token of its own."""
+    n = 0
+    while n < min(len(r) for r in rows) - 1 and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return rows[0][:n]
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -327,11 +346,13 @@ def probe_correct(model: nn.Module, tokenizer, items: Sequence[dict], normalize:
     """
     if not items:
         raise ValueError("no probe items to score")
-    hits = []
-    for chunk in _chunks(list(items), PROBE_BATCH):
-        questions = [(probe_context(tokenizer, item["question"]), item["choices"]) for item in chunk]
-        for item, scores in zip(chunk, score_choices(model, tokenizer, questions, normalize)):
-            hits.append(max(range(len(scores)), key=scores.__getitem__) == _answer_index(item))
+    # Questions with choices of like length go together: each batch pads to its longest choice.
+    order = sorted(range(len(items)), key=lambda i: max((len(c) for c in items[i]["choices"]), default=0))
+    hits = [False] * len(items)
+    for chunk in _chunks(order, PROBE_BATCH):
+        questions = [(probe_context(tokenizer, items[i]["question"]), items[i]["choices"]) for i in chunk]
+        for i, scores in zip(chunk, score_choices(model, tokenizer, questions, normalize)):
+            hits[i] = max(range(len(scores)), key=scores.__getitem__) == _answer_index(items[i])
     return hits
 
 

@@ -101,11 +101,14 @@ QUESTIONS = [("what colour is the sky ?", ["blue", "red", "green a cat"]),
 
 
 @pytest.mark.parametrize("share_context", [False, True])
-def test_questions_scored_together_score_as_one_at_a_time(share_context):
+@pytest.mark.parametrize("opening", ["", "Question : the cat sat on the mat and the dog ran ."],
+                         ids=["different openings", "a shared opening"])  # like a chat template's system prompt
+def test_questions_scored_together_score_as_one_at_a_time(share_context, opening):
     tok, model = tiny_tokenizer(), tiny_llama(seed=2)
-    together = evaluate.score_choices(model, tok, QUESTIONS, share_context=share_context)
+    questions = [(f"{opening} {context}".strip(), choices) for context, choices in QUESTIONS]
+    together = evaluate.score_choices(model, tok, questions, share_context=share_context)
     alone = [evaluate.choice_logprobs(model, tok, context, choices, share_context=False)
-             for context, choices in QUESTIONS]
+             for context, choices in questions]
     assert [len(s) for s in together] == [len(c) for _, c in QUESTIONS]
     for got, want in zip(together, alone):
         assert got == pytest.approx(want, abs=1e-5)
@@ -125,7 +128,7 @@ def test_only_virtual_token_adapters_make_the_probe_read_whole_rows(method, shar
     model.register_forward_pre_hook(lambda m, args, kwargs: cached.append(bool(kwargs.get("use_cache"))),
                                     with_kwargs=True)
     evaluate.choice_logprobs(model, tok, "what is the sky ?", ["red", "blue"])
-    assert cached == ([True, False] if shared else [False])   # context with its cache, then the choices
+    assert any(cached) == shared   # the context read once with its cache, then the choices from it
 
 
 def test_probe_correct_is_per_question_and_averages_to_the_accuracy():
