@@ -31,11 +31,22 @@ class Preset:
                              # registry (labs/methods.py: full fine-tuning wants ~100x less than PEFT)
     n_english: int = 32     # held-out chunks of public-domain English scored before and after
                             # (forgetting, decoders only)
+    side_steps: int | None = None  # steps of a notebook's side runs (sweeps, a second model) beside
+                                   # its main fine-tune; None = max_steps (quick: fewer, to fit CI)
+    side_batch: int | None = None  # rows per batch of a sweep's runs; None = batch_size
+
+    @property
+    def side_run_steps(self) -> int:
+        return self.side_steps or self.max_steps
+
+    @property
+    def side_run_batch(self) -> int:
+        return self.side_batch or self.batch_size
 
 
 PRESETS = {
     "quick": Preset("quick", max_steps=20, batch_size=8, grad_accum=1, seq_len=64, n_train=400,
-                    n_eval=64, n_probe=60, eval_every=0, bf16=False),
+                    n_eval=64, n_probe=60, eval_every=0, bf16=False, side_steps=12, side_batch=4),
     "laptop": Preset("laptop", max_steps=120, batch_size=8, grad_accum=2, seq_len=128, n_train=4000,
                      n_eval=256, n_probe=200, eval_every=40, bf16=False, n_english=128),
     "gpu": Preset("gpu", max_steps=600, batch_size=16, grad_accum=2, seq_len=256, n_train=20000,

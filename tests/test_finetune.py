@@ -114,6 +114,14 @@ def test_unfinished_exercises_stop_the_run_before_loading(tmp_path):
     assert not (tmp_path / "metrics.json").exists()
 
 
+def test_side_runs_are_shorter_only_where_a_preset_says_so():
+    quick, laptop = get_preset("quick"), get_preset("laptop")
+    assert (quick.side_run_steps, quick.side_run_batch) == (quick.side_steps, quick.side_batch)
+    assert quick.side_run_steps < quick.max_steps and quick.side_run_batch < quick.batch_size
+    assert (laptop.side_run_steps, laptop.side_run_batch) == (laptop.max_steps, laptop.batch_size)
+    assert get_preset("quick", side_steps=None).side_run_steps == quick.max_steps
+
+
 def test_each_method_trains_with_its_own_learning_rate_unless_one_is_given(tiny_model_dir, tmp_path):
     from labs.finetune import run_finetune
     from labs.methods import METHODS, learning_rate

@@ -279,7 +279,7 @@ Does it learn anything? A short run (12 steps in the quick preset) on the "defin
 there)."""),
     ("code", r"""
 budget = get_preset(preset.name, n_probe=0, n_english=0,  # BitFit's own learning rate (labs/methods.py)
-                    max_steps=12 if preset.name == "quick" else preset.max_steps)  # 12: the quick budget
+                    max_steps=preset.side_run_steps)   # a side run: 12 steps in the quick preset
 norm_run = run_finetune("bitfit", "smollm2-135m", task="define", preset=budget,
                         options={"norms": True}, out=runs_dir / "norm-only", progress=False)
 before, after = norm_run["eval_before"], norm_run["eval_after"]

@@ -198,7 +198,7 @@ Then SmolLM2 on the "define" task (*Define the word "X".*, answered by its WordN
 (12 steps in the quick preset, the preset's budget in the others), scored by held-out loss and
 perplexity of the definitions."""),
     ("code", r"""
-smol_budget = get_preset(preset.name, n_probe=0, n_english=0, max_steps=12 if preset.name == "quick" else preset.max_steps)
+smol_budget = get_preset(preset.name, n_probe=0, n_english=0, max_steps=preset.side_run_steps)
 smol_run = run_finetune("adapter", "smollm2-135m", task="define", preset=smol_budget,
                         out=runs_dir / "adapter-smollm2", progress=False)
 for g in smol_run["generations"][:2]:

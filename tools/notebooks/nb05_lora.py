@@ -294,8 +294,8 @@ the `laptop` preset's longer runs are the check on that.)"""),
 from labs.evaluate import example_losses, paired_difference
 
 quick = preset.name == "quick"
-sweep_steps = 12 if quick else preset.max_steps
-sweep_batch = 4 if quick else preset.batch_size
+sweep_steps = preset.side_run_steps   # a sweep's runs are side runs: 12 steps of 4 rows in the quick preset
+sweep_batch = preset.side_run_batch
 sweep_eval = eval_ex[:48] if quick else eval_ex
 
 def scored(m):  # each held-out example's own loss, per response token

@@ -227,7 +227,7 @@ few numbers far from any pretrained weight and take a larger learning rate than 
 (peft's examples use $10^{-2}$ to $3 \cdot 10^{-2}$)."""),
     ("code", r"""
 LR = 1e-2
-STYLE_STEPS = 12 if preset.name == "quick" else preset.max_steps   # two runs: the quick budget
+STYLE_STEPS = preset.side_run_steps   # two side runs: 12 steps each in the quick preset
 N_EVAL = max(16, preset.n_eval // 4)
 CORPORA = ("austen", "kjv")
 held_out = {c: load_examples(c, "validation", n=N_EVAL) for c in CORPORA}

@@ -222,7 +222,7 @@ from the task text; then, at one length, the three starting points."""),
 del model
 gc.collect()
 SWEEP_STEPS = max(4, preset.max_steps // 4)
-SWEEP_BATCH = 4 if preset.name == "quick" else preset.batch_size   # half the batch: the quick budget
+SWEEP_BATCH = preset.side_run_batch   # a sweep's batch: half the batch in the quick preset
 LENGTHS = (1, 4, 16) if preset.name == "quick" else (1, 5, 20, 50)
 runs = {}  # (P, init) -> held-out perplexity after SWEEP_STEPS steps
 
