@@ -202,7 +202,8 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer):
 
 
 def measure_activations(model: nn.Module, batch: dict) -> int:
-    """Bytes the forward pass of `model(**batch)` saves for backward, parameters excluded.
+    """Bytes the forward pass of `model(**batch)` saves for backward, parameters excluded; with
+    labels in the batch, the forward of the loss train() takes (labs.train.batch_loss).
 
     Counts every distinct storage autograd keeps (saved-tensor hooks). Only what trainable
     parameters need is saved, so a frozen model saves nothing. Non-reentrant gradient
@@ -210,7 +211,7 @@ def measure_activations(model: nn.Module, batch: dict) -> int:
     per block for the full picture.
     """
     with saved_tensor_bytes(model) as kept:
-        model(**batch)
+        batch_loss(model, batch) if "labels" in batch else model(**batch)
     return sum(kept.values())
 
 

@@ -56,7 +56,7 @@ from labs.models import load_model
 from labs.presets import get_preset
 from labs.surgery import count_parameters
 from labs.timing import interleaved_medians
-from labs.train import TrainConfig, train
+from labs.train import TrainConfig, batch_loss, train
 
 prompt_tuning = technique("prompt_tuning")  # your labs/prompt_tuning.py (or the reference, LABS_IMPL=solutions)
 preset = get_preset()
@@ -271,7 +271,7 @@ optimizers = {m: torch.optim.AdamW([p for p in model.parameters() if p.requires_
               for m, model in models.items()}
 def training_step(m):
     def step():
-        models[m](**batch).loss.backward()
+        batch_loss(models[m], batch).backward()   # the loss labs.train takes
         optimizers[m].step()
     return step
 
