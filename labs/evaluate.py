@@ -240,21 +240,20 @@ def _adds_virtual_tokens(model: nn.Module) -> bool:
 
 def _whole_row_logps(model, ctxs: list[list[int]], conts: list[list[list[int]]],
                      pad_id: int) -> list[list[torch.Tensor]]:
-    """Per-token log-probs of each continuation, each row being its context + the continuation."""
+    """Per-token log-probs of each continuation, each row being its context + the continuation:
+    the continuation is the row's label (label_logits scores only the positions that predict it)."""
     device = model_device(model)
-    rows = [(q, ctx + c) for q, (ctx, cs) in enumerate(zip(ctxs, conts)) for c in cs]
-    ids, mask = _right_pad([row for _, row in rows], pad_id)                        # (R, T)
-    first = min(len(ctx) for ctx in ctxs) - 1          # no position before it predicts a choice token
-    keep = ids.shape[1] - first                                                     # K
-    kwargs = {"logits_to_keep": keep} if keeps_logits(model) else {}
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).logits
-    logp = F.log_softmax(logits[:, -keep:-1].float(), dim=-1)  # (R, K-1, V); virtual tokens, in front, cut
-    token_logp = logp.gather(-1, ids[:, first + 1:].to(device).unsqueeze(-1)).squeeze(-1)  # (R, K-1)
-    # a continuation token at position len(ctx)+j is predicted from position len(ctx)+j-1
+    owners = [q for q, cs in enumerate(conts) for _ in cs]                         # row -> question
+    ids, mask = _right_pad([ctxs[q] + c for q, c in zip(owners, (c for cs in conts for c in cs))], pad_id)  # (R, T)
+    labels = ids.masked_fill(mask == 0, -100)
+    for r, q in enumerate(owners):
+        labels[r, :len(ctxs[q])] = -100                                          # the context is not scored
+    logits, targets = label_logits(model, to_device({"input_ids": ids, "attention_mask": mask, "labels": labels},
+                                                    device))                       # (R, K, V), (R, K)
+    logp = F.log_softmax(logits.float(), dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (R, K)
     scores: list[list[torch.Tensor]] = [[] for _ in ctxs]
-    for r, (q, row) in enumerate(rows):
-        start = len(ctxs[q]) - 1 - first
-        scores[q].append(token_logp[r, start:start + len(row) - len(ctxs[q])])
+    for r, q in enumerate(owners):
+        scores[q].append(logp[r][targets[r] != -100])
     return scores
 
 
