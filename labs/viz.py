@@ -134,7 +134,8 @@ def memory_breakdown(rows: Mapping[str, object], *, title: str = "Training memor
         bottom = [b + h for b, h in zip(bottom, heights)]
     for i, total in enumerate(bottom):
         ax.annotate(f"{total:,.0f}", (i, total), ha="center", va="bottom", fontsize=8)
-    ax.set(ylabel=f"memory ({unit})", title=title)
+    # Headroom above the tallest bar: the legend's four rows sit there, not over a bar's total.
+    ax.set(ylabel=f"memory ({unit})", title=title, ylim=(0, 1.45 * max(max(bottom), 1e-9)))
     ax.legend(loc="upper right")
     ax.grid(axis="y", alpha=0.3)
     return fig
