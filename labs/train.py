@@ -228,28 +228,35 @@ def label_logits(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Ten
     predicts nothing. A model that returns extra leading positions (prompt tuning's virtual tokens)
     is cut to the same last K.
     """
-    labels = batch["labels"]                                             # (B, T)
-    targets = F.pad(labels[:, 1:], (0, 1), value=-100)                   # (B, T): the token each position predicts
-    scored = (targets != -100).any(dim=0).nonzero()
-    first = int(scored[0]) if len(scored) else labels.shape[1] - 1
-    keep = labels.shape[1] - first                                       # K
+    first, targets = scored_positions(batch["labels"])                   # K = T - first
+    keep = targets.shape[1]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     if keeps_logits(model):
         inputs["logits_to_keep"] = keep
-    return model(**inputs).logits[:, -keep:], targets[:, first:]         # (B, K, V), (B, K)
+    return model(**inputs).logits[:, -keep:], targets                    # (B, K, V), (B, K)
 
 
-def batch_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+def scored_positions(labels: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """The first position that predicts a label in any row, and what each position from there on
+    predicts: targets (B, K) with K = T - first, -100 where a position predicts nothing."""
+    targets = F.pad(labels[:, 1:], (0, 1), value=-100)                   # (B, T): the token each position predicts
+    scored = (targets != -100).any(dim=0).nonzero()
+    first = int(scored[0]) if len(scored) else labels.shape[1] - 1
+    return first, targets[:, first:]
+
+
+def batch_loss(model: nn.Module, batch: dict, logits_fn=label_logits) -> torch.Tensor:
     """The mean loss per target of a batch: what `model(**batch).loss` returns, computed on the
     label positions only for a causal LM (see label_logits); any other model computes its own.
 
     Only where no row's first token is a target: a model that puts positions in front (prompt
     tuning) predicts the first token from the last of them, a target label_logits does not see.
+    logits_fn: label_logits, or a function with its contract (evaluation's reads a shared opening once).
     """
     labels = batch.get("labels")
     if (labels is not None and labels.dim() == 2 and bool((labels[:, 0] == -100).all())
             and keeps_logits(model)):
-        logits, targets = label_logits(model, batch)                     # (B, K, V), (B, K)
+        logits, targets = logits_fn(model, batch)                        # (B, K, V), (B, K)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
     loss = model(**batch).loss
     if loss is None:

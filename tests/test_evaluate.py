@@ -238,6 +238,34 @@ def test_example_losses_are_each_examples_own_eval_loss_whatever_the_batch():
     assert len(set(round(x, 4) for x in batched)) == 3       # three different numbers, not one mean
 
 
+OPENED = [{"prompt": "Question : the cat sat on the mat . " + ex["prompt"], "response": ex["response"]}
+          for ex in PAIRS]  # rows that start alike, as a chat template's system prompt makes them
+
+
+def tokens_read(model) -> list[int]:
+    """Counts the input tokens of every forward of `model` (its embedding sees each one)."""
+    seen = []
+    model.get_input_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].numel()))
+    return seen
+
+
+@pytest.mark.parametrize("method, shared", [(None, True), ("lora", True), ("prompt", False)])
+def test_held_out_scoring_reads_a_shared_opening_once_with_the_same_numbers(monkeypatch, method, shared):
+    from labs.surgery import AdapterRecord
+    tok, model = tiny_tokenizer(), tiny_llama(seed=3)
+    if method:
+        model.labs_adapter = AdapterRecord(method, None, f"labs.{method}")
+    seen = tokens_read(model)
+    scores = evaluate.score_examples(model, tok, "define", OPENED, seq_len=32, batch_size=3)
+    loss = evaluate.eval_loss(model, tok, "define", OPENED, seq_len=32, batch_size=3)
+    read, width = sum(seen), max(len(tok(f"{ex['prompt']} {ex['response']}").input_ids) for ex in OPENED)
+    assert (read < 2 * 3 * width) == shared      # two passes over 3 rows: fewer tokens when the opening is shared
+    monkeypatch.setattr(evaluate, "_reads_cache", lambda model: False)
+    whole = evaluate.score_examples(model, tok, "define", OPENED, seq_len=32, batch_size=3)
+    assert scores.losses == pytest.approx(whole.losses, abs=1e-5) and scores.targets == whole.targets
+    assert loss == pytest.approx(evaluate.eval_loss(model, tok, "define", OPENED, seq_len=32, batch_size=3), abs=1e-5)
+
+
 def test_example_losses_of_a_classifier_are_per_row_cross_entropies():
     from transformers import BertConfig, BertForSequenceClassification
     torch.manual_seed(0)
