@@ -136,9 +136,9 @@ test: | $(VENV)/.stamp-deps
 	@echo "== every notebook is what its builder in tools/notebooks/ writes"
 	$(PY) tools/notebooks/nbtools.py --check
 	@echo "== exercise ids agree, no answer ships outside its stub, tests pass on solutions and fail on stubs"
-	$(TEST_ENV) $(PY) tools/check_exercises.py -n 2
+	$(TEST_ENV) $(PY) tools/check_exercises.py
 	@echo "== one exercise at a time: its tests fail when only it is undone, or when its body does nothing"
-	$(TEST_ENV) $(PY) tools/check_exercises.py --each -n 2
+	$(TEST_ENV) $(PY) tools/check_exercises.py --each
 	@echo "== the suite, against the reference solutions"
 	$(TEST_ENV) $(PY) -m pytest tests --impl solutions $(PYTEST_ARGS)
 

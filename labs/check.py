@@ -190,7 +190,7 @@ def run_checks(selector: str | None = None, impl: str | None = None, timeout: fl
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         cmd = [sys.executable, "-m", "pytest", *tests, "-m", "exercise", "-q", "-p", "no:cacheprovider",
-               "--no-header", "-rN", f"--impl={impl}", f"--exercise-report={report}"]
+               "--no-header", "-rN", "--tb=no", f"--impl={impl}", f"--exercise-report={report}"]  # the report holds the hints
         if selector is not None:
             cmd.append(f"--exercise={selector}")
         env = {**os.environ, "LABS_IMPL": impl, "HF_HUB_OFFLINE": "1"}
