@@ -221,13 +221,14 @@ del from_text"""),
 ## 7. Style control: one frozen model, two prefixes
 
 Now the real thing. We train one prefix on excerpts of Jane Austen's novels and another on the King
-James Bible (both public domain, in `data/`), each for `STYLE_STEPS` steps (12 in the quick preset,
-the preset's own budget in the others), from the same frozen SmolLM2. Prefix and prompt tuning train a
+James Bible (both public domain, in `data/`), each for `STYLE_STEPS` steps of `STYLE_BATCH` rows (12 of
+4 in the quick preset, the preset's own budget in the others), from the same frozen SmolLM2. Prefix and prompt tuning train a
 few numbers far from any pretrained weight and take a larger learning rate than LoRA: $10^{-2}$ here
 (peft's examples use $10^{-2}$ to $3 \cdot 10^{-2}$)."""),
     ("code", r"""
 LR = 1e-2
-STYLE_STEPS = preset.side_run_steps   # two side runs: 12 steps each in the quick preset
+STYLE_STEPS = preset.side_run_steps   # two side runs: 12 steps of 4 rows each in the quick preset
+STYLE_BATCH = preset.side_run_batch
 N_EVAL = max(16, preset.n_eval // 4)
 CORPORA = ("austen", "kjv")
 held_out = {c: load_examples(c, "validation", n=N_EVAL) for c in CORPORA}
@@ -235,7 +236,7 @@ held_out = {c: load_examples(c, "validation", n=N_EVAL) for c in CORPORA}
 def train_prefix(corpus: str):
     model = prefix_tuning.apply(copy.deepcopy(base), prefix_tuning.PrefixTuningConfig(num_virtual_tokens=P))
     data = batches(load_examples(corpus, "train", n=preset.n_train), tok, corpus, preset.seq_len,
-                   preset.batch_size, epochs=None)
+                   STYLE_BATCH, epochs=None)
     history = train(model, data, TrainConfig(lr=LR, max_steps=STYLE_STEPS, seed=0))
     return model, history
 
