@@ -273,13 +273,13 @@ print("norm-only:", count_parameters(smol))
 del smol
 gc.collect();"""),
     ("md", r"""
-Does it learn anything? A short run (12 steps in the quick preset) on the "define" task (WordNet:
+Does it learn anything? A short run (12 steps of 4 rows in the quick preset) on the "define" task (WordNet:
 *Define the word "X".* followed by its gloss), with held-out loss on the definitions before and after.
 `labs finetune --method bitfit` does the same on a bias-free model (`norm_fallback` is its default
 there)."""),
     ("code", r"""
 budget = get_preset(preset.name, n_probe=0, n_english=0,  # BitFit's own learning rate (labs/methods.py)
-                    max_steps=preset.side_run_steps)   # a side run: 12 steps in the quick preset
+                    max_steps=preset.side_run_steps, batch_size=preset.side_run_batch)   # a side run
 norm_run = run_finetune("bitfit", "smollm2-135m", task="define", preset=budget,
                         options={"norms": True}, out=runs_dir / "norm-only", progress=False)
 before, after = norm_run["eval_before"], norm_run["eval_after"]

@@ -195,10 +195,11 @@ bert_run = run_finetune("adapter", "minilm-l6", task="sentiment", preset=budget,
                         out=runs_dir / "adapter-minilm", progress=False)"""),
     ("md", r"""
 Then SmolLM2 on the "define" task (*Define the word "X".*, answered by its WordNet gloss): a short run
-(12 steps in the quick preset, the preset's budget in the others), scored by held-out loss and
+(12 steps of 4 rows in the quick preset, the preset's budget in the others), scored by held-out loss and
 perplexity of the definitions."""),
     ("code", r"""
-smol_budget = get_preset(preset.name, n_probe=0, n_english=0, max_steps=preset.side_run_steps)
+smol_budget = get_preset(preset.name, n_probe=0, n_english=0, max_steps=preset.side_run_steps,
+                         batch_size=preset.side_run_batch)
 smol_run = run_finetune("adapter", "smollm2-135m", task="define", preset=smol_budget,
                         out=runs_dir / "adapter-smollm2", progress=False)
 for g in smol_run["generations"][:2]:
