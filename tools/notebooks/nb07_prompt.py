@@ -282,7 +282,7 @@ for m, model in models.items():
     print(f"{m:>6}: step {seconds[m]:.2f} s, {count_parameters(model)}")
 del models, optimizers
 gc.collect()
-viz.memory_breakdown(rows, title=f"One training step, batch {preset.batch_size} x {preset.seq_len}")"""),
+viz.memory_breakdown(rows, title="One training step, batch {} x {}".format(*batch["input_ids"].shape))"""),
     ("md", r"""
 What the bars say: the frozen weights and the activations make up nearly all of it; gradients and AdamW
 state are a few MiB at most for all three. Activations are what differ. None of the three saves the backward pass through the network: the
