@@ -195,7 +195,7 @@ def course_comparison(live: bool = False, folder: str | Path | None = None
                       ) -> tuple[Path, dict, list[dict], dict[str, dict]]:
     """The comparison notebooks 11 and 12 read: (folder, settings, rows, each method's metrics).
 
-    By default the recorded one (made by RECORD_COMMAND, about half an hour on 2 CPU cores); with
+    By default the recorded one (made by RECORD_COMMAND, about 15 minutes on 2 CPU cores); with
     live=True every method run here on your own modules, in runs/course-compare/<preset>, resumed
     where an earlier run stopped (so the second notebook reuses the first one's runs); or the one
     `labs compare` wrote to `folder`.

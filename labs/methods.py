@@ -67,8 +67,8 @@ class Method:
 
 
 # Learning rates per preset: quick and laptop measured on SmolLM2-135M "define" (held-out loss after
-# the preset's steps, sweep of 3e-4 .. 3e-2; see the registry issue's closing note and
-# benchmarks/lr_sweep.py); gpu scaled down with the longer schedule.
+# the preset's steps, sweep of 3e-4 .. 3e-2, the quick one at 20 steps before the preset went to 16;
+# see the registry issue's closing note and benchmarks/lr_sweep.py); gpu scaled down with the longer schedule.
 METHODS = {m.name: m for m in (
     Method("full", "full", "full fine-tuning: every weight trains (the baseline)",
            lr={"quick": 5e-5, "laptop": 3e-5, "gpu": 2e-5}, config=None, peft_type=None,

@@ -45,7 +45,7 @@ class Preset:
 
 
 PRESETS = {
-    "quick": Preset("quick", max_steps=20, batch_size=8, grad_accum=1, seq_len=64, n_train=400,
+    "quick": Preset("quick", max_steps=16, batch_size=8, grad_accum=1, seq_len=64, n_train=400,
                     n_eval=64, n_probe=60, eval_every=0, bf16=False, side_steps=12, side_batch=4),
     "laptop": Preset("laptop", max_steps=120, batch_size=8, grad_accum=2, seq_len=128, n_train=4000,
                      n_eval=256, n_probe=200, eval_every=40, bf16=False, n_english=128),

@@ -137,7 +137,7 @@ and take a much larger one. We run BitFit twice, on all biases and on the paper'
 Each run loads a fresh model, scores the held-out reviews, trains, scores again and saves what it
 trained (in a temporary folder, `runs_dir`). This is the longest cell of the notebook."""),
     ("code", r"""
-STEPS = max(preset.max_steps, 60)   # the quick preset's 20 steps leave every method near chance here
+STEPS = max(preset.max_steps, 60)   # the quick preset's 16 steps leave every method near chance here
 RUNS = {  # label: (method, options, learning rate)
     "full": ("full", {}, 1e-4),
     "LoRA": ("lora", {}, 5e-3),

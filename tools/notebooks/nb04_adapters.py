@@ -188,7 +188,7 @@ classification head trained too (`labs finetune --method adapter` makes the same
 weights start from an exact copy of the base model's behaviour, so a learning rate ten times full
 fine-tuning's is safe; much larger ones (5e-3 here) collapse this small model onto one class."""),
     ("code", r"""
-STEPS = max(preset.max_steps, 60)    # the quick preset's 20 steps leave MiniLM near chance on this task
+STEPS = max(preset.max_steps, 60)    # the quick preset's 16 steps leave MiniLM near chance on this task
 budget = get_preset(preset.name, max_steps=STEPS, lr=1e-3, n_probe=0, n_english=0,  # Houlsby swept 3e-5, 3e-4, 3e-3 (sec. 3.2)
                     n_eval=max(preset.n_eval, 256))     # 256 reviews: one review is 0.4 points
 bert_run = run_finetune("adapter", "minilm-l6", task="sentiment", preset=budget,

@@ -221,7 +221,7 @@ from the task text; then, at one length, the three starting points."""),
     ("code", r"""
 del model
 gc.collect()
-SWEEP_STEPS = max(4, preset.max_steps // 4)
+SWEEP_STEPS = max(5, preset.max_steps // 4)   # 5 in the quick preset
 SWEEP_BATCH = preset.side_run_batch   # a sweep's batch: half the batch in the quick preset
 LENGTHS = (1, 4, 16) if preset.name == "quick" else (1, 5, 20, 50)
 runs = {}  # (P, init) -> held-out perplexity after SWEEP_STEPS steps

@@ -22,7 +22,7 @@ notebook measures that promise for full fine-tuning and every method of the cour
 4. a probe of 60 questions **cannot see** a change of two points.
 
 The fine-tunes are the comparison of notebook 12 (`labs compare`, quick preset, every method in its
-own process). Training all seven takes about half an hour on two CPU cores, so the numbers below come
+own process). Training all seven takes about 15 minutes on two CPU cores, so the numbers below come
 from a recorded run, made by the command printed in the next cell. Set `LIVE = True` to make your own
 (on your own `labs/` modules; an interrupted run resumes where it stopped, and notebook 12 reuses it).
 What is measured live here, on the base model and on the recorded LoRA adapter, checks that the
@@ -43,7 +43,7 @@ from labs.models import load_model
 from labs.peft_format import load_adapter
 from labs.presets import get_preset
 
-LIVE = False    # True: run the comparison yourself, on your modules (about 30 min on 2 cores; resumes)
+LIVE = False    # True: run the comparison yourself, on your modules (about 15 min on 2 cores; resumes)
 FOLDER = None   # or a folder that `labs compare` wrote, such as "../runs/compare-laptop"
 folder, settings, rows, runs = course_comparison(LIVE, FOLDER)
 if folder == RECORDED:

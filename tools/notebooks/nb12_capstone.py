@@ -35,7 +35,7 @@ from IPython.display import Image, Markdown
 from labs.compare import RECORD_COMMAND, RECORDED, course_comparison, plot_comparison
 from labs.presets import get_preset
 
-LIVE = False    # True: run the comparison yourself, on your modules (about 30 min on 2 cores; resumes)
+LIVE = False    # True: run the comparison yourself, on your modules (about 15 min on 2 cores; resumes)
 FOLDER = None   # or a folder that `labs compare` wrote, such as "../runs/compare-laptop"
 folder, settings, rows, runs = course_comparison(LIVE, FOLDER)
 if folder == RECORDED:
