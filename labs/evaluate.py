@@ -129,10 +129,9 @@ def _label_logits(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Te
     n = min(len(_common_prefix([row[:length] for row, length in zip(ids.tolist(), lengths)])), first)
     if n == 0 or (mask is not None and not bool(mask[:, :n].all())):       # nothing shared, or left padding
         return label_logits(model, batch)
-    cache = _output_cache(model(input_ids=ids[:1, :n], use_cache=True))    # the opening, read once
-    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+    cache = _opening_cache(model, ids[:1, :n], len(ids))
+    if cache is None:
         return label_logits(model, batch)
-    cache.batch_repeat_interleave(len(ids))                                 # (1, ...) -> (B, ...) per layer
     keep = targets.shape[1]
     rest = {"input_ids": ids[:, n:], _cache_argument(model): cache}
     if keeps_logits(model):
@@ -310,10 +309,9 @@ def _shared_context_logps(model, ctxs: list[list[int]], conts: list[list[list[in
     ctx_mask = torch.cat([torch.ones(len(ctxs), len(shared), dtype=end_mask.dtype), end_mask], dim=1)  # (Q, Tc)
     cache = None
     if shared:
-        cache = _output_cache(model(input_ids=torch.tensor([shared], device=device), use_cache=True))
-        if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        cache = _opening_cache(model, torch.tensor([shared], device=device), len(ctxs))
+        if cache is None:
             return _whole_row_logps(model, ctxs, conts, pad_id)
-        cache.batch_repeat_interleave(len(ctxs))                    # (1, ...) -> (Q, ...) per layer
     keep = {"logits_to_keep": 1} if keeps_logits(model) else {}   # only the last position predicts a choice
     out = model(input_ids=ends.to(device), attention_mask=ctx_mask.to(device), use_cache=True,
                 position_ids=_positions(ctx_mask)[:, len(shared):].to(device),
@@ -335,6 +333,16 @@ def _shared_context_logps(model, ctxs: list[list[int]], conts: list[list[list[in
     for r, (q, c) in enumerate((q, c) for q, cs in enumerate(conts) for c in cs):
         scores[q].append(torch.cat([first[q, c[0]].view(1), rest[r, :len(c) - 1]]))
     return scores
+
+
+def _opening_cache(model, opening: torch.Tensor, rows: int):
+    """The key/value cache of `opening` (1, n), read once and copied for `rows` rows (1 -> rows per
+    layer); None where the model returns no cache that can be copied (then read whole rows)."""
+    cache = _output_cache(model(input_ids=opening, use_cache=True))
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    cache.batch_repeat_interleave(rows)
+    return cache
 
 
 def _common_prefix(rows: list[list[int]]) -> list[int]:

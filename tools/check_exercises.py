@@ -67,6 +67,12 @@ def test_files_by_exercise(root: Path = ROOT) -> dict[str, set[Path]]:
     return found
 
 
+def graded_files(root: Path = ROOT, exercises: list[str] | None = None) -> list[str]:
+    """The test files (relative to root) holding the graded tests of `exercises` (default: all)."""
+    found = test_files_by_exercise(root)
+    return sorted({str(p.relative_to(root)) for ex in (exercises or found) for p in found[ex]})
+
+
 def ids_in_tests(root: Path = ROOT) -> set[str]:
     """Ids from @pytest.mark.exercise("N.k", ...) decorators, read from the syntax tree."""
     return set(test_files_by_exercise(root))
@@ -113,7 +119,7 @@ def run_graded(impl: str, root: Path = ROOT, workers: int = 0, extra: list[str] 
     check reads, and formatting 157 failures' tracebacks cost longer than running the tests.
     """
     if files is None:
-        files = sorted({str(p.relative_to(root)) for paths in test_files_by_exercise(root).values() for p in paths})
+        files = graded_files(root)
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         cmd = [sys.executable, "-m", "pytest", *files, "-m", "exercise", "-q", "-p", "no:cacheprovider",
@@ -280,7 +286,7 @@ def check_each(root: Path = ROOT, workers: int = 0, only: list[str] | None = Non
     if unknown:
         raise SystemExit(f"no graded tests for exercise(s) {', '.join(unknown)}; known: {', '.join(sorted(files))}")
     wanted = only or sorted(files)
-    paths = sorted({str(p.relative_to(root)) for ex in wanted for p in files[ex]})
+    paths = graded_files(root, wanted)
     problems = []
     for kind in KINDS:
         available = variants(kind, root)
