@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator
 COMPONENTS = ("weights", "gradients", "optimizer", "activations")
 COLORS = {"weights": "#4c72b0", "gradients": "#dd8452", "optimizer": "#c44e52", "activations": "#55a868"}
 MiB = 2 ** 20
-PALETTE = ("#999999", "#dd8452", "#4c72b0", "#c44e52", "#55a868", "#8172b3")  # grey first: the baseline
+PALETTE = ("#999999", "#dd8452", "#4c72b0", "#c44e52", "#55a868", "#8172b3", "#937860")  # grey first: the baseline
 
 
 class LabFigure(Figure):

@@ -123,6 +123,8 @@ def test_learning_vs_forgetting_tells_methods_apart_and_leaves_out_zero_learning
     assert [t.get_text() for t in ax.get_legend().get_texts()] == list(RECORDED_LIKE)
     styles = {(c.lines[0].get_color(), c.lines[0].get_marker()) for c in ax.containers}
     assert len(styles) == len(RECORDED_LIKE), f"two methods share a colour and marker: {styles}"
+    colours = [c.lines[0].get_color() for c in ax.containers]
+    assert len(set(colours)) == len(RECORDED_LIKE), f"two methods share a colour (grey is the baseline's): {colours}"
     assert ax.get_xlim()[0] > 1.0, f"x axis starts at {ax.get_xlim()[0]}: the points are squeezed to the right"
     near_zero = viz.learning_vs_forgetting({"a": (0.05, 0.1, 0.0, 0.01), "b": (0.5, 0.1, 0.1, 0.01)})
     assert near_zero.axes[0].get_xlim()[0] <= 0 <= near_zero.axes[0].get_xlim()[1]
