@@ -4,8 +4,8 @@ The simple way to a 4-bit base (qlora.quantize_model) loads the whole model in f
 its linear layers: for a while the full-precision model exists whole, so loading peaks at the fp32
 model's size, the very memory QLoRA is meant to save. Here the model's skeleton is built with no
 weights (accelerate's init_empty_weights: parameters on the meta device, buffers such as the rotary
-frequencies real), and every tensor is read from the checkpoint on its own (safetensors' safe_open)
-and put in its final form at once:
+frequencies real), and every tensor is read from the safetensors checkpoint on its own (read_tensors:
+plain reads, no memory map) and put in its final form at once:
 
     linear layers          the course's NF4Linear (or bitsandbytes' Linear4bit), from one layer's weight
     input embedding and    16-bit (bf16), as the QLoRA reference code holds them (qlora.py casts
@@ -134,25 +134,51 @@ def load_quantized(name_or_path: str | Path = "smollm2-135m", config=None, *, im
     return _finish(model.eval(), _tokenizer_from(folder), decoder=True)
 
 
+# safetensors' dtype names -> torch dtypes (the format: 8-byte header length, a JSON header, the data)
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                      "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_tensors(file: Path):
+    """(name, tensor) for every tensor of a safetensors file, read one at a time with plain reads.
+
+    safetensors' own safe_open maps the whole file into memory: the pages it reads stay resident
+    (they count in the process's memory) until the file is closed, a whole fp32 copy again. Reading
+    each tensor's bytes into its own buffer keeps only the tensor being converted."""
+    with open(file, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+        header.pop("__metadata__", None)
+        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):   # file order
+            if info["dtype"] not in SAFETENSORS_DTYPES:
+                raise ValueError(f"{file} holds {name} as {info['dtype']}, which this loader does not read; "
+                                 f"it reads {', '.join(SAFETENSORS_DTYPES)}")
+            begin, end = info["data_offsets"]
+            tensor = torch.empty(info["shape"], dtype=SAFETENSORS_DTYPES[info["dtype"]])
+            f.seek(8 + header_len + begin)
+            got = f.readinto(tensor.view(-1).view(torch.uint8).numpy())   # the bytes straight into the tensor
+            if got != end - begin or got != tensor.numel() * tensor.element_size():
+                raise ValueError(f"{file} is damaged: {name} should hold {end - begin} bytes, {got} were read")
+            yield name, tensor
+
+
 def _read_file(model: nn.Module, file: Path, quantize: set[str], make, dtypes: dict) -> None:
     """Every tensor of one safetensors file into `model`; a layer to quantize is replaced as soon as
     all its tensors (weight, bias) are in, so only that one layer is ever held in full precision."""
-    from safetensors import safe_open
     modules = dict(model.named_modules())
-    with safe_open(str(file), framework="pt") as f:
-        for key in f.keys():
-            owner, _, leaf = key.rpartition(".")
-            module = modules.get(owner)
-            if module is None or leaf not in module._parameters:
-                continue                                   # e.g. a buffer the skeleton computes itself
-            tensor = f.get_tensor(key)
-            dtype = torch.float32 if owner in quantize else dtypes.get(id(module), torch.float32)
-            module._parameters[leaf] = nn.Parameter(tensor.to(dtype), requires_grad=False)
-            done = all(p is None or p.device.type != "meta" for p in module._parameters.values())
-            if owner in quantize and done:
-                parent, child = get_submodule_parent(model, owner)
-                setattr(parent, child, make(module))       # the fp32 weight is dropped here
-                modules[owner] = getattr(parent, child)
+    for key, tensor in read_tensors(file):
+        owner, _, leaf = key.rpartition(".")
+        module = modules.get(owner)
+        if module is None or leaf not in module._parameters:
+            continue                                   # e.g. a buffer the skeleton computes itself
+        dtype = torch.float32 if owner in quantize else dtypes.get(id(module), torch.float32)
+        module._parameters[leaf] = nn.Parameter(tensor.to(dtype), requires_grad=False)
+        done = all(p is None or p.device.type != "meta" for p in module._parameters.values())
+        if owner in quantize and done:
+            parent, child = get_submodule_parent(model, owner)
+            setattr(parent, child, make(module))       # the fp32 weight is dropped here
+            modules[owner] = getattr(parent, child)
 
 
 def _finish_embeddings(model, embed, head, dtype: torch.dtype, compute: torch.dtype, matmul) -> None:

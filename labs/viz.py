@@ -245,6 +245,39 @@ def sweep(series, *, x_label: str = "rank r", y_label: str = "metric", title: st
     return fig
 
 
+def memory_vs_size(recording: Mapping, *, title: str = "Training memory against model size") -> Figure:
+    """Memory (GB, log) against parameters (log) per variant: measured peaks above the process baseline
+    as markers, the analytic lines dashed, and the consumer card's line (labs.memory_scaling's recording)."""
+    from labs.memory_scaling import LABELS, VARIANTS
+    fig, (ax,) = new_figure(7.5, 4.6)
+    n = recording["n_params"]
+    for i, variant in enumerate(VARIANTS):
+        colour = PALETTE[i + 1]
+        xs = [n[s] for s in recording["sizes"]]
+        ax.plot(xs, [recording["analytic"][variant][s] / 1e9 for s in recording["sizes"]], ls="--", lw=1,
+                color=colour)
+        runs = [r for r in recording["runs"] if r["variant"] == variant and "peak_above_baseline" in r]
+        ax.plot([n[r["size"]] for r in runs], [r["peak_above_baseline"] / 1e9 for r in runs], "o", color=colour,
+                label=LABELS[variant])
+    old = [r for r in recording["runs"] if r["variant"] == "qlora-old" and "peak_above_baseline" in r]
+    if old:
+        ax.plot([n[r["size"]] for r in old], [r["peak_above_baseline"] / 1e9 for r in old], "x", color=PALETTE[4],
+                label=LABELS["qlora-old"])
+    gpu = recording["gpu_line_gb"]
+    ax.axhline(gpu, color="black", lw=1)
+    ax.annotate(f"{gpu:.0f} GB consumer GPU", (min(n.values()), gpu), xytext=(0, 3), textcoords="offset points",
+                fontsize=8)
+    for size, count in n.items():
+        ax.annotate(size, (count, ax.get_ylim()[0]), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set(xlabel="parameters", ylabel="GB above the process baseline (1e9 B)", title=title)
+    ax.plot([], [], "k--", lw=1, label="analytic (labs.memory), same batch")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3, which="both")
+    return fig
+
+
 def save(fig: Figure, path) -> None:
     """Write the figure as PNG, atomically (labs.files.write_atomically)."""
     from labs.files import write_atomically

@@ -116,6 +116,18 @@ def test_finetune_trains_qlora_on_a_base_loaded_in_4_bits(qlora, tmp_path, monke
     assert metrics["base_bits_per_param"] < 10
 
 
+def test_read_tensors_reads_what_safetensors_wrote(tmp_path):
+    from safetensors.torch import save_file
+    from labs.nf4_loading import read_tensors
+    tensors = {"b": torch.randn(3, 5).to(torch.bfloat16), "a": torch.arange(7, dtype=torch.int64),
+               "c": torch.randn(2, 2, 2), "empty": torch.zeros(0, 4)}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    got = dict(read_tensors(tmp_path / "model.safetensors"))
+    assert set(got) == set(tensors)
+    for name, tensor in tensors.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
+
+
 def test_bad_input_is_named(tmp_path):
     from labs.nf4_loading import load_quantized
     with pytest.raises(ValueError, match="not-a-model"):
