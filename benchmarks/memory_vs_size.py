@@ -75,7 +75,9 @@ def write_random_checkpoint(shape, folder: Path, shard_bytes: int = 1 << 30) -> 
                          max_position_embeddings=8192, rope_theta=shape.rope_theta,
                          bos_token_id=1, eos_token_id=2, pad_token_id=2)
     with init_empty_weights():
-        names = [(n, p.shape) for n, p in LlamaForCausalLM(config).named_parameters()]
+        skeleton = LlamaForCausalLM(config)
+    # A tied head has no tensor of its own in a real checkpoint (SmolLM2's files hold none): write none.
+    names = [(n, p.shape) for n, p in skeleton.named_parameters() if not (shape.tied and n == "lm_head.weight")]
     folder.mkdir(parents=True, exist_ok=True)
     generator, shard, size, weight_map = torch.Generator().manual_seed(0), {}, 0, {}
 

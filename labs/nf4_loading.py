@@ -188,7 +188,8 @@ def _finish_embeddings(model, embed, head, dtype: torch.dtype, compute: torch.dt
     model.set_input_embeddings(stored)
     if head is None:
         return
-    tied = head.weight.device.type == "meta" or head.weight is embed.weight
+    tied = (head.weight.device.type == "meta" or head.weight is embed.weight
+            or getattr(model.config.get_text_config(), "tie_word_embeddings", False))
     weight = stored.weight if tied else head.weight
     model.set_output_embeddings(StoredHead(weight, compute, matmul) if getattr(head, "bias", None) is None else head)
 

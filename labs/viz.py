@@ -267,8 +267,8 @@ def memory_vs_size(recording: Mapping, *, title: str = "Training memory against 
     ax.axhline(gpu, color="black", lw=1)
     ax.annotate(f"{gpu:.0f} GB consumer GPU", (min(n.values()), gpu), xytext=(0, 3), textcoords="offset points",
                 fontsize=8)
-    for size, count in n.items():
-        ax.annotate(size, (count, ax.get_ylim()[0]), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
+    for size, count in n.items():   # each size named at the foot of the plot (x in data, y in axes units)
+        ax.annotate(size, (count, 0.01), xycoords=ax.get_xaxis_transform(), ha="center", fontsize=8, color="0.3")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set(xlabel="parameters", ylabel="GB above the process baseline (1e9 B)", title=title)

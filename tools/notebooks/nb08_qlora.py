@@ -336,5 +336,199 @@ weight is ever in full precision, and LoRA on top trains exactly as before. The 
 ordinary LoRA adapter: it loads onto the full-precision base (in peft too)."""),
 ]
 
+CELLS += [
+    ("md", r"""
+## 10. What set QLoRA's peak, and quantizing while loading
+
+Section 9's table left a question open: at 135M, QLoRA's whole run peaked *above* LoRA's. Three
+things set that peak, and two of them are fixable:
+
+1. **Loading.** `load_model` builds the whole fp32 model, and `quantize_model` replaces its layers
+   afterwards: for a while the full-precision base exists whole, so loading peaks at the fp32 size
+   the method is meant to avoid.
+2. **The embedding.** SmolLM2's tied embedding (also its output layer) is 21 % of its weights and is
+   not an `nn.Linear`, so it stayed fp32: the base averaged about 10 bits per weight, not 4.127.
+3. **What training adds.** Activations, the loss's temporaries over a 49,152-word vocabulary, and each
+   NF4 layer's weight rebuilt in the forward and again in the backward: the same at any base precision,
+   and large beside a base of 135M weights. This one stays; it shrinks relative to the base as the model grows.
+
+`labs.nf4_loading.load_quantized` fixes the first two. It builds the model's skeleton with no weights
+(accelerate's `init_empty_weights`: parameters on PyTorch's `meta` device), reads the checkpoint one
+tensor at a time, and turns each linear layer's weight into an `NF4Linear` at once (your exercises
+again), so only one layer is ever in fp32. The embedding and the output head are held in bf16, as the
+QLoRA reference code holds them (its norms stay fp32), and compute in fp32. `labs finetune --method qlora`
+now trains on this base."""),
+    ("code", r"""
+from labs.nf4_loading import load_quantized
+
+streamed, _ = load_quantized("smollm2-135m")        # skeleton, then tensor by tensor into NF4; embedding in bf16
+n_weights = count_parameters(streamed).total
+for name, m in [("loaded in fp32, then quantized (section 7)", nf4_base), ("quantized while loading", streamed)]:
+    print(f"{name:43} base held {weight_bytes(m) / 2**20:6.1f} MiB = {8 * weight_bytes(m) / n_weights:5.2f} bits per weight")
+print(f"embedding: {streamed.model.embed_tokens.weight.dtype}, shared with the output head: "
+      f"{streamed.lm_head.weight is streamed.model.embed_tokens.weight}")
+probe_ids = tok(["Define the word: harbour", "The capital of France is"], return_tensors="pt", padding=True)
+with torch.no_grad():
+    a, b = nf4_base(**probe_ids).logits, streamed(**probe_ids).logits
+print(f"logits against section 7's NF4 model: {((b - a).norm() / a.norm()):.2%} of their norm apart "
+      "(the bf16 embedding; with the embedding in fp32 the two are identical, tests/test_nf4_loading.py)")"""),
+    ("md", r"""
+### Memory against model size, recorded
+
+Does the saving show where it should, on models whose weights dominate? `benchmarks/memory_vs_size.py`
+trains two AdamW steps of each variant in its own process, on SmolLM2-135M and on SmolLM2-360M's
+and SmolLM2-1.7B's shapes with random weights (memory does not depend on the values; nothing to
+download), and records every figure **above the process's own baseline** (Python, torch and the
+libraries, read in the same process just before loading). QLoRA is measured twice: quantized while
+loading, and the old way. Full fine-tuning of 1.7B needs about 27 GB, more than this 24 GiB machine
+has: it is only on the analytic line. The dashed lines are `labs.memory`'s analytic model of the
+same batch, extended to Llama-2-7B's and 70B's shapes; the black line is a 24 GB consumer GPU."""),
+    ("code", r"""
+from labs.memory_scaling import LABELS, SHAPES, largest_trainable, load_recording
+
+rec = load_recording()
+GiB = 2 ** 30
+print(f"recorded {rec['date']} with\n  {rec['command']}\n{rec['machine']}; batch {rec['batch_size']} x {rec['seq_len']}, "
+      f"{rec['steps']} AdamW steps; GiB above the process baseline")
+got = {(r["size"], r["variant"]): r for r in rec["runs"] if "peak_above_baseline" in r}
+print(f"{'size':>5} {'variant':<38}{'loading':>9}{'training':>10}{'whole run':>11}{'base held':>11}")
+for r in rec["runs"]:
+    if "peak_above_baseline" in r:
+        print(f"{r['size']:>5} {LABELS[r['variant']]:<38}{r['load_peak_above_baseline'] / GiB:>9.2f}"
+              f"{r['train_peak_above_baseline'] / GiB:>10.2f}{r['peak_above_baseline'] / GiB:>11.2f}{r['base_weight_bytes'] / GiB:>11.2f}")
+    else:
+        print(f"{r['size']:>5} {LABELS[r['variant']]:<38}  not run: {r.get('skipped') or r.get('error')}")
+viz.memory_vs_size(rec)"""),
+    ("code", r"""
+def whole(size, variant):
+    return got[(size, variant)]["peak_above_baseline"]
+
+for size in ("135M", "360M", "1.7B"):
+    if (size, "qlora") in got and (size, "lora-fp32") in got:
+        ratio = whole(size, "qlora") / whole(size, "lora-fp32")
+        before = whole(size, "qlora-old") / whole(size, "lora-fp32") if (size, "qlora-old") in got else float("nan")
+        print(f"{size:>5}: QLoRA's whole-run peak is {ratio:.2f} x LoRA-on-fp32's (loaded then quantized: {before:.2f} x)"
+              f"{'  <- QLoRA below' if ratio < 1 else ''}")
+if ("1.7B", "qlora") in got:
+    share = got[("1.7B", "qlora")]["base_weight_bytes"] / (4 * SHAPES["1.7B"].n_params())
+    print(f"1.7B base held at {share:.3f} of its fp32 bytes (target <= 0.16; NF4 alone would be {4.127 / 32:.3f}, "
+          "the bf16 embedding adds the rest)")
+print(f"\nthe largest model each variant trains in {rec['gpu_line_gb']:.0f} GB, at this batch:")
+for variant in ("full", "lora-fp32", "lora-bf16", "qlora"):
+    best = largest_trainable(variant, rec["gpu_line_gb"], rec)
+    print(f"  {LABELS[variant]:<26} " + (f"{best['size']:>5} ({best['gb']:.1f} GB, {best['source']})" if best else "none of these sizes"))"""),
+    ("code", r"""
+# Between the recorded sizes: each analytic line's bytes per weight at 70B, where the weights dominate.
+for variant in ("full", "lora-fp32", "lora-bf16", "qlora"):
+    per_weight = rec["analytic"][variant]["70B"] / rec["n_params"]["70B"]
+    print(f"{LABELS[variant]:<26} {per_weight:5.2f} bytes per weight -> about "
+          f"{rec['gpu_line_gb'] * 1e9 / per_weight / 1e9:5.1f} B weights in {rec['gpu_line_gb']:.0f} GB")"""),
+    ("md", r"""
+Read the table by its columns. *loading* is where the old QLoRA lost: loading the fp32 model whole
+before quantizing it costs as much as loading it for LoRA, and that sets the whole run's peak (the
+crosses on the plot sit on LoRA-fp32's points). Quantized while loading, the load costs about the
+size of the NF4 base plus one tensor. *training* adds what point 3 names, the same for every LoRA
+variant at a size, so the base's bytes decide which variant is smallest. The weights-per-GB lines
+say the same at scale: QLoRA fits a base several times larger than LoRA on a bf16 base does, in the
+same card. The paper's headline, a 65B model fine-tuned on one 48 GB GPU, is this line. The batch
+here is small (the recording's): activations grow with B x T, weights and optimizer state do not.
+
+## 11. The whole QLoRA recipe
+
+The paper's recipe has four parts. NF4 and double quantization you built (sections 1-5). The other two:
+
+- **Paged optimizers.** On NVIDIA GPUs, bitsandbytes can allocate the optimizer state in *unified
+  memory*: pages the driver moves to CPU RAM when the GPU runs out and back when the optimizer step
+  touches them. Training does not fail on a memory spike (a long batch under gradient checkpointing);
+  it slows down for that step instead. It matters only near the GPU's limit; on a CPU there is nothing
+  to page to, and bitsandbytes falls back to the ordinary optimizer (the cell below shows it).
+  Its 8-bit AdamW stores the two moments in 8 bits, blockwise with the dynamic code book of section 5:
+  2 bytes per trainable weight instead of 8.
+- **LoRA on every linear layer.** The paper found that adapting only q and v did not match 16-bit
+  fine-tuning; adapting all linear layers did, and the rank mattered little. At a fixed budget of
+  trainable weights, all-linear means a lower rank per layer."""),
+    ("code", r"""
+import warnings
+
+import bitsandbytes as bnb
+
+probe = nn.Parameter(torch.zeros(64, 64))
+probe.grad = torch.ones_like(probe)
+for name in ("AdamW8bit", "PagedAdamW8bit"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt = getattr(bnb.optim, name)([probe], lr=1e-3)
+        opt.step()
+    state = sum(t.numel() * t.element_size() for t in opt.state[probe].values() if torch.is_tensor(t))
+    print(f"bitsandbytes {name:15} state {state / probe.numel():.2f} bytes per weight (torch AdamW: 8)"
+          + (f"; {caught[0].message}" if caught else ""))
+
+qv = lora.LoRAConfig(r=16, alpha=32)                                     # q_proj, v_proj: the default targets
+every = lora.LoRAConfig(r=3, alpha=6, target_modules=("all-linear",))    # the same alpha / r
+budget = {name: count_parameters(lora.apply(copy.deepcopy(streamed), cfg)).trainable
+          for name, cfg in (("q, v at r=16", qv), ("all linear at r=3", every))}
+for name, n in budget.items():
+    print(f"{name:18} {n:>9,} trainable weights")
+print(f"all-linear / q,v: {budget['all linear at r=3'] / budget['q, v at r=16']:.3f}")"""),
+    ("md", r"""
+Now the recipe, run: both adapters on the base quantized while loading, 8-bit AdamW, the same
+batches, the preset's side-run budget, QLoRA's learning rate; held-out loss on the task before and
+after. (A short run: it shows the recipe working, not the paper's quality claim.)"""),
+    ("code", r"""
+from labs.evaluate import eval_loss
+
+held_out = load_examples("define", "validation", n=16, seed=0)
+def held_out_loss(m):
+    return eval_loss(m, tok, task, held_out, preset.seq_len, 8)
+
+base_loss = held_out_loss(streamed)
+recipe = {}
+for name, cfg in (("q, v at r=16", qv), ("all linear at r=3", every)):
+    torch.manual_seed(0)
+    m = lora.apply(copy.deepcopy(streamed), cfg)
+    run = train(m, batches(train_ex, tok, task, preset.seq_len, preset.side_run_batch, epochs=None),
+                TrainConfig(lr=learning_rate("qlora", preset), max_steps=preset.side_run_steps, optimizer="adamw8bit"),
+                progress=False)
+    recipe[name] = m.eval()
+    print(f"{name:18} held-out loss {base_loss:.3f} -> {held_out_loss(m):.3f} after {preset.side_run_steps} steps, "
+          f"median step {run.step_time_median:.2f} s")"""),
+    ("md", r"""
+## 12. An adapter trained on NF4 is not an adapter for the fp32 base
+
+The saved adapter is an ordinary LoRA adapter, and peft will load it onto the full-precision base.
+But it was trained to correct *the NF4 base*: on the fp32 base it is a different model. By how much?
+The all-linear adapter above, its factors copied onto the same LoRA on the fp32 base:"""),
+    ("code", r"""
+trained = recipe["all linear at r=3"]
+on_fp32 = lora.apply(copy.deepcopy(model), every).eval()
+with torch.no_grad():
+    for (_, src), (_, dst) in zip(lora.lora_layers(trained), lora.lora_layers(on_fp32)):
+        dst.lora_A.copy_(src.lora_A)
+        dst.lora_B.copy_(src.lora_B)
+losses = {"fp32 base": held_out_loss(model), "NF4 base": base_loss,
+          "NF4 base + adapter (as trained)": held_out_loss(trained), "fp32 base + the same adapter": held_out_loss(on_fp32)}
+for name, value in losses.items():
+    print(f"{name:32} held-out loss {value:.4f}")
+one = next(batches(held_out, tok, task, preset.seq_len, 8, epochs=None))
+with torch.no_grad():
+    p, r = trained(**one).logits.log_softmax(-1), on_fp32(**one).logits.log_softmax(-1)
+kl = (p.exp() * (p - r)).sum(-1).mean()
+print(f"next-token KL(as trained || on fp32) = {kl:.4f} nats per token; top-1 tokens agree on "
+      f"{(p.argmax(-1) == r.argmax(-1)).float().mean():.1%} of positions")
+print(f"the adapter's gain: {losses['NF4 base'] - losses['NF4 base + adapter (as trained)']:+.4f} on NF4, "
+      f"{losses['fp32 base'] - losses['fp32 base + the same adapter']:+.4f} on fp32")"""),
+    ("md", r"""
+The two numbers that matter: the loss of the adapter on the base it was trained on, and on the other
+one. Quantization moved every weight a little (section 6), and the adapter learned on top of those
+moved weights. On the fp32 base its correction is applied to weights it never saw: the two models
+disagree (the KL above), by an amount of the order of the quantization itself. Serve an adapter on the
+base it was trained on, or merge it into the dequantized base (section 8) and serve that.
+
+**What to remember (sections 10-12).** QLoRA's saving is the base's weights: it shows once they
+dominate, from a few hundred million weights up, and only if the base is never whole in fp32 (quantize
+while loading). The full recipe adds paged 8-bit optimizers (a GPU's safety net) and LoRA on every
+linear layer; and an adapter belongs to the quantized base it was trained on."""),
+]
+
 if __name__ == "__main__":
     main(CELLS, "nb08", OUT)

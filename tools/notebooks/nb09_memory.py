@@ -51,6 +51,7 @@ from labs.memory import (StepMemory, estimate_memory, format_measured, init_opti
                          measure_step, weight_bytes)
 from labs.methods import METHODS, get_method, prepare
 from labs.models import load_model
+from labs.nf4_loading import load_quantized
 from labs.surgery import count_parameters
 from labs.train import TrainConfig, enable_gradient_checkpointing, make_optimizer, store_frozen_in
 
@@ -79,12 +80,14 @@ did the same for the files on disk), then trains one step. Beside the measuremen
 of the same run: fp32 weights and gradients, AdamW's two fp32 moments, activations after
 Korthikanti et al. at 4 bytes per value (as measured here, in fp32), and the fp32 logits. SmolLM2 has
 no bias terms, so BitFit trains the norm gains instead (notebook 03: the registry's BitFit falls back
-to the norm-only analog on a bias-free model); QLoRA is LoRA on the NF4 base of notebook 08."""),
+to the norm-only analog on a bias-free model); QLoRA is LoRA on the NF4 base of notebook 08, quantized
+while loading with the embedding in bf16, as `labs finetune` loads it (notebook 08, section 10)."""),
     ("code", r"""
 def train_one_step(method: str, batch: dict, *, checkpointing: bool = False, optimizer: str = "adamw",
                    options: dict | None = None, steady: bool = True):
     # A fresh copy prepared by the registry, its optimizer's state created (steady), one step measured.
-    model = prepare(method, copy.deepcopy(base), "define", options).train()
+    fresh = load_quantized("smollm2-135m")[0] if get_method(method).loads_quantized else copy.deepcopy(base)
+    model = prepare(method, fresh, "define", options).train()
     if checkpointing:
         enable_gradient_checkpointing(model)   # ValueError for a method that cannot recompute
     opt = make_optimizer(model, TrainConfig(lr=1e-4, optimizer=optimizer))
@@ -159,10 +162,10 @@ for name, got in measured.items():
           f"{got.activations / measured['full'].activations:>6.0%}")
 
 # The two structural misses, put back into the model: prompt rows are T + P long, and QLoRA keeps the
-# tied embedding (also the output layer) in fp32, since it is not an nn.Linear.
+# tied embedding (also the output layer) in bf16, not NF4, since it is not an nn.Linear.
 fixed = {"prompt": analytic("prompt", counts["prompt"].trainable, B, T + P).total,
-         "qlora": model_of["qlora"].total + emb.numel() * (4 - 0.5 - 1 / 64 - 4 / (64 * 256))}
-print(f"\none fp32 copy of the logits: {LOGITS / MiB:.1f} MiB; the tied embedding: {emb.numel() * 4 / MiB:.1f} MiB in fp32, "
+         "qlora": model_of["qlora"].total + emb.numel() * (2 - 0.5 - 1 / 64 - 4 / (64 * 256))}
+print(f"\none fp32 copy of the logits: {LOGITS / MiB:.1f} MiB; the tied embedding: {emb.numel() * 2 / MiB:.1f} MiB in bf16 (QLoRA), "
       f"{emb.numel() / N_BASE:.0%} of the base's weights")
 for name, total in fixed.items():
     line = f"{name:<7} model {model_of[name].total / MiB:6.1f} MiB -> with what it misses {total / MiB:6.1f} MiB"
@@ -190,8 +193,8 @@ Three things, each measured above:
   and BitFit keep less than full fine-tuning. Prompt tuning keeps *more* than the model says: each
   row is T + P tokens long, and the model was told T.
 - **QLoRA's weights.** The model puts every base weight in NF4; our QLoRA quantizes the linear layers
-  of the blocks, and the tied embedding (also the output layer) stays fp32: on SmolLM2, with its
-  large vocabulary, that is the share of the weights printed above. Put back, the two structural misses close most of the gap for prompt tuning;
+  of the blocks, and holds the tied embedding (also the output layer) in bf16, as the paper's code
+  does: on SmolLM2, with its large vocabulary, that is the share of the weights printed above. Put back, the two structural misses close most of the gap for prompt tuning;
   for QLoRA what stays is *other*, larger than LoRA's at the same shape (the *other / logits*
   column): the NF4 layers rebuild each weight in fp32 in the forward and again in the backward, and
   which of those temporaries sets its peak is not isolated here.
@@ -232,10 +235,10 @@ attention on the way keeps its input. Section 4 shows the input-sized part takin
 
 **Gradient checkpointing** keeps only each block's input and recomputes the block during the
 backward. The registry says which methods can (`Method.checkpointing`): prefix tuning cannot, since
-its prefix rides in the key/value cache, which recomputation would drop. We try all three."""),
+its prefix rides in the key/value cache, which recomputation would drop. We try four of them."""),
     ("code", r"""
 checkpointed = {}
-for name in ("full", "lora", "prefix"):
+for name in ("full", "lora", "qlora", "prefix"):
     try:
         checkpointed[name], _ = train_one_step(name, rows(B, T), checkpointing=True)
     except ValueError as err:
@@ -292,6 +295,8 @@ units its matrix products run emulated, far slower than fp32, so the numbers com
 a GPU, `measure_step(model, batch, optimizer, context=lambda: torch.autocast("cuda", dtype=torch.bfloat16))`
 measures them with the allocator's peak."""),
     ("code", r"""
+from labs.memory_scaling import SHAPES as SIZES, analytic as analytic_at_size
+
 lora16 = prepare("lora", copy.deepcopy(base), "define")
 saved = store_frozen_in(lora16, torch.bfloat16)           # what the gpu preset's frozen_bf16 does
 print(f"LoRA weights as held: fp32 base {lo.weights / MiB:.1f} MiB -> bf16 base {weight_bytes(lora16) / MiB:.1f} MiB "
@@ -306,7 +311,8 @@ bf16 = {"full fp32": model_of["full"],
         "LoRA fp32": model_of["lora"],
         "LoRA bf16 base": estimate_memory(N_BASE, "lora", trainable_params=counts["lora"].trainable, weight_bytes="bf16",
                                           grad_bytes=4, batch_size=B, seq_len=T, hidden=D, layers=L, vocab=V,
-                                          activation_bytes_per_value=2.0)}
+                                          activation_bytes_per_value=2.0),
+        "QLoRA, NF4 base": analytic_at_size(SIZES["135M"], "qlora", B, T)}   # bf16 embedding, fp32 activations
 print(f"\nanalytic, MiB      " + "".join(f"{p[:9]:>10}" for p in PARTS) + f"{'total':>9}")
 for label, est in bf16.items():
     print(f"{label:<19}" + "".join(f"{getattr(est, p) / MiB:10.1f}" for p in PARTS) + f"{est.total / MiB:9.1f}")"""),
@@ -458,11 +464,12 @@ read them as the lower bound of where prompt tuning becomes the cheaper of the t
 | question | measured above |
 |---|---|
 | where does a full fine-tuning step's memory go? | optimizer state (twice the weights), gradients, weights, then activations and the loss's temporaries |
-| how close is the analytic model? | within 15% for most methods; it misses the loss's temporaries (several copies of the logits), the activations frozen layers do not keep, prompt tuning's longer rows, QLoRA's fp32 embedding |
+| how close is the analytic model? | within 15% for most methods; it misses the loss's temporaries (several copies of the logits), the activations frozen layers do not keep, prompt tuning's longer rows, QLoRA's bf16 embedding |
 | why does LoRA save less than its 0.3%? | the frozen weights stay, and the input-sized part (activations, temporaries) barely shrinks |
 | gradient checkpointing | activations and peak fall several-fold; prefix tuning cannot use it |
 | 8-bit AdamW | optimizer state to about 2 bytes per weight: large for full fine-tuning, nothing for LoRA |
 | bf16 | a bf16 frozen base halves PEFT's largest part (measured); the bf16 step itself is only modelled on a CPU |
+| QLoRA | its base is smallest, but at 135M what training adds outweighs the base; where it wins, against model size: notebook 08, section 10 |
 | prompt vs LoRA | prompt tuning costs more on rows shorter than a crossover length that grows with P |
 
 Next, notebook 10: what the methods leave on disk, and serving many adapters from one base."""),
