@@ -426,9 +426,10 @@ for variant in ("full", "lora-fp32", "lora-bf16", "qlora"):
     ("md", r"""
 Read the table by its columns. *loading* is where the old QLoRA lost: loading the fp32 model whole
 before quantizing it costs as much as loading it for LoRA, and that sets the whole run's peak (the
-crosses on the plot sit on LoRA-fp32's points). Quantized while loading, the load costs about the
-size of the NF4 base plus one tensor. *training* adds what point 3 names, the same for every LoRA
-variant at a size, so the base's bytes decide which variant is smallest. The weights-per-GB lines
+crosses on the plot sit on LoRA-fp32's points). Quantized while loading, loading stays near the
+size of the NF4 base (the *loading* and *base held* columns). *training* adds what point 3 names, of
+the same order for every LoRA variant at a size (QLoRA's a little more: it rebuilds each layer's
+weight twice per step), so the base's bytes decide which variant is smallest. The weights-per-GB lines
 say the same at scale: QLoRA fits a base several times larger than LoRA on a bf16 base does, in the
 same card. The paper's headline, a 65B model fine-tuned on one 48 GB GPU, is this line. The batch
 here is small (the recording's): activations grow with B x T, weights and optimizer state do not.
@@ -510,19 +511,31 @@ losses = {"fp32 base": held_out_loss(model), "NF4 base": base_loss,
 for name, value in losses.items():
     print(f"{name:32} held-out loss {value:.4f}")
 one = next(batches(held_out, tok, task, preset.seq_len, 8, epochs=None))
-with torch.no_grad():
-    p, r = trained(**one).logits.log_softmax(-1), on_fp32(**one).logits.log_softmax(-1)
-kl = (p.exp() * (p - r)).sum(-1).mean()
-print(f"next-token KL(as trained || on fp32) = {kl:.4f} nats per token; top-1 tokens agree on "
-      f"{(p.argmax(-1) == r.argmax(-1)).float().mean():.1%} of positions")
-print(f"the adapter's gain: {losses['NF4 base'] - losses['NF4 base + adapter (as trained)']:+.4f} on NF4, "
+
+def next_token(m):                                    # (B, T, V) log-probabilities
+    with torch.no_grad():
+        return m(**one).logits.log_softmax(-1)
+
+def kl_and_agreement(p, r):
+    return (p.exp() * (p - r)).sum(-1).mean().item(), (p.argmax(-1) == r.argmax(-1)).float().mean().item()
+
+adapted = kl_and_agreement(next_token(trained), next_token(on_fp32))
+bases = kl_and_agreement(next_token(streamed), next_token(model))
+print(f"next-token KL, adapter as trained || adapter on fp32: {adapted[0]:.4f} nats per token, top-1 tokens agree on {adapted[1]:.1%}")
+print(f"next-token KL, NF4 base || fp32 base (no adapter):    {bases[0]:.4f} nats per token, top-1 tokens agree on {bases[1]:.1%}")
+moved = losses["fp32 base + the same adapter"] - losses["NF4 base + adapter (as trained)"]
+print(f"moving the adapter to the fp32 base changes its held-out loss by {moved:+.4f} "
+      f"({'lower' if moved < 0 else 'higher'}); the adapter's gain is "
+      f"{losses['NF4 base'] - losses['NF4 base + adapter (as trained)']:+.4f} on NF4 and "
       f"{losses['fp32 base'] - losses['fp32 base + the same adapter']:+.4f} on fp32")"""),
     ("md", r"""
-The two numbers that matter: the loss of the adapter on the base it was trained on, and on the other
-one. Quantization moved every weight a little (section 6), and the adapter learned on top of those
-moved weights. On the fp32 base its correction is applied to weights it never saw: the two models
-disagree (the KL above), by an amount of the order of the quantization itself. Serve an adapter on the
-base it was trained on, or merge it into the dequantized base (section 8) and serve that.
+Quantization moved every weight a little (section 6), and the adapter learned its correction on top
+of those moved weights. On the fp32 base the same correction meets weights it never saw: the printed
+KL and top-1 agreement measure how far apart the two models are, beside how far apart the two bases
+are without any adapter. The held-out loss can come out lower or higher on the other base (the
+sign is printed, not promised); either way what was evaluated during training is the NF4 model, and
+the fp32 one is a different, unevaluated model. Serve an adapter on the base it was trained on, or
+merge it into the dequantized base (section 8) and serve that.
 
 **What to remember (sections 10-12).** QLoRA's saving is the base's weights: it shows once they
 dominate, from a few hundred million weights up, and only if the base is never whole in fp32 (quantize

@@ -197,7 +197,8 @@ Three things, each measured above:
   does: on SmolLM2, with its large vocabulary, that is the share of the weights printed above. Put back, the two structural misses close most of the gap for prompt tuning;
   for QLoRA what stays is *other*, larger than LoRA's at the same shape (the *other / logits*
   column): the NF4 layers rebuild each weight in fp32 in the forward and again in the backward, and
-  which of those temporaries sets its peak is not isolated here.
+  the bf16 output head reads its whole V x D table back in fp32 (twice the bf16 size printed above)
+  in each direction too. Which of those temporaries sets the peak is not isolated here.
 
 So the analytic model is a fair guide to the order of magnitude and to what each switch does, and
 within 15% for most methods here; the bytes it leaves out are named and measured above, and they
