@@ -211,7 +211,7 @@ def measure_all(args) -> list[dict]:
 
 
 def claims(runs: list[dict]) -> dict:
-    """The issue's targets, computed from the runs: QLoRA below LoRA-fp32; 1.7B's base <= 0.16 of fp32."""
+    """The targets, computed from the runs: QLoRA below LoRA-fp32; 1.7B's base <= 0.16 of fp32."""
     from labs.memory_scaling import SHAPES
     got = {(r["size"], r["variant"]): r for r in runs if "peak_above_baseline" in r}
     out = {}
