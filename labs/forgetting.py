@@ -184,7 +184,18 @@ def record(plan: Plan | str, out: str | Path, impl: str | None = None, say=print
         result = run_one(plan, run, base, tokenizer, instruments, impl)
         write_json(path, result)
         say(f"    done in {result['wall_time_s']:.0f} s")
+    write_summary(out)
     return out
+
+
+def write_summary(out: Path) -> None:
+    """summary.json: when the recording finished, on what, and the training time of its runs."""
+    import platform
+    _, runs = load_runs(out)
+    write_json(Path(out) / "summary.json", {
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": len(runs),
+        "wall_time_s": sum(r["wall_time_s"] for r in runs.values()), "torch_threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "torch": torch.__version__})
 
 
 def _run_path(out: Path, label: str) -> Path:
@@ -248,14 +259,17 @@ def matched_gain(*curves: list[dict]) -> float:
     return min(max(p["gain"] for p in c) for c in curves)
 
 
-def compare_at(base: dict, run: dict, reference: dict, instrument: str, gain: float | None = None) -> dict:
+def compare_at(base: dict, run: dict, reference: dict, instrument: str, gain: float | None = None,
+               own_start: bool = False) -> dict:
     """Forgetting of `run` minus that of `reference` at the same learning, paired over the items.
 
     Negative = `run` forgets less. Returns {"gain", "run", "reference", "difference", "se", "z"}; the
     standard error is over the instrument's items only (the seed's spread is seen from repeated seeds).
+    own_start: `run`'s learning and forgetting counted from its own start (QLoRA's quantized base).
     """
     from labs.evaluate import paired_difference
-    a, b = curve(base, run, instrument), curve(base, reference, instrument)
+    a = curve(base, run, instrument, start_as_base=run["start"] if own_start else None)
+    b = curve(base, reference, instrument)
     gain = matched_gain(a, b) if gain is None else gain
     items_a, items_b = at_gain(a, gain), at_gain(b, gain)
     if items_a is None or items_b is None:
@@ -264,6 +278,13 @@ def compare_at(base: dict, run: dict, reference: dict, instrument: str, gain: fl
     diff, se = paired_difference(items_a, items_b)
     return {"gain": gain, "run": sum(items_a) / len(items_a), "reference": sum(items_b) / len(items_b),
             "difference": diff, "se": se, "z": diff / se if se > 0 else math.copysign(math.inf, diff) if diff else 0.0}
+
+
+def at_end(base: dict, run: dict, instrument: str) -> tuple[float, float]:
+    """Forgetting at the last checkpoint against the base, paired over the items: (mean, standard error)."""
+    from labs.evaluate import paired_difference
+    items = curve(base, run, instrument)[-1]["items"]
+    return paired_difference(items, [0.0] * len(items))
 
 
 def verdict_line(label: str, reference: str, result: dict, instrument: str) -> str:
