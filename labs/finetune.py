@@ -291,7 +291,7 @@ def run_finetune(method: str = "full", model: str = "smollm2-135m", task: str | 
     impl     "labs" (your own modules) or "solutions" (the reference); default $LABS_IMPL
     """
     from labs.impl import current_impl
-    from labs.methods import check_options, prepare, require_finished
+    from labs.methods import check_options, get_method, prepare, require_finished
     from labs.surgery import count_parameters
     clock = PhaseClock()
     impl = impl or current_impl()
@@ -308,6 +308,9 @@ def run_finetune(method: str = "full", model: str = "smollm2-135m", task: str | 
     clock.lap("load")
     before, before_cached = measure_base(setup, preset, model, seed)
     clock.lap("measure_before")
+    if get_method(method).loads_quantized:
+        from labs.nf4_loading import reload_quantized
+        setup.model = reload_quantized(setup, model, options, impl)
     setup.model = prepare(method, setup.model, setup.task, options or {}, impl)
     forward_context, cast_saved = store_frozen_base(setup, preset)
     start = measure_start(setup, preset, method, before, forward_context)

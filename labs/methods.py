@@ -40,6 +40,8 @@ class Method:
     uses: tuple[str, ...] = ()  # other technique modules it runs: their exercises must be finished too
     virtual_tokens: bool = False  # adds trained positions in front (in the input or the key/value
                                   # cache): a cache computed without them cannot be reused
+    loads_quantized: bool = False  # its base is read from the checkpoint in 4 bits, layer by layer
+                                   # (labs.nf4_loading), never held whole in fp32 while training
 
     @property
     def infrastructure(self) -> bool:
@@ -93,7 +95,8 @@ METHODS = {m.name: m for m in (
     # names the method. Learning rates: LoRA's, as in the QLoRA paper (not swept separately).
     Method("qlora", "qlora", "QLoRA: LoRA on a frozen base stored in 4-bit NF4",
            lr={"quick": 2e-3, "laptop": 1e-3, "gpu": 5e-4}, config="QLoRAConfig", peft_type="LABS_QLORA",
-           adds_params=True, notebook="notebooks/08_qlora.ipynb", uses=("quantization", "lora")),
+           adds_params=True, notebook="notebooks/08_qlora.ipynb", uses=("quantization", "lora"),
+           loads_quantized=True),
 )}
 
 

@@ -48,8 +48,8 @@ class QLoRAConfig(lora.LoRAConfig):
             raise ValueError(f"block_size={self.block_size!r} is not valid; use a power of two from 32 to 4096, e.g. 64")
 
 
-class _FrozenNF4MatMul(torch.autograd.Function):
-    """x @ W^T with W read back from NF4 in the forward and again in the backward.
+class FrozenMatMul(torch.autograd.Function):
+    """x @ W^T with W read back (layer.dequantized_weight()) in the forward and again in the backward.
 
     Plain F.linear would keep the dequantized W for the backward: a full-precision copy of every
     layer alive at once, the very memory QLoRA saves. W is frozen, so the backward needs only
@@ -101,7 +101,7 @@ class NF4Linear(nn.Linear):
         return quantization.dequantize_nf4(self.nf4(), self.compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = _FrozenNF4MatMul.apply(x.to(self.compute_dtype), self)   # (B, T, out)
+        out = FrozenMatMul.apply(x.to(self.compute_dtype), self)   # (B, T, out)
         if self.bias is not None:
             out = out + self.bias.to(self.compute_dtype)
         return out.to(x.dtype)
@@ -179,9 +179,11 @@ def quantize_model(model: nn.Module, backend: str = "scratch", block_size: int =
 
 
 def apply(model: nn.Module, config: QLoRAConfig) -> nn.Module:
-    """Quantize the base's linear layers to NF4 (config.backend), then apply LoRA on top."""
+    """Quantize the base's linear layers to NF4 (config.backend), unless it came 4-bit from the
+    loader, then apply LoRA on top."""
     refuse_second_adapter(model, lora.__name__)  # before the base changes
-    quantize_model(model, config.backend, config.block_size, config.double_quant, DTYPES[config.compute_dtype])
+    if not any(is_quantized(m) for m in model.modules()):  # labs.nf4_loading loads a base already in 4 bits
+        quantize_model(model, config.backend, config.block_size, config.double_quant, DTYPES[config.compute_dtype])
     lora_fields = {f.name for f in fields(lora.LoRAConfig)}
     return lora.apply(model, lora.LoRAConfig(**{k: v for k, v in asdict(config).items() if k in lora_fields}))
 
