@@ -14,8 +14,9 @@ where their curves reach the same learning.
 The experiment: SmolLM2-135M learns King James English (`kjv`: Genesis, Ruth, Esther, Jonah,
 Psalms: 17th-century biblical prose, "And it came to pass"), far from what the two instruments
 measure: the general-knowledge probe (modern facts, right or wrong per question) and the loss on
-fixed windows of Jane Austen's novels (19th-century narrative English, never trained on), every
-window exactly `window_tokens` long. Both are paired: the same items at every checkpoint.
+fixed windows of modern English (12,752 movie-review sentences from Rotten Tomatoes, 2000s, never
+trained on here), every window exactly `window_tokens` long. Both are paired: the same items at
+every checkpoint.
 
 Forgetting is measured against the full-precision base. A run whose prepared model is not the base
 before training (QLoRA's quantized base, prefix and prompt tuning) is scored at step 0 too: that
@@ -62,7 +63,7 @@ class Plan:
     n_probe: int            # probe questions (forgetting); the probe holds 300
     model: str = "smollm2-135m"
     task: str = "kjv"
-    english: str = "austen"
+    english: str = "reviews"    # "reviews" (modern English), or a corpus of labs.data (austen, moby, ...)
 
     def run(self, label: str) -> Run:
         for run in self.runs:
@@ -79,19 +80,29 @@ PLANS = {
         Run("full 5e-5 seed 1", "full", 5e-5, seed=1), Run("lora r=8 seed 1", "lora", 1e-3, seed=1),
         Run("bitfit", "bitfit", 5e-3), Run("adapter", "adapter", 1e-3), Run("prefix", "prefix", 5e-3),
         Run("prompt", "prompt", 1e-2)),
-        steps=36, checkpoint_every=12, batch_size=8, seq_len=128, n_task_eval=48, english_windows=32,
+        steps=30, checkpoint_every=10, batch_size=8, seq_len=96, n_task_eval=48, english_windows=32,
         window_tokens=256, n_probe=300),
     "quick": Plan("quick", runs=(Run("full 2e-4", "full", 2e-4), Run("lora r=8", "lora", 2e-3)),
                   steps=12, checkpoint_every=6, batch_size=8, seq_len=64, n_task_eval=32, english_windows=16,
                   window_tokens=256, n_probe=60),
 }
 RECORDED = Path(__file__).resolve().parent.parent / "notebooks" / "recorded" / "forgetting-laptop"
-RECORD_COMMAND = "LABS_IMPL=solutions python -m labs.forgetting --plan laptop --out notebooks/recorded/forgetting-laptop"
+RECORD_COMMAND = ("LABS_IMPL=solutions python -m labs.forgetting --plan laptop --out notebooks/recorded/forgetting-laptop"
+                  " --share 0/2 & (the same with --share 1/2)")
 
 
 # ---------------------------------------------------------------------------------------------
 # Instruments
 # ---------------------------------------------------------------------------------------------
+def english_text(name: str) -> str:
+    """The text of the English instrument: "reviews" (every Rotten Tomatoes sentence, one per line:
+    modern English), or a public-domain corpus of labs.data."""
+    from labs.data import SPLITS, load_corpus, load_examples
+    if name == "reviews":
+        return "\n".join(ex["text"] for split in SPLITS for ex in load_examples("sentiment", split))
+    return load_corpus(name)
+
+
 def english_windows(tokenizer, text: str, n: int, tokens: int) -> torch.Tensor:
     """n windows of exactly `tokens` tokens, evenly spaced over the whole tokenized text: (n, tokens)."""
     ids = tokenizer(text)["input_ids"]
@@ -121,10 +132,10 @@ class Instruments:
     """The plan's items, fixed once: held-out task chunks, English windows, probe questions."""
 
     def __init__(self, plan: Plan, tokenizer):
-        from labs.data import get_task, load_corpus, load_examples, load_probe
+        from labs.data import get_task, load_examples, load_probe
         self.plan, self.tokenizer, self.task = plan, tokenizer, get_task(plan.task)
         self.task_examples = load_examples(plan.task, "validation", n=plan.n_task_eval)
-        self.windows = english_windows(tokenizer, load_corpus(plan.english), plan.english_windows, plan.window_tokens)
+        self.windows = english_windows(tokenizer, english_text(plan.english), plan.english_windows, plan.window_tokens)
         self.probe = load_probe(n=plan.n_probe)
 
     @torch.no_grad()
@@ -160,12 +171,21 @@ def run_one(plan: Plan, run: Run, base, tokenizer, instruments: Instruments, imp
     cfg = TrainConfig(lr=run.lr, max_steps=plan.steps, seed=run.seed, eval_every=plan.checkpoint_every)
     clock = time.perf_counter()
     history = train(model, stream, cfg, eval_fn=instruments.score, progress=False)
-    return {"run": asdict(run), "start": start, "checkpoints": [{"step": s, **scores} for s, scores in history.evals],
+    return {"run": asdict(run), "settings": settings_of(plan), "start": start, "checkpoints": [{"step": s, **scores} for s, scores in history.evals],
             "losses": history.losses, "wall_time_s": time.perf_counter() - clock}
 
 
-def record(plan: Plan | str, out: str | Path, impl: str | None = None, say=print) -> Path:
-    """Every run of the plan, resumable: base.json, then runs/<label>.json each as it finishes."""
+def settings_of(plan: Plan) -> dict:
+    """What every run of a plan shares (all but its name and runs): a recorded run is reused only
+    under the same settings."""
+    return {k: v for k, v in asdict(plan).items() if k not in ("name", "runs")}
+
+
+def record(plan: Plan | str, out: str | Path, impl: str | None = None, say=print, share: tuple[int, int] = (0, 1)) -> Path:
+    """Every run of the plan, resumable: base.json, then runs/<label>.json each as it finishes.
+
+    share=(k, n): only the runs whose index is k modulo n, so that n processes can record one plan.
+    """
     from labs.models import load_model
     plan = PLANS[plan] if isinstance(plan, str) else plan
     out = Path(out)
@@ -173,11 +193,14 @@ def record(plan: Plan | str, out: str | Path, impl: str | None = None, say=print
     base, tokenizer = load_model(plan.model)
     instruments = Instruments(plan, tokenizer)
     write_json(out / "plan.json", asdict(plan))
-    if not (out / "base.json").is_file():
-        write_json(out / "base.json", instruments.score(base))
+    base_path = out / "base.json"
+    if not (base_path.is_file() and json.loads(base_path.read_text()).get("settings") == settings_of(plan)):
+        write_json(base_path, {"settings": settings_of(plan), **instruments.score(base)})
     for i, run in enumerate(plan.runs):
+        if i % share[1] != share[0]:
+            continue
         path = _run_path(out, run.label)
-        if path.is_file() and json.loads(path.read_text())["run"] == json.loads(json.dumps(asdict(run))):
+        if path.is_file() and _same_run(json.loads(path.read_text()), plan, run):
             say(f"[{i + 1}/{len(plan.runs)}] {run.label}: recorded already")
             continue
         say(f"[{i + 1}/{len(plan.runs)}] {run.label}: training {plan.steps} steps at lr {run.lr:g} ...")
@@ -196,6 +219,11 @@ def write_summary(out: Path) -> None:
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": len(runs),
         "wall_time_s": sum(r["wall_time_s"] for r in runs.values()), "torch_threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "torch": torch.__version__})
+
+
+def _same_run(recorded: dict, plan: Plan, run: Run) -> bool:
+    as_json = json.loads(json.dumps({"run": asdict(run), "settings": settings_of(plan)}))
+    return recorded.get("run") == as_json["run"] and recorded.get("settings") == as_json["settings"]
 
 
 def _run_path(out: Path, label: str) -> Path:
@@ -302,9 +330,15 @@ def main(argv=None) -> None:
     parser.add_argument("--plan", default="laptop", choices=sorted(PLANS))
     parser.add_argument("--out", required=True, help="folder for plan.json, base.json and runs/ (resumes)")
     parser.add_argument("--impl", default=None, help="labs (your modules) or solutions (default $LABS_IMPL)")
+    parser.add_argument("--share", default="0/1", help="K/N: record only runs K, K+N, K+2N, ... (N processes at once)")
     args = parser.parse_args(argv)
+    try:
+        k, n = (int(x) for x in args.share.split("/"))
+        assert 0 <= k < n
+    except (ValueError, AssertionError):
+        parser.error(f"--share {args.share!r}: expected K/N with 0 <= K < N, such as 0/2")
     torch.set_num_threads(1)
-    record(args.plan, args.out, args.impl)
+    record(args.plan, args.out, args.impl, share=(k, n))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,11 @@ class CountingTokenizer:
         return {"input_ids": list(range(len(text.split())))}
 
 
+def test_the_modern_english_instrument_is_every_review_sentence():
+    text = fg.english_text("reviews")
+    assert text.count("\n") + 1 == 12752 and len(text) > 1_400_000
+
+
 def test_english_windows_are_exactly_as_long_as_asked_and_spread_over_the_whole_text():
     text = " ".join(["w"] * 1000)
     windows = fg.english_windows(CountingTokenizer(), text, n=4, tokens=100)
@@ -142,6 +147,11 @@ def test_a_recording_scores_every_checkpoint_resumes_and_reads_back(tiny_model_d
     changed = replace(plan, runs=(fg.Run("full", "full", 2e-3),))
     with pytest.raises(AssertionError, match="trained again"):
         fg.record(changed, out, impl="solutions", say=said.append)   # another learning rate: a new run
+    with pytest.raises(AssertionError, match="trained again"):
+        fg.record(replace(plan, steps=3), out, impl="solutions", say=said.append)   # other settings: a new run
+    only_second = []
+    fg.record(plan, out, impl="solutions", say=only_second.append, share=(1, 2))
+    assert len(only_second) == 1 and "prompt" in only_second[0]
 
 
 def test_a_finetune_that_does_not_start_as_the_base_reports_forgetting_from_both(tiny_model_dir, tmp_path):
