@@ -30,7 +30,9 @@ from labs.files import write_atomically, write_json
 COLUMNS = ("method", "status", "lr", "trainable_params", "trainable_percent", "peak_memory_mib",
            "step_time_median_s", "adapter_bytes", "metric", "before", "after", "score", "gain", "gain_se",
            "learned", "probe_before", "probe_after", "probe_drop", "probe_drop_se", "english_ppl_before",
-           "english_ppl_after", "english_loss_rise", "english_loss_rise_se", "forgetting_note", "wall_time_s")
+           "english_ppl_after", "english_loss_rise", "english_loss_rise_se", "english_loss_rise_at_start",
+           "english_loss_rise_at_start_se", "english_loss_rise_from_start", "english_loss_rise_from_start_se",
+           "forgetting_note", "wall_time_s")
 NOT_RUN = "not run yet"
 RUN_RECORD = "compare_run.json"   # in a method's folder: the command and code of its finished run
 
@@ -167,7 +169,18 @@ def compare_row(metrics: dict) -> dict:
             "english_ppl_after": forgot.get("english_ppl_after"),
             "english_loss_rise": forgot.get("english_loss_rise"),
             "english_loss_rise_se": forgot.get("english_loss_rise_se"),
-            "forgetting_note": forgot.get("note"), "wall_time_s": metrics["wall_time_s"]}
+            **_from_start(metrics), "forgetting_note": forgot.get("note"), "wall_time_s": metrics["wall_time_s"]}
+
+
+def _from_start(metrics: dict) -> dict:
+    """For a method that does not start as the base (QLoRA's quantized base, an untrained prompt or
+    prefix): the English loss rise its start already had, and the rise from that start."""
+    row = {}
+    for when in ("at_start", "from_start"):
+        forgot = metrics.get(f"forgetting_{when}") or {}
+        row[f"english_loss_rise_{when}"] = forgot.get("english_loss_rise")
+        row[f"english_loss_rise_{when}_se"] = forgot.get("english_loss_rise_se")
+    return row
 
 
 def read_comparison(out: str | Path) -> tuple[dict, list[dict], dict[str, dict]]:

@@ -129,12 +129,13 @@ class Setup:
     eval_examples: list[dict]     # the same held-out set for every run (seed 0)
     probe_items: list[dict]       # general-knowledge probe (decoders only)
     english_corpus: str | None    # public-domain English scored for forgetting (decoders only)
-    english_examples: list[dict]  # its held-out chunks
+    english_windows: torch.Tensor | None  # (n_english, english_tokens) token windows of it
     gen_examples: list[dict]      # prompts for greedy generations (generate tasks only)
 
 
 def load_setup(model: str, task_name: str, preset, seed: int, device: str | None) -> Setup:
-    from labs.data import get_task, load_examples, load_probe
+    from labs.data import get_task, load_corpus, load_examples, load_probe
+    from labs.forgetting import english_windows
     from labs.models import load_model, pick_device
     task, device = get_task(task_name), pick_device(device)
     num_labels = len(task.labels) if task.kind == "classify" else None
@@ -148,14 +149,16 @@ def load_setup(model: str, task_name: str, preset, seed: int, device: str | None
                  eval_examples=eval_examples,
                  probe_items=load_probe(n=preset.n_probe) if decoder and preset.n_probe else [],
                  english_corpus=english,
-                 english_examples=load_examples(english, "validation", n=preset.n_english) if english else [],
+                 english_windows=english_windows(tokenizer, load_corpus(english), preset.n_english,
+                                                 preset.english_tokens) if english else None,
                  gen_examples=eval_examples[:N_GENERATIONS] if decoder and task.kind == "generate" else [])
 
 
 def measure(setup: Setup, preset) -> dict:
     """Held-out metrics with each example's own score (paired tests); for decoders the probe and the
     loss on public-domain English (forgetting); greedy generations (generate tasks)."""
-    from labs.evaluate import evaluate_task, example_losses, generate, probe_correct, score_examples
+    from labs.evaluate import evaluate_task, generate, probe_correct, score_examples
+    from labs.forgetting import window_losses
     model, tokenizer = setup.model, setup.tokenizer
     scores = score_examples(model, tokenizer, setup.task, setup.eval_examples, preset.seq_len, preset.batch_size)
     result = {"eval": evaluate_task(model, tokenizer, setup.task, setup.eval_examples, preset, scores),
@@ -163,9 +166,8 @@ def measure(setup: Setup, preset) -> dict:
     if setup.probe_items:
         result["probe_correct"] = probe_correct(model, tokenizer, setup.probe_items)
         result["probe"] = sum(result["probe_correct"]) / len(result["probe_correct"])
-    if setup.english_examples:
-        result["english_losses"] = example_losses(model, tokenizer, setup.english_corpus, setup.english_examples,
-                                                  preset.seq_len, preset.batch_size)
+    if setup.english_windows is not None:
+        result["english_losses"] = window_losses(model, setup.english_windows, preset.batch_size)
     if setup.gen_examples:
         result["generations"] = generate(model, tokenizer, [ex["prompt"] for ex in setup.gen_examples])
     return result
@@ -201,7 +203,8 @@ def _base_measure_path(setup: Setup, preset, model: str, seed: int) -> Path:
            "transformers": transformers.__version__,
            "task": setup.task.name, "seed": seed, "device": str(setup.device), "seq_len": preset.seq_len,
            "batch_size": preset.batch_size, "n_eval": preset.n_eval, "n_probe": preset.n_probe,
-           "n_english": preset.n_english, "torch": torch.__version__, "code": code_fingerprint()}
+           "n_english": preset.n_english, "english_tokens": preset.english_tokens, "torch": torch.__version__,
+           "code": code_fingerprint()}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     return cache_root() / "measured" / f"{digest}.json"
 
@@ -310,6 +313,7 @@ def run_finetune(method: str = "full", model: str = "smollm2-135m", task: str | 
         setup.model = reload_quantized(setup, model, options, impl)
     setup.model = prepare(method, setup.model, setup.task, options or {}, impl)
     forward_context, cast_saved = store_frozen_base(setup, preset)
+    start = measure_start(setup, preset, method, before, forward_context)
     counts = count_parameters(setup.model)
     base = {**_base_weights(method, setup.model, counts),  # as stored for training
             "frozen_base_bf16": cast_saved > 0, "frozen_cast_saved_bytes": cast_saved}
@@ -321,7 +325,7 @@ def run_finetune(method: str = "full", model: str = "smollm2-135m", task: str | 
     saved_bytes, saved_files = save_trained(method, setup.model, out) if main else (0, [])
     clock.lap("save")
     metrics = {**_describe(method, model, setup, preset, options, seed, impl), **_costs(counts, trained), **base,
-               **_quality(setup, before, after), "saved_bytes": saved_bytes, "saved_files": saved_files,
+               **_quality(setup, before, after, start), "saved_bytes": saved_bytes, "saved_files": saved_files,
                "measure_before_cached": before_cached, "wall_time_s": clock.total(), "phase_times_s": clock.laps}
     if main:
         write_json(out / "metrics.json", metrics)
@@ -367,12 +371,27 @@ def _costs(counts, trained: Fit) -> dict:
                         "evals": h.evals}}
 
 
-def _quality(setup: Setup, before: dict, after: dict) -> dict:
-    """What training changed: held-out metrics, what was forgotten, generations."""
+def measure_start(setup: Setup, preset, method: str, before: dict, forward_context) -> dict | None:
+    """measure() of the prepared model before its first step, where that is not the base: QLoRA's
+    quantized base, the untrained prefix or prompt (labs.forgetting.IDENTITY_AT_START lists the rest).
+    None where forgetting is not measured or the method starts as the base."""
+    from labs.forgetting import IDENTITY_AT_START
+    if method in IDENTITY_AT_START or not ("probe" in before or "english_losses" in before):
+        return None
+    with forward_context():
+        return measure(setup, preset)
+
+
+def _quality(setup: Setup, before: dict, after: dict, start: dict | None = None) -> dict:
+    """What training changed: held-out metrics, what was forgotten, generations. Where the method
+    did not start as the base (`start`), forgetting is also given from that start, and the start's own."""
     quality = {"eval_before": before["eval"], "eval_after": after["eval"],
                "learning": learning(setup.task.kind, before["scores"], after["scores"]),
                "forgetting": forgetting(setup, before, after),
                "scores_before": before["scores"], "scores_after": after["scores"]}
+    if start is not None:
+        quality["forgetting_at_start"] = forgetting(setup, before, start)       # before any training
+        quality["forgetting_from_start"] = forgetting(setup, start, after)     # what training itself did
     if "probe" in before:
         quality["probe_before"], quality["probe_after"] = before["probe"], after["probe"]
         quality["probe_items"] = len(setup.probe_items)
@@ -418,6 +437,7 @@ def forgetting(setup: Setup, before: dict, after: dict) -> dict:
         b, a = before["english_losses"], after["english_losses"]
         rise, se = paired_difference(a, b)
         result.update(english_corpus=setup.english_corpus, english_chunks=len(b),
+                      english_window_tokens=int(setup.english_windows.shape[1]),
                       english_ppl_before=math.exp(sum(b) / len(b)), english_ppl_after=math.exp(sum(a) / len(a)),
                       english_loss_rise=rise, english_loss_rise_se=se)
     return result
@@ -438,6 +458,12 @@ def _fmt_bytes(n: float) -> str:
         if abs(n) < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
+
+
+def _english_items(forgot: dict) -> str:
+    """'32 windows of 128 tokens' (runs that record the window length), else '32 chunks'."""
+    n, tokens = forgot["english_chunks"], forgot.get("english_window_tokens")
+    return f"{n} windows of {tokens} tokens" if tokens else f"{n} chunks"
 
 
 FORMATS = {"loss": ".3f", "perplexity": ".1f", "accuracy": ".3f"}  # one format per metric, before and after
@@ -464,9 +490,14 @@ def summary(metrics: dict, out: Path | None = None) -> str:
     if "english_loss_rise" in forgot:
         lines.append(f"  {forgot['english_corpus']} perplexity (forgetting): {forgot['english_ppl_before']:.1f} -> "
                      f"{forgot['english_ppl_after']:.1f} (loss {forgot['english_loss_rise']:+.3f} "
-                     f"+- {forgot['english_loss_rise_se']:.3f} on {forgot['english_chunks']} chunks)")
+                     f"+- {forgot['english_loss_rise_se']:.3f} on {_english_items(forgot)})")
     if "note" in forgot:
         lines.append(f"  forgetting: {forgot['note']}")
+    at_start, from_start = metrics.get("forgetting_at_start"), metrics.get("forgetting_from_start")
+    if at_start and "english_loss_rise" in at_start:
+        lines.append(f"  of that, before any training (the prepared model is not the base): loss "
+                     f"{at_start['english_loss_rise']:+.3f} +- {at_start['english_loss_rise_se']:.3f}; from that start: "
+                     f"{from_start['english_loss_rise']:+.3f} +- {from_start['english_loss_rise_se']:.3f}")
     lines.append(f"  step {metrics['step_time_median_s']:.2f} s (median of {metrics['steps']}), "
                  f"peak memory {_fmt_bytes(metrics['peak_memory_bytes'])}, {metrics['wall_time_s']:.0f} s in all, "
                  f"saved {_fmt_bytes(metrics['saved_bytes'])}" + (f" to {out}" if out else ""))

@@ -29,8 +29,9 @@ class Preset:
     gradient_checkpointing: bool = False  # recompute activations in backward (where the method allows)
     lr: float | None = None  # one learning rate for every method; None = each method's own from the
                              # registry (labs/methods.py: full fine-tuning wants ~100x less than PEFT)
-    n_english: int = 32     # held-out chunks of public-domain English scored before and after
-                            # (forgetting, decoders only)
+    n_english: int = 32     # windows of public-domain English scored before and after (forgetting,
+                            # decoders only), evenly spaced over a whole corpus never trained on
+    english_tokens: int = 128  # tokens in each of those windows: every window is exactly this long
     side_steps: int | None = None  # steps of a notebook's side runs (sweeps, a second model) beside
                                    # its main fine-tune; None = max_steps (quick: fewer, to fit CI)
     side_batch: int | None = None  # rows per batch of a sweep's runs; None = batch_size
@@ -48,10 +49,10 @@ PRESETS = {
     "quick": Preset("quick", max_steps=16, batch_size=8, grad_accum=1, seq_len=64, n_train=400,
                     n_eval=64, n_probe=60, eval_every=0, bf16=False, side_steps=12, side_batch=4),
     "laptop": Preset("laptop", max_steps=120, batch_size=8, grad_accum=2, seq_len=128, n_train=4000,
-                     n_eval=256, n_probe=200, eval_every=40, bf16=False, n_english=128),
+                     n_eval=256, n_probe=200, eval_every=40, bf16=False, n_english=128, english_tokens=256),
     "gpu": Preset("gpu", max_steps=600, batch_size=16, grad_accum=2, seq_len=256, n_train=20000,
-                  n_eval=1000, n_probe=400, eval_every=100, bf16=True, frozen_bf16=True,
-                  n_english=256),
+                  n_eval=1000, n_probe=300, eval_every=100, bf16=True, frozen_bf16=True,
+                  n_english=200, english_tokens=256),  # the probe holds 300 questions; Austen 200 windows
 }
 
 

@@ -205,6 +205,40 @@ def learning_vs_forgetting(points: Mapping[str, tuple[float, float, float, float
     return fig
 
 
+def forgetting_curves(curves: Mapping[str, Sequence[tuple[float, float]]], *,
+                      x_label: str = "learning: the task's held-out loss gain",
+                      y_label: str = "forgetting", title: str = "Learning vs forgetting along training",
+                      matched: float | None = None, points: Mapping[str, tuple[float, float]] | None = None) -> Figure:
+    """{label: [(gain, forgetting) at each checkpoint, from step 0]} as lines, a marker per checkpoint.
+
+    Runs of one method (the label's first word) share a colour; its variants (another rank, learning
+    rate, seed, reference) get their own line style. `matched`: a dotted vertical line where the runs
+    are compared. `points`: single points (a quantized base with no adapter), as stars.
+    """
+    if not curves:
+        raise ValueError("no curves to plot")
+    fig, (ax,) = new_figure(7.2, 4.6)
+    groups: dict[str, int] = {}
+    styles = ("-", "--", ":", "-.")
+    seen_in_group: dict[str, int] = {}
+    for label, xy in curves.items():
+        group = label.split()[0]
+        colour = PALETTE[groups.setdefault(group, len(groups)) % len(PALETTE)]
+        style = styles[seen_in_group.get(group, 0) % len(styles)]
+        seen_in_group[group] = seen_in_group.get(group, 0) + 1
+        xs, ys = zip(*xy)
+        ax.plot(xs, ys, ls=style, marker="o", ms=4, color=colour, label=label)
+    for label, (x, y) in (points or {}).items():
+        ax.plot([x], [y], marker="*", ms=14, ls="none", color="black", label=label, zorder=4)
+    ax.axhline(0, color="grey", ls=":", lw=1)
+    if matched is not None:
+        ax.axvline(matched, color="black", ls=":", lw=1)
+    ax.set(xlabel=x_label + " (right: learned more)", ylabel=y_label + " (up: forgot more)", title=title)
+    ax.legend(fontsize=7, loc="upper left", ncols=2)
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def ratio_bars(panels: Mapping[str, Mapping[str, float]], *, baseline: str = "base",
                y_label: str = "time / base model") -> Figure:
     """One panel per measurement: each variant's value divided by the baseline's, as labelled bars

@@ -59,6 +59,7 @@ FIGURES = {
     "sweep": lambda: viz.sweep({"q,v": ([1, 2, 4, 8], [0.7, 0.72, 0.75, 0.75])}, x_label="rank r",
                                y_label="accuracy", logx=True),
     "learning vs forgetting": lambda: viz.learning_vs_forgetting(RECORDED_LIKE),
+    "forgetting curves": lambda: viz.forgetting_curves(CURVES, matched=0.3, points={"NF4 base": (-0.05, 0.1)}),
 }
 
 # The shape of the recorded quick comparison: seven methods, three of them at the same point.
@@ -128,3 +129,19 @@ def test_learning_vs_forgetting_tells_methods_apart_and_leaves_out_zero_learning
     assert ax.get_xlim()[0] > 1.0, f"x axis starts at {ax.get_xlim()[0]}: the points are squeezed to the right"
     near_zero = viz.learning_vs_forgetting({"a": (0.05, 0.1, 0.0, 0.01), "b": (0.5, 0.1, 0.1, 0.01)})
     assert near_zero.axes[0].get_xlim()[0] <= 0 <= near_zero.axes[0].get_xlim()[1]
+
+
+CURVES = {"full 5e-5": [(0, 0), (0.2, 0.05), (0.4, 0.12)], "full 5e-5 seed 1": [(0, 0), (0.21, 0.06), (0.41, 0.11)],
+          "lora r=8": [(0, 0), (0.1, 0.01), (0.3, 0.04)], "qlora r=8": [(-0.05, 0.1), (0.2, 0.13)]}
+
+
+def test_forgetting_curves_share_a_colour_per_method_and_a_style_per_variant():
+    fig = viz.forgetting_curves(CURVES, matched=0.3, points={"NF4 base": (-0.05, 0.1)})
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+    assert list(lines) == [*CURVES, "NF4 base"]
+    assert lines["full 5e-5"].get_color() == lines["full 5e-5 seed 1"].get_color() != lines["lora r=8"].get_color()
+    assert lines["full 5e-5"].get_linestyle() != lines["full 5e-5 seed 1"].get_linestyle()
+    assert list(lines["lora r=8"].get_xdata()) == [0, 0.1, 0.3]
+    with pytest.raises(ValueError, match="no curves"):
+        viz.forgetting_curves({})

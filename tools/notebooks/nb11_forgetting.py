@@ -13,221 +13,300 @@ CELLS = [
 # 11 · Catastrophic forgetting: what a fine-tune costs outside its task
 
 The third promise of PEFT: a model fine-tuned on one task keeps more of what it knew before. This
-notebook measures that promise for full fine-tuning and every method of the course on one task
-(SmolLM2-135M learning WordNet definitions), and teaches the four ways such a measurement misleads:
+notebook puts the promise to a test in which forgetting can show, and reports what it finds.
 
-1. forgetting depends on **how** it is measured;
-2. an adapter **switched off** forgets nothing, by construction: that zero says nothing;
-3. prompt and prefix tuning do **not start as the identity**, so they are measured with the adapter on;
-4. a probe of 60 questions **cannot see** a change of two points.
+**How to compare fairly.** Comparing methods by what they forgot *at the end* of training is unfair
+to the one that learned more: a method that barely moved forgets nothing. Biderman et al. 2024
+("LoRA Learns Less and Forgets Less") compare at **matched learning**: each run is scored at
+checkpoints along training, so it draws a curve of learning (the task's held-out gain) against
+forgetting, and runs are compared where their curves reach the same learning.
 
-The fine-tunes are the comparison of notebook 12 (`labs compare`, quick preset, every method in its
-own process). Training all seven takes about 15 minutes on two CPU cores, so the numbers below come
-from a recorded run, made by the command printed in the next cell. Set `LIVE = True` to make your own
-(on your own `labs/` modules; an interrupted run resumes where it stopped, and notebook 12 reuses it).
-What is measured live here, on the base model and on the recorded LoRA adapter, checks that the
-recording is what this code measures."""),
+**The experiment** (`labs/forgetting.py`). SmolLM2-135M learns **King James English** (Genesis, Ruth,
+Esther, Jonah, Psalms: 17th-century biblical prose, "And it came to pass"), a task far from what the two
+instruments measure:
+- the **general-knowledge probe**: 300 multiple-choice questions of modern facts; per question, right or wrong;
+- the loss on **Jane Austen's novels**: fixed windows of tokens spread over all six books, never trained on;
+  per window, the mean loss per predicted token (its perplexity is $e^{loss}$).
+
+Full fine-tuning at two learning rates, LoRA at two ranks, BitFit, adapters, prefix and prompt
+tuning, and QLoRA, each scored at checkpoints on the same items. The whole recording takes about an
+hour on one CPU core, so it was made once with the command printed below; section 2 runs a small
+version of it live, on your own modules.
+
+**Sign convention, everywhere in this notebook: forgetting is positive when something was lost** (the
+English loss rose, or the probe's accuracy dropped). Learning is positive when the task's held-out
+loss fell."""),
     ("code", r"""
 import copy
+import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from labs import viz
-from labs.compare import RECORD_COMMAND, RECORDED, course_comparison
-from labs.data import get_task, load_examples, load_probe
-from labs.evaluate import example_losses, paired_change, paired_difference, probe_correct
-from labs.impl import technique
-from labs.methods import open_exercises, prepare
-from labs.models import load_model
-from labs.peft_format import load_adapter
-from labs.presets import get_preset
+from labs.evaluate import paired_change, paired_difference
+from labs.forgetting import (INSTRUMENTS, PLANS, RECORD_COMMAND, RECORDED, Instruments, at_end, compare_at,
+                             curve, load_runs, matched_gain, record, verdict_line, window_losses)
+from labs.methods import open_exercises
 
-LIVE = False    # True: run the comparison yourself, on your modules (about 15 min on 2 cores; resumes)
-FOLDER = None   # or a folder that `labs compare` wrote, such as "../runs/compare-laptop"
-folder, settings, rows, runs = course_comparison(LIVE, FOLDER)
-if folder == RECORDED:
-    print("recorded with:", RECORD_COMMAND)
-preset = get_preset(settings["preset"])
-print(f"comparison in {folder}: {settings['model']} on {settings['task']}, {settings['preset']} preset "
-      f"({preset.max_steps} steps of {preset.batch_size} rows of {preset.seq_len} tokens), methods: {', '.join(runs)}")"""),
+plan = PLANS["laptop"]
+base, runs = load_runs(RECORDED)
+summary = json.loads((RECORDED / "summary.json").read_text())
+print("recorded with:", RECORD_COMMAND)
+print(f"finished {summary['finished']}: {summary['runs']} runs, {summary['wall_time_s'] / 60:.0f} min of training "
+      f"and scoring on {summary['torch_threads']} CPU thread(s)")
+print(f"each run: {plan.steps} steps of {plan.batch_size} rows of {plan.seq_len} tokens, scored every "
+      f"{plan.checkpoint_every} steps")
+print(f"instruments: {len(base['probe'])} probe questions; {len(base['english'])} windows of {plan.window_tokens} "
+      f"tokens of {plan.english}; learning on {len(base['task'])} held-out chunks of {plan.task}")
+for label, run in runs.items():
+    opts = ", ".join(f"{k}={v}" for k, v in run["run"]["options"])
+    print(f"  {label:<18} {run['run']['method']:<8} lr {run['run']['lr']:<8g} seed {run['run']['seed']} {opts}")"""),
     ("md", r"""
-## 1. Two instruments
+## 1. Why this task, and why these instruments
 
-Forgetting is measured **outside** the task, before and after training, on the same items both times:
-
-- the **general-knowledge probe**: multiple-choice questions (capitals, science, history, ...); the
-  model "answers" with the choice it finds likeliest. Per question: right or wrong.
-- the **loss on public-domain English**: held-out chunks of Jane Austen's novels, text the model
-  predicted well before fine-tuning. Per chunk: the mean loss per token (its perplexity is $e^{loss}$).
-
-Both are *paired*: each question and each chunk is scored by the model before and after, and the
-change is averaged over items with its standard error (`labs.evaluate.paired_difference`): what the
-items share (a hard question is hard for both models) cancels out.
-
-The base model is measured live here, with the same items and settings as the recorded runs: the
-two must agree, or the recording is not what this code measures."""),
+A forgetting test needs a task **far** from what the instruments measure. Notebook 12's comparison
+trains on English definitions, and there the fine-tune *improves* both instruments: defining words
+is close to writing English and to answering questions. What looks like "no forgetting" there is
+transfer. Read it from the recorded comparison (one sign convention: positive = forgotten):"""),
     ("code", r"""
-torch.manual_seed(0)
-model, tok = load_model("smollm2-135m")
-model.eval()
-task = get_task(settings["task"])
-forgot = runs["lora"]["forgetting"]
-probe = load_probe(n=preset.n_probe)
-english = load_examples(forgot["english_corpus"], "validation", n=forgot["english_chunks"])
+from labs.compare import RECORD_COMMAND as COMPARE_COMMAND, course_comparison
 
-def english_losses(m):
-    return example_losses(m, tok, forgot["english_corpus"], english, preset.seq_len, preset.batch_size)
-
-base_probe = probe_correct(model, tok, probe)
-base_english = english_losses(model)
-recorded_english = runs["lora"]["english_losses_before"]
-gap = max(abs(a - b) for a, b in zip(base_english, recorded_english))
-print(f"probe: {sum(base_probe)}/{len(probe)} right live, {sum(runs['lora']['probe_correct_before'])}/{len(probe)} recorded")
-print(f"English ({forgot['english_corpus']}, {len(english)} chunks): perplexity "
-      f"{torch.tensor(base_english).mean().exp():.2f} live, {forgot['english_ppl_before']:.2f} recorded; "
-      f"largest difference per chunk {gap:.1e}")
-assert gap < 1e-3 and abs(sum(base_probe) - sum(runs["lora"]["probe_correct_before"])) <= 1"""),
+_, compare_settings, _, compare_runs = course_comparison()
+full_define = compare_runs["full"]["forgetting"]
+print(f"full fine-tuning on {compare_settings['task']} ({compare_settings['preset']} preset, `{COMPARE_COMMAND}`):")
+print(f"  English loss change {full_define['english_loss_rise']:+.3f} ± {full_define['english_loss_rise_se']:.3f}, "
+      f"probe accuracy drop {full_define['probe_drop']:+.3f} ± {full_define['probe_drop_se']:.3f} (negative: improved)")
+print(f"King James English, full fine-tuning at {runs['full 5e-5']['run']['lr']:g}, after {plan.steps} steps:")
+for instrument in INSTRUMENTS:
+    mean, se = at_end(base, runs["full 5e-5"], instrument)
+    print(f"  {INSTRUMENTS[instrument]} {mean:+.4f} ± {se:.4f} ({mean / se:+.1f} standard errors)")"""),
     ("md", r"""
-## 2. Learning against forgetting, every method
+## 2. A small version, live, on your own modules
 
-Each row: how much the task improved (loss per held-out definition, lower after = positive gain)
-and how much was lost elsewhere (probe accuracy drop, English loss rise; positive = forgotten),
-each with its standard error."""),
+The same experiment in the quick preset: two runs (full fine-tuning and LoRA r = 8), 12 steps of
+8 rows of 64 tokens, scored every 6 steps on 16 windows of Austen and 60 probe questions: about
+two minutes. Too small to decide anything (the standard errors say so), but everything below is
+computed the same way from the recording. Full fine-tuning needs no exercise; LoRA needs
+exercises 5.1-5.6 (notebook 05), and without them only the full fine-tune runs."""),
     ("code", r"""
-print(f"{'method':<8}{'trainable %':>12}{'learning':>18}{'probe drop':>18}{'English loss rise':>20}{'ppl before->after':>20}")
-for name, m in runs.items():
-    l, f = m["learning"], m["forgetting"]
-    print(f"{name:<8}{m['trainable_percent']:>12.3f}{l['gain']:>+11.3f} ± {l['se']:.3f}"
-          f"{f['probe_drop']:>+11.3f} ± {f['probe_drop_se']:.3f}{f['english_loss_rise']:>+12.3f} ± {f['english_loss_rise_se']:.3f}"
-          f"{f['english_ppl_before']:>11.1f} -> {f['english_ppl_after']:.1f}")
-failed = [r["method"] for r in rows if r["status"] != "ok"]
-print("failed runs: " + (", ".join(failed) if failed else "none"))
-
-by_probe = {n: (m["learning"]["gain"], m["learning"]["se"], m["forgetting"]["probe_drop"], m["forgetting"]["probe_drop_se"])
-            for n, m in runs.items()}
-by_english = {n: (m["learning"]["gain"], m["learning"]["se"], m["forgetting"]["english_loss_rise"],
-                  m["forgetting"]["english_loss_rise_se"]) for n, m in runs.items()}
-display(viz.learning_vs_forgetting(by_probe, x_label="learning: loss gain on definitions",
-                                   y_label="forgetting: probe accuracy drop", title="Measured by the probe"))
-display(viz.learning_vs_forgetting(by_english, x_label="learning: loss gain on definitions",
-                                   y_label="forgetting: English loss rise", title="Measured on Austen"))"""),
+quick = PLANS["quick"]
+missing = open_exercises("lora")
+if missing:
+    print(f"LoRA skipped: finish exercises {', '.join(missing)} (notebook 05); full fine-tuning runs alone")
+    quick = replace(quick, runs=tuple(r for r in quick.runs if r.method != "lora"))
+live_folder = Path("..", "runs", "forgetting-live") if Path.cwd().name == "notebooks" else Path("runs", "forgetting-live")
+shutil.rmtree(live_folder, ignore_errors=True)       # always a fresh run of your current code
+torch.set_num_threads(1)
+record(quick, live_folder)
+live_base, live_runs = load_runs(live_folder)
+for instrument in INSTRUMENTS:
+    for label, run in live_runs.items():
+        points = curve(live_base, run, instrument)
+        print(f"{label:<10} {INSTRUMENTS[instrument]:<20}", "  ".join(
+            f"step {p['step']}: gain {p['gain']:+.3f}, forgot {p['forgetting']:+.4f}" for p in points))
+if "lora r=8" in live_runs:
+    for instrument in INSTRUMENTS:
+        print(verdict_line("lora r=8", "full 2e-4", compare_at(live_base, live_runs["lora r=8"], live_runs["full 2e-4"],
+                                                               instrument), instrument))
+display(viz.forgetting_curves({label: [(p["gain"], p["forgetting"]) for p in curve(live_base, run, "english")]
+                               for label, run in live_runs.items()},
+                              y_label="forgetting: English loss rise", title="Live, quick preset"))"""),
     ("md", r"""
-## 3. Pitfall 1: forgetting depends on how it is measured
+## 3. The recorded curves
 
-Rank the methods by each instrument. If "forgetting" were one quantity, the two orders would agree.
-A change counts as seen only beyond two standard errors."""),
+Each line is one run, a marker per checkpoint, from step 0 (where a method that starts as the base sits
+at the origin). Runs of one method share a colour. QLoRA is drawn twice: against the full-precision
+base (the model you would deploy, compared with the model you started from) and, dashed, against its
+own 4-bit base (what training itself did). The star is the 4-bit base alone, no adapter: before a
+single step, quantization has already moved it."""),
     ("code", r"""
-def seen(change, se):
-    return "forgot" if change > 2 * se else "gained" if change < -2 * se else "no visible change"
+def curves_of(instrument):
+    lines = {label: [(p["gain"], p["forgetting"]) for p in curve(base, run, instrument)] for label, run in runs.items()}
+    qlora = runs.get("qlora r=8")
+    points = {}
+    if qlora is not None:
+        own = curve(base, qlora, instrument, start_as_base=qlora["start"])
+        lines["qlora r=8, from its 4-bit base"] = [(p["gain"], p["forgetting"]) for p in own]
+        start = curve(base, qlora, instrument)[0]
+        points["4-bit (NF4) base, no adapter"] = (start["gain"], start["forgetting"])
+    return lines, points
 
-order_probe = sorted(runs, key=lambda n: runs[n]["forgetting"]["probe_drop"])
-order_english = sorted(runs, key=lambda n: runs[n]["forgetting"]["english_loss_rise"])
-print("least to most forgetting, by the probe  :", " < ".join(order_probe))
-print("least to most forgetting, by the English:", " < ".join(order_english))
-n = len(runs)
-rank_p = {name: i for i, name in enumerate(order_probe)}
-rank_e = {name: i for i, name in enumerate(order_english)}
-rho = 1 - 6 * sum((rank_p[k] - rank_e[k]) ** 2 for k in runs) / (n * (n * n - 1))
-print(f"Spearman rank correlation of the two orders: {rho:+.2f} (1 = the same order)")
-for name, m in runs.items():
-    f = m["forgetting"]
-    print(f"  {name:<8} probe: {seen(f['probe_drop'], f['probe_drop_se']):<18} English: "
-          f"{seen(f['english_loss_rise'], f['english_loss_rise_se'])}")"""),
+reference, peft_main = "full 5e-5", "lora r=8"
+matched = matched_gain(curve(base, runs[reference], "english"), curve(base, runs[peft_main], "english"))
+for instrument in INSTRUMENTS:
+    lines, points = curves_of(instrument)
+    display(viz.forgetting_curves(lines, points=points, matched=matched, y_label=f"forgetting: {INSTRUMENTS[instrument]}",
+                                  title=f"Learning King James English vs forgetting ({instrument})"))"""),
     ("md", r"""
-The English loss sees small changes (every chunk has hundreds of tokens, and the loss moves for every
-one of them), while the probe only moves when a question flips. They also ask different things: the
-loss asks "does the model still predict this kind of text?", the probe "does it still pick the right
-fact?". A method can shift the style of its text (the loss rises) and keep its facts (the probe does
-not move), or the other way round. Report which instrument you used, with its standard error."""),
-    ("md", r"""
-## 4. Pitfall 2: an adapter switched off forgets nothing
+## 4. The verdict, at matched learning
 
-The recorded LoRA adapter (r = 8 on q and v) is loaded onto the base. With it on, the English
-losses must be the recorded "after" ones. Switched off (each LoRA layer's `scaling` set to 0, so its
-update adds exactly zero), the model **is** the base: its forgetting is zero by construction."""),
+Every run against full fine-tuning at 5e-5, where both curves reach the same gain (the most both
+reach), each run's forgetting interpolated between its two checkpoints around that gain, per item,
+so that the difference is paired over the same windows (or questions). Negative difference: the run
+forgets less. A difference within two standard errors "cannot be told apart". The standard errors
+count the items only: the repeated seeds show how much a run's curve moves with its seed alone."""),
     ("code", r"""
-if open_exercises("lora"):
-    raise RuntimeError(f"finish exercises {', '.join(open_exercises('lora'))} (notebook 05) to load the LoRA adapter")
-lora = technique("lora")
-tuned = load_adapter(copy.deepcopy(model), folder / "lora" / "adapter", method="lora")
-on = english_losses(tuned)
-layers = [layer for _, layer in lora.lora_layers(tuned)]
-scalings = [layer.scaling for layer in layers]
-for layer in layers:
-    layer.scaling = 0.0
-off = english_losses(tuned)
-for layer, s in zip(layers, scalings):
-    layer.scaling = s
-
-recorded_after = runs["lora"]["english_losses_after"]
-rise_on, se_on = paired_difference(on, base_english)
-rise_off, se_off = paired_difference(off, base_english)
-print(f"adapter on : loss rise {rise_on:+.4f} ± {se_on:.4f}; largest difference from the recorded run "
-      f"{max(abs(a - b) for a, b in zip(on, recorded_after)):.1e}")
-print(f"adapter off: loss rise {rise_off:+.4f} ± {se_off:.4f}; largest difference from the base "
-      f"{max(abs(a - b) for a, b in zip(off, base_english)):.1e}")
-assert off == base_english, "switched off, the adapted model must be the base exactly"
-assert max(abs(a - b) for a, b in zip(on, recorded_after)) < 1e-3"""),
-    ("md", r"""
-That is why "PEFT does not forget" needs care: the *base* never forgets anything (it is frozen), so a
-system that switches adapters per request (notebook 10) keeps the base's knowledge for every request
-routed without an adapter. The forgetting that matters is the model you deploy **for the task**: the
-adapter on."""),
-    ("md", r"""
-## 5. Pitfall 3: prompt and prefix tuning do not start as the identity
-
-LoRA's B starts at zero, so a freshly applied LoRA **is** the base model. A soft prompt or a prefix
-starts as some vectors (from text, or random) that every forward pass reads: before one step of
-training the model already behaves differently. Measured here with fresh, untrained adapters:"""),
+verdicts = {}
+for instrument in INSTRUMENTS:
+    print(f"--- {INSTRUMENTS[instrument]}, against {reference} ---")
+    for label, run in runs.items():
+        if label == reference:
+            continue
+        try:
+            result = compare_at(base, run, runs[reference], instrument)
+        except ValueError as err:          # a curve that starts above the other's reach
+            print(f"{label}: not comparable here ({err})")
+            continue
+        verdicts[instrument, label] = result
+        print(verdict_line(label, reference, result, instrument))
+    if "qlora r=8" in runs:
+        own = compare_at(base, runs["qlora r=8"], runs[reference], instrument, own_start=True)
+        print(verdict_line("qlora r=8 (from its 4-bit base)", reference, own, instrument))"""),
     ("code", r"""
-at_init = {}
-for name in ("lora", "prefix", "prompt"):
-    if open_exercises(name):     # your module is still a stub: nothing to measure yet
-        print(f"{name}: skipped until you finish exercises {', '.join(open_exercises(name))}")
+def spread(a, b, instrument):
+    r = compare_at(base, runs[a], runs[b], instrument)
+    return f"{r['difference']:+.4f} ± {r['se']:.4f}"
+
+print("what the seed alone moves (same method, same settings, another seed), English loss rise:")
+for a, b in (("full 5e-5 seed 1", "full 5e-5"), ("lora r=8 seed 1", "lora r=8")):
+    if a in runs and b in runs:
+        print(f"  {a} vs {b}: {spread(a, b, 'english')}")
+
+lora, full = verdicts.get(("english", peft_main)), verdicts.get(("english", reference))
+own_mean, own_se = at_end(base, runs[peft_main], "english")
+print()
+print(f"The claim 'PEFT prevents catastrophic forgetting', at this scale ({plan.steps} steps, 135M parameters):")
+if lora is not None:
+    if lora["z"] < -2:
+        print(f"  at matched learning (gain {lora['gain']:.3f}), LoRA r=8 forgets less than full fine-tuning: "
+              f"{lora['run']:+.4f} vs {lora['reference']:+.4f} English loss rise ({abs(lora['z']):.1f} SE apart).")
+    elif lora["z"] > 2:
+        print(f"  at matched learning (gain {lora['gain']:.3f}), LoRA r=8 forgets MORE than full fine-tuning: "
+              f"{lora['run']:+.4f} vs {lora['reference']:+.4f} ({lora['z']:.1f} SE apart).")
+    else:
+        print(f"  at matched learning (gain {lora['gain']:.3f}), LoRA r=8 and full fine-tuning cannot be told apart: "
+              f"{lora['run']:+.4f} vs {lora['reference']:+.4f} ({abs(lora['z']):.1f} SE).")
+print(f"  and LoRA does forget: after its {plan.steps} steps its English loss rose {own_mean:+.4f} ± {own_se:.4f} "
+      f"({own_mean / own_se:.1f} SE): 'prevents' is too strong; 'forgets less per unit learned' is what can be tested.")
+end_full, end_lora = (curve(base, runs[k], "english")[-1] for k in (reference, peft_main))
+print(f"  at the end of training (not matched): full learned {end_full['gain']:.3f} and forgot {end_full['forgetting']:+.4f}; "
+      f"LoRA learned {end_lora['gain']:.3f} and forgot {end_lora['forgetting']:+.4f}: much of 'LoRA forgets less' "
+      f"at the end is 'LoRA learned less'.")"""),
+    ("md", r"""
+## 5. Pitfall 1: forgetting depends on how it is measured
+
+Rank the runs by each instrument, at the learning all of them reach. If "forgetting" were one
+quantity, the two orders would agree. Ties get their average rank (Spearman's rule), and with a
+handful of runs the correlation rests on very few points: read it as a hint, not a finding."""),
+    ("code", r"""
+def average_ranks(values: dict) -> dict:
+    order = sorted(values, key=values.get)
+    ranks, i = {}, 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+curves_e = {label: curve(base, run, "english") for label, run in runs.items()}
+common = matched_gain(*curves_e.values())
+from labs.forgetting import at_gain
+at_common = {}
+for instrument in INSTRUMENTS:
+    at_common[instrument] = {}
+    for label, run in runs.items():
+        items = at_gain(curve(base, run, instrument), common)
+        if items is not None:
+            at_common[instrument][label] = sum(items) / len(items)
+labels = [l for l in runs if all(l in at_common[i] for i in INSTRUMENTS)]
+rank = {i: average_ranks({l: at_common[i][l] for l in labels}) for i in INSTRUMENTS}
+print(f"at a gain of {common:.3f} (reached by every run):")
+for l in sorted(labels, key=rank["english"].get):
+    print(f"  {l:<18} English rise {at_common['english'][l]:+.4f} (rank {rank['english'][l]:.1f})   "
+          f"probe drop {at_common['probe'][l]:+.4f} (rank {rank['probe'][l]:.1f})")
+n = len(labels)
+mean_rank = (n + 1) / 2
+cov = sum((rank["english"][l] - mean_rank) * (rank["probe"][l] - mean_rank) for l in labels)
+var = (sum((rank["english"][l] - mean_rank) ** 2 for l in labels) * sum((rank["probe"][l] - mean_rank) ** 2 for l in labels)) ** 0.5
+print(f"Spearman rank correlation (average ranks) of the two orders: {cov / var:+.2f} over {n} runs")"""),
+    ("md", r"""
+The English loss sees small changes: every window has hundreds of tokens and the loss moves for every
+one of them. The probe moves only when a question flips. They also ask different things: the loss
+asks "does the model still predict this kind of text?", the probe "does it still pick the right
+fact?". Report which instrument you used, with its standard error."""),
+    ("md", r"""
+## 6. Pitfall 2: a method that does not start as the base
+
+LoRA's B starts at zero, so a freshly applied LoRA **is** the base model (checked live below). A soft
+prompt or a prefix starts as some vectors every forward pass reads, and QLoRA starts from the base
+quantized to 4 bits: before one step of training these models already differ from the base. The
+recording scored each of them at step 0:"""),
+    ("code", r"""
+for label in ("qlora r=8", "prefix", "prompt"):
+    if label not in runs or runs[label]["start"] is None:
         continue
+    points = curve(base, runs[label], "english")
+    start_items = points[0]["items"]
+    s_mean, s_se = paired_difference(start_items, [0.0] * len(start_items))
+    print(f"{label:<10} before any training: English loss {s_mean:+.4f} ± {s_se:.4f}, task gain {points[0]['gain']:+.3f}; "
+          f"after training: {points[-1]['forgetting']:+.4f}, of which {s_mean / points[-1]['forgetting']:.0%} was there at the start"
+          if points[-1]["forgetting"] > 0 else
+          f"{label:<10} before any training: English loss {s_mean:+.4f} ± {s_se:.4f}; after training {points[-1]['forgetting']:+.4f}")
+
+if not missing:                                      # the live plan's English windows, on the base and a fresh LoRA
+    from labs.methods import prepare
+    from labs.models import load_model
     torch.manual_seed(0)
-    fresh = prepare(name, copy.deepcopy(model), task)      # the registry's default options, untrained
-    at_init[name] = paired_difference(english_losses(fresh), base_english)
-    del fresh
-for name, (rise, se) in at_init.items():
-    print(f"{name:<7} untrained, adapter on: English loss {rise:+.4f} ± {se:.4f} against the base")
-assert at_init.get("lora", (0.0, 0.0)) == (0.0, 0.0), "LoRA at initialisation is the base model exactly"
-for name in [n for n in at_init if n != "lora"]:
-    print(f"{name}: its recorded rise after training {runs[name]['forgetting']['english_loss_rise']:+.4f} "
-          f"includes {at_init[name][0]:+.4f} that was there before any training")"""),
+    model, tok = load_model(plan.model)
+    instruments = Instruments(PLANS["quick"], tok)
+    fresh = prepare("lora", copy.deepcopy(model), instruments.task)
+    same = window_losses(fresh, instruments.windows) == window_losses(model, instruments.windows)
+    print(f"a fresh, untrained LoRA computes exactly the base's English losses: {same}")
+    assert same, "LoRA at initialisation must be the base model exactly"
+    del fresh"""),
     ("md", r"""
-So for prompt and prefix tuning, "before" is the base model and "after" the model with its trained
-prompt or prefix on, exactly as it will run. Measuring "before" with the untrained prompt on would
-hide what the prompt itself does to other text; measuring "after" with it off would measure the base.
-Part of what looks like forgetting may be there from the first step: the start, not the training."""),
+So for QLoRA, "forgetting" against the full-precision base mixes two things: what quantization did
+(there at step 0, with no training at all) and what training did. Both matter to whoever deploys the
+model; only the second is what "fine-tuning forgets". Say which one you report. The same holds for an
+adapter trained on the 4-bit base and then loaded on the full-precision one: that is a third model
+(notebook 08 measures by how much). And an adapter **switched off** forgets nothing, by construction:
+the frozen base never changes, so "PEFT does not forget" is trivially true of the base and says nothing
+of the model you deploy for the task, which is the one with the adapter on."""),
     ("md", r"""
-## 6. Pitfall 4: what a probe of 60 questions can see
+## 7. Pitfall 3: what a probe of N questions can see
 
 A paired change of accuracy is decided only by the questions that flip (McNemar, `paired_change`).
-With a fraction $d$ of questions flipping, the standard error of the change is about
-$\sqrt{d / n}$, so a change must be near $2\sqrt{d/n}$ to stand out, and seeing a change $\delta$
-takes about $n = 4d/\delta^2$ questions."""),
+With a fraction $d$ of questions flipping, the standard error of the change is about $\sqrt{d / n}$,
+so a change must be near $2\sqrt{d/n}$ to stand out, and seeing a change $\delta$ takes about
+$n = 4d/\delta^2$ questions. Notebook 12's quick comparison asks 60; this recording asks all 300."""),
     ("code", r"""
-print(f"{'method':<8}{'flipped':>9}{'change':>9}{'McNemar p':>11}{'smallest visible change':>25}{'questions for 2 points':>24}")
-for name, m in runs.items():
-    pc = paired_change(m["probe_correct_before"], m["probe_correct_after"])
+print(f"{'run':<18}{'flipped':>10}{'accuracy drop':>15}{'McNemar p':>11}{'smallest visible':>18}{'questions for 2 points':>24}")
+for label, run in runs.items():
+    before = base["probe"]
+    after = run["checkpoints"][-1]["probe"]
+    pc = paired_change(before, after)
     d = max(pc.gained + pc.lost, 1) / pc.n          # at least one flip: a probe never has perfect resolution
-    print(f"{name:<8}{pc.gained + pc.lost:>5}/{pc.n:<3}{pc.accuracy_change:>+9.3f}{pc.p_value:>11.2f}"
-          f"{2 * (d / pc.n) ** 0.5:>25.3f}{4 * d / 0.02 ** 2:>24,.0f}")
-print(f"the whole probe holds {len(load_probe())} questions")"""),
+    print(f"{label:<18}{pc.gained + pc.lost:>6}/{pc.n:<3}{-pc.accuracy_change:>+15.3f}{pc.p_value:>11.2f}"
+          f"{2 * (d / pc.n) ** 0.5:>18.3f}{4 * d / 0.02 ** 2:>24,.0f}")
+print("(accuracy drop: positive = forgotten, the convention of this whole notebook)")"""),
     ("md", r"""
-Read the last two columns: with 60 questions only changes of several points are visible, and a
-2-point change needs hundreds to thousands of questions, more than the probe holds. A "no visible
-change" on this probe is *not* "no forgetting": it is "less than about the smallest visible change".
-The `laptop` preset scores 200 questions and 128 English chunks; the English loss, with its many
-tokens per chunk, is the sharper of the two instruments here.
+Even 300 questions see only changes of a few points; a "no visible change" on a probe is *not* "no
+forgetting", it is "less than about the smallest visible change". The English windows, with their
+many tokens each, are the sharper instrument here.
 
-**What to take away.** Name the instrument, pair the measurements, give standard errors, measure the
-model as it will be deployed (adapter on), and know what your probe can see. Notebook 12 puts
-learning and forgetting beside memory, time and storage for every method."""),
+**What to take away.** Test forgetting on a task far from your instruments; compare methods at
+matched learning, not at the end; pair the measurements and give standard errors; repeat a seed to
+see the spread; say whether a quantized or prompted model is measured against the base or against
+its own start; and know what your probe can see. Notebook 12 puts learning and forgetting beside
+memory, time and storage for every method."""),
     ("code", r"""
-del model, tuned
+shutil.rmtree(live_folder, ignore_errors=True)
 print("done")"""),
 ]
 

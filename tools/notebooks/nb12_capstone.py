@@ -45,6 +45,21 @@ wall = sum(m["wall_time_s"] for m in runs.values())
 print(f"{len(runs)} of {len(rows)} methods finished; their runs took {wall / 60:.0f} min in all")
 Markdown((folder / "compare.md").read_text())"""),
     ("md", r"""
+**What each column averages over** (they are not in one unit):
+- `before`, `after`: held-out **perplexity**, $e^{\text{loss}}$ with the loss pooled over every answer token
+  of every held-out definition (a long answer weighs more);
+- `gain`, `gain_se`: the held-out **loss** (not perplexity) each definition lost, averaged per
+  definition (each definition's mean loss per token, before minus after), with its paired standard
+  error; so a perplexity going 137.8 -> 20.7 (log ratio 1.90) sits beside a gain of 2.3: different
+  averages, not a contradiction;
+- `probe_*`: accuracy over the probe's questions, right or wrong each; `probe_drop` positive = forgotten;
+- `english_*`: perplexity and loss on fixed windows of Austen's prose, averaged per window (each
+  window's mean loss per token); `english_loss_rise` positive = forgotten. For QLoRA, prefix and prompt
+  tuning, which do not start as the base, `english_loss_rise_at_start` is what the prepared model
+  had lost before any training, and `english_loss_rise_from_start` what training added;
+- `peak_memory_mib`: the process's peak resident memory while training, which includes Python, torch
+  and the model itself (it is not the training's own share: notebook 09 splits it)."""),
+    ("md", r"""
 ## 1. Did every method learn?
 
 A method learned if its paired gain on the held-out definitions (loss per example, before minus
@@ -86,7 +101,6 @@ quality = best("after")
 memory = best("peak_memory_mib")
 storage = best("adapter_bytes")
 speed = best("step_time_median_s")
-forgets = best("english_loss_rise")
 near_full = {n: r for n, r in learned.items() if n != "full" and r["after"] <= 1.1 * full["after"]}
 guide = [
     f"- **Best quality, cost no object:** {quality['method']} (perplexity {quality['after']:.1f}; full fine-tuning "
@@ -97,8 +111,6 @@ guide = [
     f"task against {full['adapter_bytes'] / 1e6:,.0f} MB for a full copy).",
     f"- **Fastest steps:** {speed['method']} ({speed['step_time_median_s']:.2f} s against "
     f"{full['step_time_median_s']:.2f} s).",
-    f"- **Keep general English:** {forgets['method']} (English loss {forgets['english_loss_rise']:+.3f} ± "
-    f"{forgets['english_loss_rise_se']:.3f}; full fine-tuning {full['english_loss_rise']:+.3f}).",
     "- **Within 10% of full fine-tuning's perplexity:** "
     + (", ".join(f"{n} ({r['trainable_percent']:.3f}% trained)" for n, r in near_full.items()) or "none in this run") + ".",
 ]
@@ -106,6 +118,12 @@ if "qlora" in runs:
     q = runs["qlora"]
     guide.append(f"- **A model too big for your GPU:** qlora holds the base at {q['base_bits_per_param']:.1f} bits per "
                  f"parameter as loaded here (the quantized layers at about 4.1; notebook 08) and trains LoRA on top.")
+from labs.forgetting import RECORDED as FORGETTING, compare_at, load_runs, verdict_line
+f_base, f_runs = load_runs(FORGETTING)
+keeps = compare_at(f_base, f_runs["lora r=8"], f_runs["full 5e-5"], "english")
+guide.append("- **Keep general English:** not decided by this table (on definitions, training *improves* the English "
+             "instrument: transfer, notebook 11). From notebook 11's forgetting experiment, "
+             + verdict_line("LoRA r=8", "full fine-tuning", keeps, "english") + ".")
 Markdown("\n".join(guide))"""),
     ("md", r"""
 General advice, with this run's evidence printed beneath each: check it against the figures, and
@@ -143,7 +161,7 @@ print(f"full : the baseline; English loss {full['english_loss_rise']:+.3f} ± {f
 The quick preset is enough to see every method move, not to rank the methods by final quality. The
 `laptop` preset trains on many more tokens and scores more items (printed below). A laptop comparison
 of all seven methods takes hours on 2 CPU cores; the course records two of them, LoRA (the usual
-default) and prompt tuning (the slowest learner in the quick table), with the command printed below.
+default) and prompt tuning, with the command printed below.
 Run the full one on your machine and point this notebook at it:
 
     labs compare --task define --preset laptop --out runs/compare-laptop
@@ -157,14 +175,17 @@ def tokens(p):
     return p.max_steps * p.batch_size * p.grad_accum * p.seq_len
 print(f"training tokens: quick {tokens(quick):,}, laptop {tokens(laptop):,} ({tokens(laptop) / tokens(quick):.0f}x); "
       f"held-out examples {quick.n_eval} -> {laptop.n_eval}, probe questions {quick.n_probe} -> {laptop.n_probe}, "
-      f"English chunks {quick.n_english} -> {laptop.n_english}")
+      f"English windows {quick.n_english} x {quick.english_tokens} -> {laptop.n_english} x {laptop.english_tokens} tokens")
 print("laptop figures recorded with:", RECORD_LAPTOP_COMMAND)
 
 _, quick_rows, _ = read_comparison(RECORDED)
 _, laptop_rows, laptop_runs = read_comparison(RECORDED_LAPTOP)
-chunks = sorted({m["forgetting"]["english_chunks"] for m in laptop_runs.values() if "english_chunks" in m["forgetting"]})
-print(f"English chunks scored in the laptop runs: {', '.join(map(str, chunks))} (all that the held-out split holds "
-      f"at {laptop.seq_len} tokens, when that is fewer than {laptop.n_english})")
+for name, recorded_runs in (("quick", runs), ("laptop", laptop_runs)):
+    f = next(m["forgetting"] for m in recorded_runs.values() if "english_chunks" in m["forgetting"])
+    what = (f"{f['english_chunks']} windows of {f['english_window_tokens']} tokens" if "english_window_tokens" in f else
+            f"{f['english_chunks']} held-out chunks of up to 600 characters, cut at {laptop.seq_len} tokens "
+            "(recorded before the English instrument became fixed-length windows)")
+    print(f"English items in the recorded {name} runs: {what}")
 by_preset = {"quick": {r["method"]: r for r in quick_rows if r["status"] == "ok"},
              "laptop": {r["method"]: r for r in laptop_rows if r["status"] == "ok"}}
 both = [m for m in by_preset["laptop"] if m in by_preset["quick"]]
@@ -186,21 +207,27 @@ for m in both:
                  f"{l['english_loss_rise']:+.3f} ± {l['english_loss_rise_se']:.3f}; probe drop "
                  f"{q['probe_drop']:+.3f} ± {q['probe_drop_se']:.3f} ({quick.n_probe} questions) -> "
                  f"{l['probe_drop']:+.3f} ± {l['probe_drop_se']:.3f} ({laptop.n_probe}).")
+slowest = min(by_preset["quick"].values(), key=lambda r: r["gain"])
+lines.append(f"- **the smallest gain in the quick table**: {slowest['method']} ({slowest['gain']:.3f} ± {slowest['gain_se']:.3f})")
 if {"lora", "prompt"} <= set(both):
-    gap = {name: t["prompt"]["after"] / t["lora"]["after"] for name, t in by_preset.items()}
-    lines.append(f"- **prompt tuning against LoRA**: its perplexity is {gap['quick']:.2f}x LoRA's after the quick run "
-                 f"and {gap['laptop']:.2f}x after the laptop run: the gap "
-                 + ("narrows" if gap["laptop"] < gap["quick"] else "does not narrow") + " with more training.")
+    from labs.evaluate import paired_difference
+    for name, folder_of in (("quick", RECORDED), ("laptop", RECORDED_LAPTOP)):
+        a, b = (read_comparison(folder_of)[2][m]["scores_after"] for m in ("prompt", "lora"))
+        diff, se = paired_difference(a, b)     # the same held-out definitions, within one preset
+        said = "cannot be told apart" if abs(diff) < 2 * se else ("prompt tuning worse" if diff > 0 else "prompt tuning better")
+        lines.append(f"- **prompt tuning against LoRA, {name} preset**: held-out loss per definition after training "
+                     f"{diff:+.3f} ± {se:.3f} (paired): {said}.")
+    lines.append("- the two presets score different held-out definitions, so their gaps are not compared with each other.")
 hours = sum(r["wall_time_s"] for r in laptop_runs.values()) / 3600
 lines.append(f"- **the price**: the recorded laptop runs took {hours:.1f} h of wall time for {len(laptop_runs)} "
              f"method{'s' * (len(laptop_runs) != 1)}, one thread each, on a shared 2-core CPU.")
 Markdown("\n".join(lines))"""),
     ("md", r"""
-Read the two presets' figures side by side with care: the laptop preset scores 256 held-out
-definitions at up to 128 tokens, the quick one 64 at 64, so even the "before" figures come from
+Read the two presets' figures side by side with care: they score different numbers of held-out
+definitions at different lengths (printed above), so even the "before" figures come from
 different items, and each method trains with the registry's learning rate for that preset (column lr). What carries over is each method's gain in standard errors, and the forgetting
-columns, now on more items: a probe of 200 questions sees smaller changes than one of 60 (notebook
-11), and a change of the probe *up* is as much a change as one down. Where the probe goes up, one
+columns, now on more items: a probe of more questions sees smaller changes (notebook 11), and a
+change of the probe *up* is as much a change as one down. Where the probe goes up, one
 explanation (not tested here) is that the task teaches short, plain answers, the form the probe
 scores: forgetting measured by one probe is a measure of that probe."""),
 ]
