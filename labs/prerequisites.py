@@ -101,7 +101,7 @@ def ready(*needs: str) -> bool:
     """True when every exercise `needs` names is done; otherwise print why the code waits, and False."""
     todo = missing(needs)
     if todo:
-        print(skip_message(todo))
+        print(f"{' '.join(needs)}: {skip_message(todo)}")
     return not todo
 
 

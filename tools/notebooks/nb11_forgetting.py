@@ -41,8 +41,13 @@ from labs.impl import technique
 from labs.methods import open_exercises, prepare
 from labs.models import load_model
 from labs.peft_format import load_adapter
+from labs.prerequisites import prerequisites
 from labs.presets import get_preset
 
+prerequisites({"the recorded comparison (LIVE = False)": ["full"],
+               "the recorded LoRA adapter, loaded onto the base": ["lora"],
+               "fresh prefix and prompt tuning adapters": ["prefix", "prompt"],
+               "LIVE = True: every method run on your modules": ["bitfit", "adapter", "lora", "prefix", "prompt", "qlora"]})
 LIVE = False    # True: run the comparison yourself, on your modules (about 15 min on 2 cores; resumes)
 FOLDER = None   # or a folder that `labs compare` wrote, such as "../runs/compare-laptop"
 folder, settings, rows, runs = course_comparison(LIVE, FOLDER)
