@@ -13,7 +13,8 @@ How it is measured, so the figures can be judged:
   peak resident memory, VmHWM); a child that only loads the model is the baseline. The ratio is of
   what training adds above that baseline, where the two LoRAs can differ at all.
 - Latency: one forward of a 64-token prompt and a greedy generation of 8 tokens, at batch 1.
-Ratios below 1.00 mean ours is faster / smaller.
+Ratios below 1.00 mean ours is faster / smaller. "Ours" is the LoRA that LABS_IMPL selects: your own
+labs/lora.py (exercises 5.1-5.6 done), or the reference.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+
+from labs.impl import technique  # noqa: E402  your labs/ modules, or the reference with LABS_IMPL=solutions
 
 from labs.timing import interleaved_medians  # noqa: E402
 
@@ -61,7 +64,7 @@ def load_base(name: str):
 
 
 def make_ours(base, args):
-    from solutions import lora
+    lora = technique("lora")
     return lora.apply(copy.deepcopy(base), lora.LoRAConfig(r=args.r, alpha=args.alpha, target_modules=args.targets))
 
 
@@ -72,9 +75,8 @@ def make_peft(base, args, like=None):
                              lora_dropout=0.0, task_type="CAUSAL_LM")
     model = peft.get_peft_model(copy.deepcopy(base), config)
     if like is not None:
-        from solutions.lora import lora_layers
         with torch.no_grad():
-            for name, layer in lora_layers(like):
+            for name, layer in technique("lora").lora_layers(like):
                 theirs = model.base_model.model.get_submodule(name)
                 theirs.lora_A["default"].weight.copy_(layer.lora_A)
                 theirs.lora_B["default"].weight.copy_(layer.lora_B)
@@ -106,7 +108,7 @@ def make_step(model):
 # ---------------------------------------------------------------------------------------------
 def _imports():
     import peft  # noqa: F401  both children import both, so imports cost both the same
-    import solutions.lora  # noqa: F401
+    technique("lora")
 
 
 def child_load_only(args):
@@ -135,14 +137,14 @@ def memory(args) -> dict[str, float]:
 # Inference latency at batch 1
 # ---------------------------------------------------------------------------------------------
 def latency(base, ours, args) -> dict[str, dict[str, float]]:
-    from solutions import lora
+    lora = technique("lora")
     merged = lora.merge(copy.deepcopy(ours))
     variants = {"base": base, "LoRA unmerged": ours, "LoRA merged": merged,
                 "peft LoRA unmerged": make_peft(base, args, like=ours)}
     try:
-        from solutions import adapters
+        adapters = technique("adapters")
         variants["bottleneck adapters"] = adapters.apply(copy.deepcopy(base), adapters.AdapterConfig())
-    except ImportError:
+    except (ImportError, NotImplementedError):   # no adapters module, or its exercises are open
         pass
     for m in variants.values():
         m.eval()
@@ -166,14 +168,18 @@ def latency(base, ours, args) -> dict[str, dict[str, float]]:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    from labs.methods import require_finished
+    try:
+        require_finished("lora")   # names any open exercise of notebook 05 before a model loads
+    except NotImplementedError as err:
+        sys.exit(f"benchmarks/lora_vs_peft.py: {err}")
     torch.set_num_threads(args.threads)
     print(f"model {args.model}, r={args.r}, alpha={args.alpha:g}, targets {args.targets}, "
           f"batch {args.batch}x{args.seq}, {args.reps} reps, {args.threads} threads")
     base = load_base(args.model)
     ours = make_ours(base, args)
-    from solutions.lora import lora_layers
     with torch.no_grad():  # B non-zero, as after training, so the LoRA path does real work
-        for _, layer in lora_layers(ours):
+        for _, layer in technique("lora").lora_layers(ours):
             layer.lora_B.normal_(std=1e-3, generator=torch.Generator().manual_seed(2))
     theirs = make_peft(base, args, like=ours)
     b = batch(args)

@@ -14,6 +14,7 @@ How it is measured, so the figures can be judged:
 - Step time: the two QLoRA bases (scratch NF4Linear, bitsandbytes Linear4bit) carry the same LoRA
   factors (B non-zero, as after training) and run the same step (forward, loss, backward, AdamW),
   timed in turns by labs.timing.interleaved_medians (order reversed every other repeat, medians).
+It runs the LoRA and NF4 modules that LABS_IMPL selects: your own (exercises 5.1-5.6 and 8.1-8.8 done).
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+
+from labs.impl import technique  # noqa: E402  your labs/ modules, or the reference with LABS_IMPL=solutions
 
 VARIANTS = ("full", "LoRA fp32 base", "LoRA bf16 base", "QLoRA nf4+dq")
 MiB = 2 ** 20
@@ -51,7 +54,7 @@ def batch(preset) -> dict:
 def prepared(variant: str, backend: str = "scratch"):
     """SmolLM2-135M prepared as `variant` (LoRA: r=8, alpha=16 on q_proj, v_proj, the registry's default)."""
     from labs.models import load_model
-    from solutions import lora, qlora
+    lora, qlora = technique("lora"), technique("qlora")
     model, _ = load_model("smollm2-135m")
     if variant == "full":
         return model.train()
@@ -74,13 +77,13 @@ def make_step(model):
 
 
 def child_load_only(preset_name: str):
-    import solutions.qlora  # noqa: F401  every child imports the same modules
+    technique("qlora")  # every child imports the same modules
     from labs.models import load_model
     load_model("smollm2-135m")
 
 
 def child_train(variant: str, preset_name: str, steps: int = 2):
-    import solutions.qlora  # noqa: F401
+    technique("qlora")
     from labs.presets import get_preset
     step, _ = make_step(prepared(variant))
     b = batch(get_preset(preset_name))
@@ -133,7 +136,7 @@ def memory_table(preset) -> None:
 
 def step_ratio(preset) -> None:
     from labs.timing import interleaved_medians
-    from solutions import lora
+    lora = technique("lora")
     ours = prepared("QLoRA nf4+dq", "scratch")
     theirs = prepared("QLoRA nf4+dq", "bitsandbytes")
     with torch.no_grad():
@@ -153,7 +156,12 @@ def step_ratio(preset) -> None:
 def main(argv=None) -> None:
     global ARGS
     ARGS = parse_args(argv)
+    from labs.methods import require_finished
     from labs.presets import get_preset
+    try:
+        require_finished("qlora")   # names any open exercise of notebooks 05 and 08 before a model loads
+    except NotImplementedError as err:
+        sys.exit(f"benchmarks/qlora.py: {err}")
     torch.set_num_threads(ARGS.threads)
     preset = get_preset(ARGS.preset)
     print(f"preset {preset.name}, {ARGS.threads} threads, torch {torch.__version__}")

@@ -7,6 +7,7 @@ Top-level names are loaded lazily so `import labs` stays fast.
 from __future__ import annotations
 
 import importlib
+import logging
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,12 @@ _LAZY = {
     "technique": "labs.impl",
     "check": "labs.check",
 }
+
+# bitsandbytes 0.50, on a CPU with AVX512-BF16, logs at import that it could not fetch an optional
+# fused 4-bit matmul ("Failed to load CPU gemm_4bit_forward from kernels-community: No module named
+# 'kernels'"). Nothing is missing: it falls back to its compiled CPU library, the one the course
+# measures. The notice is dropped so that no learner installs packages to chase it.
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "kernels-community" not in record.getMessage())
 
 
 def __getattr__(name: str):

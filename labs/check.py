@@ -138,6 +138,9 @@ def failure_hint(error: str, message: str, exercise: str | None = None, statemen
         if first.startswith("DID NOT RAISE") and statement:
             head += f" (the test expects it from `{_short(statement.strip().rstrip(':'), 120)}`)"
         details = [_short(line, 140) for line in _worth_showing(rest)][:3]
+    other = re.match(r"Exercise (\d+\.\d+):", first) if error == "NotImplementedError" else None
+    if other and exercise and other[1] != exercise:  # the test stopped in an earlier exercise it builds on
+        head += f" | exercise {exercise}'s tests use exercise {other[1]}: finish {other[1]} first"
     cause = next((m.cause for m in COMMON_MISTAKES if exercise in m.exercises.split()
                   and re.search(m.pattern, f"{error}: {message}", re.S)), "")
     tail = f" | likely cause: {cause}" if cause else ""

@@ -93,6 +93,38 @@ def is_fsdp(accelerator) -> bool:
     return str(getattr(accelerator, "distributed_type", "NO")).endswith("FSDP")
 
 
+def trainable_units_policy(model: nn.Module):
+    """An FSDP1 auto-wrap policy that gives trainable weights units of their own.
+
+    With `use_orig_params: false` FSDP1 flattens each unit's own parameters into one FlatParameter,
+    which must be all trainable or all frozen (and only then do frozen weights get no gradient). The
+    policy of the published QLoRA-with-FSDP recipes (peft's fsdp_auto_wrap_policy) wraps each decoder
+    layer and, apart, every leaf layer whose `weight` trains; the course's LoRA keeps its factors
+    `lora_A`, `lora_B` on the wrapping layer itself, so this policy wraps every module that holds a
+    trainable parameter of its own, and each frozen child of it (its base_layer) apart.
+    """
+    import functools
+
+    from torch.distributed.fsdp.wrap import _or_policy, lambda_auto_wrap_policy, transformer_auto_wrap_policy
+
+    owners = {id(m) for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))}
+    frozen_children = {id(c) for m in model.modules() if id(m) in owners for c in m.children()
+                       if not any(p.requires_grad for p in c.parameters())}
+    layers = {type(m) for m in model.modules() if type(m).__name__ in (getattr(model, "_no_split_modules", None) or ())}
+    return functools.partial(_or_policy, policies=[
+        functools.partial(lambda_auto_wrap_policy, lambda_fn=lambda m: id(m) in owners | frozen_children),
+        functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=layers)])
+
+
+def use_trainable_units(accelerator, model: nn.Module) -> None:
+    """Under FSDP1 with use_orig_params false (configs/accelerate/fsdp_qlora.yaml), wrap with
+    trainable_units_policy, as transformers' Trainer sets peft's policy for a peft model."""
+    plugin = getattr(getattr(accelerator, "state", None), "fsdp_plugin", None)
+    if is_fsdp(accelerator) and plugin is not None and getattr(plugin, "fsdp_version", 1) == 1 \
+            and not plugin.use_orig_params:
+        plugin.auto_wrap_policy = trainable_units_policy(model)
+
+
 def shard(stream: Iterable[dict], rank: int, world_size: int) -> Iterator[dict]:
     """Batches rank, rank + N, rank + 2N, ... of `stream`: each process its own share of the data."""
     if world_size == 1:

@@ -6,8 +6,10 @@ in place. A crash or Ctrl-C mid-write leaves the old file (or none), never a tru
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -55,3 +57,12 @@ def dir_bytes(path: str | os.PathLike) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def scratch_folder(prefix: str) -> Path:
+    """A new empty folder under the system's temporary directory, removed when this Python process
+    (a notebook's kernel) ends, however the code before ended: a notebook that stops halfway on an
+    error leaves nothing behind once its kernel stops. Removing it earlier yourself is fine."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder

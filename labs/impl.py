@@ -7,6 +7,7 @@ command line, the tests -- goes through `technique(name)`, so one environment va
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from types import ModuleType
 
@@ -20,6 +21,11 @@ def current_impl() -> str:
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"{ENV_VAR}={impl!r} is not valid; use one of {', '.join(IMPLEMENTATIONS)}")
     return impl
+
+
+def has_reference() -> bool:
+    """Whether this edition holds the reference solutions (the student edition does not)."""
+    return importlib.util.find_spec("solutions") is not None
 
 
 def technique(name: str, impl: str | None = None) -> ModuleType:

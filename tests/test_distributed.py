@@ -205,10 +205,37 @@ def test_accelerate_configs_parse():
     assert {"ddp", "fsdp_lora", "fsdp_qlora"} <= set(configs)
     assert configs["ddp"].num_processes == 2 and str(configs["ddp"].distributed_type).endswith("MULTI_GPU")
     for name in ("fsdp_lora", "fsdp_qlora"):
-        fsdp = configs[name].fsdp_config
         assert str(configs[name].distributed_type).endswith("FSDP"), name
-        # frozen and trainable weights share FSDP units: FSDP2, or FSDP1 with use_orig_params
-        assert fsdp.get("fsdp_version") == 2 or fsdp.get("fsdp_use_orig_params") is True, name
+    # FSDP2 shards each parameter alone; FSDP1 as the QLoRA recipes use it: no shared flat parameters
+    assert configs["fsdp_lora"].fsdp_config.get("fsdp_version") == 2
+    qlora = configs["fsdp_qlora"].fsdp_config
+    assert qlora.get("fsdp_version") == 1 and qlora.get("fsdp_use_orig_params") is False
+
+
+def flat_parameters(model, policy) -> list[set[bool]]:
+    """The requires_grad values inside each FSDP1 flat parameter that `policy` would make: a unit
+    (the root, or a module the policy wraps) holds the parameters no nested unit holds."""
+    units = [model] + [m for m in model.modules() if m is not model
+                       and policy(module=m, recurse=False, nonwrapped_numel=1)]
+    inner = {id(u): [v for v in units if v is not u and any(v is d for d in u.modules())] for u in units}
+    flats = []
+    for unit in units:
+        nested = {id(p) for v in inner[id(unit)] for p in v.parameters()}
+        flats.append({p.requires_grad for p in unit.parameters() if id(p) not in nested})
+    return flats
+
+
+def test_fsdp1_wrap_policy_puts_lora_factors_in_units_of_their_own():
+    import functools
+
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+    model = lora_model()
+    layer_cls = {type(model.model.layers[0])}
+    by_layer = flat_parameters(model, functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=layer_cls))
+    assert {True, False} in by_layer, "one unit per decoder layer mixes frozen and LoRA weights"
+    flats = flat_parameters(model, distributed.trainable_units_policy(model))
+    assert all(len(f) == 1 for f in flats if f), "every flat parameter all frozen or all trainable"
+    assert sum(f == {True} for f in flats) == 2 * 2, "one LoRA unit per adapted layer (q and v, 2 layers)"
 
 
 def test_labs_finetune_refuses_fsdp_clearly(monkeypatch):

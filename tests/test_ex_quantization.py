@@ -46,8 +46,12 @@ def test_code_book_equals_bitsandbytes_table(impl):
     assert isinstance(book, torch.Tensor) and book.shape == (16,), "the code book is a tensor of 16 levels"
     assert book.dtype == torch.float32, f"the levels are float32, got {book.dtype}"
     want = F.quantize_4bit(torch.ones(64), blocksize=64, quant_type="nf4")[1].code.float()
-    torch.testing.assert_close(book, want, atol=1e-7, rtol=0,
-                               msg="NF4 levels differ from bitsandbytes' table (normal quantiles, normalised by the max)")
+    gap = (book - want).abs()                                                  # (16,)
+    i = int(gap.argmax())
+    assert gap[i] <= 1e-7, (
+        f"NF4 levels differ from bitsandbytes' table by up to {gap[i]:.2e} (tolerance 1e-7), at index {i}: "
+        f"yours {book[i]:.9f}, bitsandbytes' {want[i]:.9f}; the probabilities are torch.linspace(...) in its "
+        "default float32, only the quantiles (ndtri) are computed in float64")
 
 
 @pytest.mark.exercise("8.1", points=1)

@@ -149,6 +149,13 @@ def test_a_stub_keeps_its_plain_hint():
     assert hint == "NotImplementedError: Exercise 5.4: LoRALinear.merge - see notebooks/05_lora.ipynb"
 
 
+def test_a_test_stopped_by_an_earlier_exercise_says_which_one_it_uses():
+    hint = labs_check.failure_hint("NotImplementedError", "Exercise 8.1: nf4_code_book - see notebooks/08_qlora.ipynb",
+                                   "8.3")
+    assert hint.startswith("NotImplementedError: Exercise 8.1: nf4_code_book"), "still reads as not started"
+    assert "exercise 8.3's tests use exercise 8.1: finish 8.1 first" in hint, hint
+
+
 @pytest.mark.parametrize("mistake", labs_check.COMMON_MISTAKES, ids=lambda m: f"{m.exercises}:{m.cause[:30]}")
 def test_each_common_mistake_is_recognised_from_its_real_error(mistake):
     error, _, message = mistake.example.partition(": ")

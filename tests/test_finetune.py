@@ -109,9 +109,20 @@ def test_unfinished_exercises_stop_the_run_before_loading(tmp_path):
         run_finetune("lora", str(tmp_path / "no-such-model"), task="define", preset=tiny_preset(),
                      out=tmp_path, progress=False, impl="labs")
     message = str(err.value)
-    for part in ("labs/lora.py", "5.1, 5.2", "notebooks/05_lora.ipynb", "--impl solutions"):
+    for part in ("labs/lora.py", "5.1-5.6", "notebooks/05_lora.ipynb", "--impl solutions"):
         assert part in message, f"{part!r} missing from: {message}"
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_qlora_with_lora_open_names_the_notebook_of_each_open_exercise(tmp_path):
+    """QLoRA runs the LoRA of notebook 05 and the NF4 of notebook 08: each open exercise is named
+    beside the notebook that teaches it, not all of them beside the method's own notebook."""
+    from labs.finetune import run_finetune
+    with pytest.raises(NotImplementedError) as err:
+        run_finetune("qlora", str(tmp_path / "no-such-model"), task="define", preset=tiny_preset(),
+                     out=tmp_path, progress=False, impl="labs")
+    message = str(err.value)
+    assert "5.1-5.6 (notebooks/05_lora.ipynb)" in message and "8.1-8.8 (notebooks/08_qlora.ipynb)" in message, message
 
 
 def test_side_runs_are_shorter_only_where_a_preset_says_so():

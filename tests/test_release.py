@@ -373,3 +373,46 @@ def test_planted_mistakes_get_hints_that_name_their_cause_in_the_edition(edition
         assert "failing" in rows[exercise] and hint in rows[exercise], proc.stdout
     assert "likely cause: Conv1D stores" in rows["5.5"], "unmerge's tests merge first: the same cause shows"
     assert all("passed" in rows[ex] for ex in ("5.1", "5.3")), proc.stdout
+
+
+def test_every_script_a_notebook_tells_the_learner_to_run_is_in_the_edition(edition):
+    out, _ = edition
+    named = set()
+    for notebook in sorted((out / "notebooks").glob("*.ipynb")):
+        cells = json.loads(notebook.read_text())["cells"]
+        text = "\n".join("".join(cell["source"]) for cell in cells)
+        named |= {(notebook.name, script) for script in re.findall(r"python ((?:benchmarks|tools)/[\w/]+\.py)", text)
+                  if not script.startswith("tools/notebooks/")}
+    assert any(script == "benchmarks/qlora.py" for _, script in named), "the scan finds notebook 08's benchmark"
+    absent = sorted((nb, script) for nb, script in named if not (out / script).is_file())
+    assert not absent, f"notebooks name scripts the edition lacks: {absent}"
+
+
+def test_an_edition_benchmark_runs_the_learners_modules_and_names_open_exercises(edition):
+    out, _ = edition
+    ran = run([sys.executable, "-I", "-c", ISOLATED_PYTEST.replace("import pytest\nsys.exit(pytest.main(sys.argv[1:]))",
+                                                                   "import runpy\nsys.argv = sys.argv[1:]\n"
+                                                                   "runpy.run_path(sys.argv[0], run_name='__main__')"),
+               "benchmarks/qlora.py"], out)
+    assert ran.returncode != 0 and "5.1-5.6 (notebooks/05_lora.ipynb)" in ran.stderr, ran.stderr[-800:]
+
+
+def test_qlora_with_lora_open_names_notebook_05_and_no_way_the_edition_lacks(edition):
+    out, _ = edition
+    ran = edition_labs(out, "finetune", "--method", "qlora", "--preset", "quick", "--out", "runs/never")
+    message = ran.stderr + ran.stdout
+    assert ran.returncode != 0 and "5.1-5.6 (notebooks/05_lora.ipynb)" in message, message[-800:]
+    assert "8.1-8.8 (notebooks/08_qlora.ipynb)" in message
+    assert "solutions" not in message, f"the edition has no reference to offer: {message[-800:]}"
+    assert not (out / "runs" / "never").exists()
+
+
+def test_notebook_prerequisites_name_open_exercises_in_the_edition(edition):
+    out, _ = edition
+    code = ("import sys\nsys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in repr(f)]\n"
+            "sys.path.insert(0, '.')\nfrom labs.prerequisites import report\n"
+            "print(report({'sections 8-9': ['qlora'], 'the rest': ['full']}))\n")
+    ran = run([sys.executable, "-I", "-c", code], out)
+    assert ran.returncode == 0, ran.stderr[-800:]
+    assert "sections 8-9: waits for exercises 5.1-5.6 (notebooks/05_lora.ipynb) and 8.1-8.8" in ran.stdout, ran.stdout
+    assert "Runs now: the rest." in ran.stdout

@@ -21,7 +21,7 @@ paper fine-tuned a 65B model on one 48 GB GPU and matched 16-bit fine-tuning on 
 Three ideas make 4 bits work:
 
 1. **NF4, NormalFloat-4**: 16 levels placed at quantiles of the normal distribution, because
-   pretrained weights are roughly normal: every level is used about equally often.
+   pretrained weights are roughly normal: the levels sit densest where most weights are.
 2. **Blockwise absmax**: each block of 64 weights is divided by its own largest magnitude, so one
    outlier spoils only its block.
 3. **Double quantization**: the per-block scales are themselves stored in 8 bits.
@@ -42,10 +42,13 @@ from labs.impl import technique
 from labs.memory import estimate_memory, measure_components, weight_bytes
 from labs.methods import learning_rate
 from labs.models import load_model
+from labs.prerequisites import prerequisites
 from labs.presets import get_preset
 from labs.surgery import count_parameters
 from labs.train import TrainConfig, train
 
+prerequisites({"sections 1-7, NF4 from scratch (each cell waits only for the exercises it uses)": ["quantization"],
+               "sections 8-9, QLoRA training and its memory": ["qlora"]})
 q = technique("quantization")   # your labs/quantization.py (or the reference, with LABS_IMPL=solutions)
 qlora = technique("qlora")      # QLoRA, built on it and on your labs/lora.py
 lora = technique("lora")        # your LoRA from notebook 05
@@ -56,7 +59,10 @@ print(f"preset {preset.name}; SmolLM2-135M: {count_parameters(model)}")"""),
 ## 1. The 16 levels
 
 If weights follow $N(0, \sigma)$, a 4-bit code spends its levels best where the weights are: put the
-16 levels at quantiles of the normal distribution, so each level stands for the same share of weights.
+16 levels at quantiles of the normal distribution. Were every weight divided by the same $\sigma$, each
+level would then stand for about the same share of the weights. QLoRA divides each block by its
+largest magnitude instead (section 2), which puts one weight of every block at $\pm 1$ and squeezes the
+others inward: the outer levels are used less often than the inner ones (section 7 counts every code).
 Two details: zero must be a level exactly (padding and zero weights must stay zero), and with 16
 levels one side gets one more than the other. bitsandbytes takes 8 positive quantiles at
 probabilities `linspace(offset, 0.5, 9)[:-1]` and 7 negative ones at `linspace(offset, 0.5, 8)[:-1]`,
@@ -64,11 +70,20 @@ mirrored, plus 0, then divides by the largest so the levels run from -1 to 1. Th
 0.9677, keeps the outermost quantile finite (at probability 1 it would be infinite) and puts the
 largest level at about 1.85 standard deviations, as the cell below computes.
 
-**Exercise 8.1.** Write `nf4_code_book(offset)`: the quantiles with `torch.special.ndtri` (the
-inverse normal CDF) in float64, then float32, sorted, divided by the max. (An offset outside (0.5, 1)
-is refused by the given code: the message must contain 'offset'.)"""),
+**Exercise 8.1.** Write `nf4_code_book(offset)`: the probabilities with `torch.linspace(...)` in its
+default **float32** (as bitsandbytes builds its table), the quantiles of those with
+`torch.special.ndtri` (the inverse normal CDF) in **float64**, then the levels converted to float32,
+sorted, divided by the max. The order matters: a float64 `linspace` moves a few levels by one float32
+step (1.2e-7), past the check's 1e-7 tolerance. (An offset outside (0.5, 1) is refused by the given
+code: the message must contain 'offset'.)
+
+bitsandbytes, imported below, may log on some CPUs that it failed to load `gemm_4bit_forward` from
+"kernels-community" and that you should `pip install kernels`. That is an optional fused kernel
+from the Hugging Face hub; without it bitsandbytes uses the compiled CPU library it ships, the one
+measured here. Nothing is missing and nothing needs installing (`labs` drops the notice)."""),
     ("code", r"""check("8.1")"""),
     ("code", r"""
+%%needs 8.1
 import bitsandbytes.functional as bnb_f
 
 book = q.nf4_code_book()
@@ -89,6 +104,7 @@ and one absmax per block. A `block_size` that is not a positive even integer is 
 given code: the message must contain the name and value, e.g. 'block_size=63'."""),
     ("code", r"""check("8.2")"""),
     ("code", r"""
+%%needs 8.2
 w = model.model.layers[0].self_attn.q_proj.weight.detach()   # (576, 576)
 scaled, absmax = q.blockwise_absmax(w, 64)
 print(f"{w.numel():,} weights -> {absmax.numel():,} blocks; absmax from {absmax.min():.3f} to {absmax.max():.3f}")
@@ -116,6 +132,7 @@ ValueError and the message must contain 'n=' and the value, e.g. 'n=5'."""),
     ("code", r"""check("8.4")"""),
     ("code", r"""check("8.5")"""),
     ("code", r"""
+%%needs 8.1-8.5
 zero = int(q.nearest_code(torch.zeros(1), book))          # NF4's exact 0, the pad bitsandbytes uses
 ours = q.pack_nibbles(q.nearest_code(scaled, book), pad=zero)
 theirs, state = bnb_f.quantize_4bit(w, blocksize=64, quant_type="nf4")
@@ -131,6 +148,7 @@ the code's block.
 absmax values, raise ValueError: the message must contain 'absmax has <count> values', e.g. 'absmax has 3 values'."""),
     ("code", r"""check("8.6")"""),
     ("code", r"""
+%%needs 8.1-8.6
 back = q.dequantize_blocks(q.nearest_code(scaled, book), absmax, book, 64).view_as(w)
 bnb_back = bnb_f.dequantize_4bit(theirs, state)
 print(f"identical to bitsandbytes' dequantize_4bit: {torch.equal(back, bnb_back)}")
@@ -153,6 +171,7 @@ refused by the given code: the message must contain the name and value, e.g. 'dq
     ("code", r"""check("8.7")"""),
     ("code", r"""check("8.8")"""),
     ("code", r"""
+%%needs quantization
 for dq in (False, True):
     t = q.quantize_nf4(w, 64, double_quant=dq)   # given: your 8.2, 8.3, 8.4 and 8.7 in a row
     print(f"double quantization {dq!s:5}: formula {q.bits_per_parameter(64, dq):.3f} bits per weight, "
@@ -167,6 +186,7 @@ The same blockwise absmax (blocks of 64) with three code books: FP4 (bitsandbyte
 sign, 2 exponent, 1 mantissa bit), NF4, and int8 (255 evenly spaced levels). The weights: every
 linear layer of the first three transformer blocks."""),
     ("code", r"""
+%%needs quantization
 layers = [m.weight.detach() for blk in model.model.layers[:3] for m in blk.modules() if isinstance(m, nn.Linear)]
 errors = {}
 for name, levels in q.code_books().items():
@@ -182,6 +202,7 @@ for name, e in errors.items():
 print(f"NF4's error / FP4's: {errors['nf4']['mean |error|'] / errors['fp4']['mean |error|']:.2f}")
 print("FP4 levels:", q.code_books()["fp4"].tolist())"""),
     ("code", r"""
+%%needs quantization
 fig, (left, right) = viz.new_figure(11, 3.8, ncols=2)
 all_scaled = torch.cat([q.blockwise_absmax(x, 64)[0] for x in layers])
 left.hist(all_scaled.numpy(), bins=200, density=True, color="0.7", label="weights / block absmax")
@@ -197,15 +218,30 @@ fig"""),
     ("md", r"""
 Most scaled weights sit near zero, where the NF4 levels are densest; FP4 spends levels on tiny
 magnitudes (±0.0052) and leaves gaps in between. int8 has 16 times as many levels and an error to
-match (the table above): 4 bits are a real loss of precision, which is why QLoRA keeps training the LoRA factors in
-full precision and only reads the frozen base at 4 bits.
+match (the table above): 4 bits are a real loss of precision, which is why QLoRA stores only the
+frozen base in 4 bits and trains the LoRA factors at higher precision: BF16 (16 bits) in the paper,
+fp32 in this course, as every run here on a CPU.
 
+The histogram is a comb, not a smooth bell, and that is a fact about this copy of SmolLM2, not about
+NF4: the course's model was shipped as a GGUF file whose linear layers are stored in Q4_1, 4 bits
+with a scale and a minimum per block of 32 weights, so each block of 32 holds at most 16 distinct
+values (the cell below counts them). Divided by a block absmax, those few values pile up on teeth.
+A bf16 checkpoint would draw a smooth curve; the errors measured above are those of re-quantizing
+already 4-bit weights, which is what a learner loading this file will meet."""),
+    ("code", r"""
+%%needs quantization
+per_block = torch.tensor([len(torch.unique(row)) for row in w.reshape(-1, 32)])   # w: layer 0's q_proj, blocks of 32
+print(f"layer 0 q_proj: distinct values per block of 32 weights: at most {per_block.max()}, mean {per_block.float().mean():.1f}")"""),
+    ("md", r"""
 ## 7. The whole model in 4 bits
 
 `qlora.quantize_model` replaces every linear layer but the output head by an `NF4Linear`: it holds
 the packed codes (made by your exercises) and reads the weight back, in the compute dtype, inside
-each forward. The embeddings stay in full precision, as in the paper."""),
+each forward. The embeddings are not quantized. In the QLoRA reference code `embed_tokens` and
+`lm_head` stay in BF16 (16 bits); here, on a CPU, the tied embedding (SmolLM2's input and output
+layer at once) stays in fp32."""),
     ("code", r"""
+%%needs quantization
 fp32_bytes = sum(m.weight.numel() * 4 for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head")
 nf4_base = copy.deepcopy(model)
 names = qlora.quantize_model(nf4_base)
@@ -218,6 +254,24 @@ print(f"whole model as held: {weight_bytes(model) / 2**20:.0f} MiB -> {weight_by
 print(f"parameters counted: {count_parameters(nf4_base).total:,} (counting uint8 elements would give "
       f"{sum(p.numel() for p in nf4_base.parameters()):,}: two weights per byte)")"""),
     ("md", r"""
+How often is each of the 16 codes used? Count them in every quantized layer of the model. With
+weights divided by a fixed $\sigma$ the quantile levels would be used about equally, 1/16 = 6.25 % each;
+divided by each block's absmax, the outer levels catch only the few weights near the block's largest."""),
+    ("code", r"""
+%%needs quantization
+used = sum(torch.bincount(q.unpack_nibbles(m.weight.data, m.in_features * m.out_features).long(), minlength=16)
+           for n, m in nf4_base.named_modules() if n in names)                  # (16,) counts of each code
+share = used / used.sum()
+print(f"{len(names)} layers, {int(used.sum()):,} codes: each level takes from {share.min():.1%} "
+      f"(code {int(share.argmin())}) to {share.max():.1%} (code {int(share.argmax())}); equal use would be {1 / 16:.2%}")
+fig, (ax,) = viz.new_figure(7, 3)
+ax.bar(range(16), share.numpy() * 100, color="tab:blue")
+ax.axhline(100 / 16, color="0.4", ls="--", lw=1, label="equal use (6.25 %)")
+ax.set(xlabel="NF4 code (0 = level -1, 7 = level 0, 15 = level +1)", ylabel="share of all weights (%)",
+       title="How often each NF4 code is used, SmolLM2-135M, blocks of 64")
+ax.legend(fontsize=8)
+fig"""),
+    ("md", r"""
 ## 8. QLoRA, two ways, on the same batches
 
 Now LoRA (yours, from notebook 05) on top: on the scratch base above (`lora.apply` on `nf4_base`:
@@ -227,6 +281,7 @@ steps each, at batch 4. The same seed gives the same LoRA factors;
 the two bases hold the same bytes, except double-quantized absmax codes that bitsandbytes' CPU
 search rounds one level differently for a few blocks (see `tests/test_ex_quantization.py`)."""),
     ("code", r"""
+%%needs qlora
 task = get_task("define")
 train_ex = load_examples("define", "train", n=preset.n_train)
 steps, runs, models = 2, {}, {}
@@ -243,13 +298,18 @@ for backend in ("scratch", "bitsandbytes"):
           f"median step {runs[backend].step_time_median:.2f} s, frozen codes unchanged: {frozen}")
 print(count_parameters(models["scratch"]))"""),
     ("md", r"""
-Compare the two loss columns step by step. On a CPU, bitsandbytes 0.50 dequantizes 4-bit weights
-with plain PyTorch operations, as our layer does: the step times above show how close the two are
-(`python benchmarks/qlora.py` times them in turns, on a GPU too). Merging
+Compare the two loss columns step by step. The step times compare two whole training steps
+(forward, loss, backward, AdamW on the same LoRA factors) that differ only in how the 4-bit base is
+read back. On a CPU, bitsandbytes 0.50 does it with a compiled kernel of its own C++ library
+(`cdequantize_blockwise_cpu_nf4_fp32`, in the forward and again in the backward; only its
+`quantize_4bit` is written in PyTorch), while our `NF4Linear` does the table lookup and the
+multiplication with PyTorch operations. Two steps are a rough reading
+(`python benchmarks/qlora.py` times the two in turns, on a GPU too). Merging
 after QLoRA: the LoRA update $\frac{\alpha}{r}BA$ is not on the NF4 grid, so it cannot go into the
 codes. `qlora.merge_and_unload` dequantizes the base to fp32 and merges there; storing a merged
 weight in NF4 again rounds it anew (shown on one layer)."""),
     ("code", r"""
+%%needs qlora
 batch = next(batches(train_ex, tok, task, preset.seq_len, 4, epochs=None))
 m = models["scratch"].eval()
 with torch.no_grad():
@@ -272,6 +332,7 @@ rest of what the step added to the process's peak resident memory (activations a
 peak during the step minus memory before it, minus gradients and optimizer state). Beside each, the
 analytic model `labs.memory.estimate_memory` for the same run (fp32 activations, as on this CPU)."""),
     ("code", r"""
+%%needs qlora
 from labs.memory import current_rss_bytes, peak_memory_bytes, reset_peak
 
 del models, merged

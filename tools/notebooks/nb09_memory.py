@@ -50,11 +50,17 @@ from labs.data import load_examples
 from labs.memory import (StepMemory, estimate_memory, format_measured, init_optimizer_state, measure_activations,
                          measure_step, weight_bytes)
 from labs.methods import METHODS, get_method, prepare
+from labs.memory_scaling import SHAPES as SIZES, analytic as analytic_at_size
 from labs.models import load_model
 from labs.nf4_loading import load_quantized
+from labs.prerequisites import prerequisites, ready
 from labs.surgery import count_parameters
 from labs.train import TrainConfig, enable_gradient_checkpointing, make_optimizer, store_frozen_in
 
+prerequisites({"section 1's table (full fine-tuning, and each method once its exercises are done)": ["full"],
+               "section 1's comparison of every method with the model": ["bitfit", "lora", "prefix", "prompt", "qlora"],
+               "sections 2-3, LoRA and the switches": ["lora", "prefix"],
+               "sections 4-5, batch, length and prompt tuning vs LoRA": ["lora", "prompt"]})
 torch.manual_seed(0)
 base, tok = load_model("smollm2-135m")
 cfg = base.config
@@ -104,6 +110,8 @@ def analytic(method: str, trainable: int, B: int, T: int, **kwargs):
 PARTS = ("weights", "gradients", "optimizer", "activations")
 measured, model_of, counts = {}, {}, {}
 for name in METHODS:
+    if not ready(name):     # your module still has open exercises: this method waits (the line says which)
+        continue
     measured[name], counts[name] = train_one_step(name, rows(B, T))
     model_of[name] = analytic(name, counts[name].trainable, B, T)
 
@@ -142,6 +150,7 @@ The difference between the measured peak and the model splits exactly into the p
 activations (gradients and optimizer state match to the byte), plus *other*. Each has a cause we can
 measure:"""),
     ("code", r"""
+%%needs bitfit lora prefix prompt qlora
 from labs.impl import technique
 
 LOGITS = B * T * V * 4                                     # one fp32 copy of the logits (B, T, V), bytes
@@ -209,6 +218,7 @@ shrink relative to the total as the model grows.
 LoRA trains about a third of a percent of the weights. If memory followed the trainable count, it
 would need a third of a percent of full fine-tuning's memory. It does not:"""),
     ("code", r"""
+%%needs lora
 full, lo = measured["full"], measured["lora"]
 share = counts["lora"].trainable / counts["full"].trainable
 print(f"LoRA trains {share:.3%} of the weights full fine-tuning trains; its {HELD}: {held(lo) / held(full):.0%} of full's "
@@ -238,6 +248,7 @@ attention on the way keeps its input. Section 4 shows the input-sized part takin
 backward. The registry says which methods can (`Method.checkpointing`): prefix tuning cannot, since
 its prefix rides in the key/value cache, which recomputation would drop. We try four of them."""),
     ("code", r"""
+%%needs lora prefix
 checkpointed = {}
 for name in ("full", "lora", "qlora", "prefix"):
     try:
@@ -253,12 +264,17 @@ for name, ck in checkpointed.items():
           f"{got.activations / MiB:13.1f}{ck.activations / MiB:11.1f}{m0.activations / MiB:12.1f}{m1.activations / MiB:12.1f}"
           f"  {got.peak_phase or 'n/a'} ({ck.peak_phase or 'n/a'})")
     assert ck.activations < got.activations / 2
+for name, ck in checkpointed.items():
+    got = measured[name]
+    peak = "" if ck.peak is None else f", the peak {held(ck) / MiB:.0f} MiB instead of {held(got) / MiB:.0f} ({ck.peak / got.peak - 1:+.1%})"
+    print(f"{name}: checkpointing keeps {got.activations / ck.activations:.1f}x fewer activation bytes{peak}")
 assert not PEAKS or (checkpointed["lora"].peak < measured["lora"].peak
                      - 0.25 * (measured["lora"].activations - checkpointed["lora"].activations))
 assert "prefix" not in checkpointed and not get_method("prefix").checkpointing"""),
     ("md", r"""
-The activations kept through the step fall several-fold for both, but only LoRA's peak follows.
-Full fine-tuning's peak comes late in the backward, when nearly all of its gradients exist (as many
+The activations kept through the step fall several-fold for both; the peak falls far less (the
+percentages printed above): LoRA's by a part, since activations are only one of the things alive at
+its peak, and full fine-tuning's hardly at all. Full fine-tuning's peak comes late in the backward, when nearly all of its gradients exist (as many
 bytes as the weights) and the activations are already freed: cutting them moved its peak by only the
 few MiB printed above, so at this batch size recomputation buys full fine-tuning almost nothing. Checkpointing pays
 where activations set the peak: PEFT, and large batches or long rows for everyone. The price is time:
@@ -271,6 +287,7 @@ state is large: full fine-tuning. For LoRA the state was a few MiB to begin with
 slow, so this comparison is each optimizer's *first* step (the state is created inside the measured
 window) on a small batch, B = 1 x T = 32: the optimizer's bytes do not depend on the batch."""),
     ("code", r"""
+%%needs lora
 n = counts["full"].trainable
 first = {o: train_one_step("full", rows(1, 32), optimizer=o, steady=False)[0] for o in ("adamw", "adamw8bit")}
 print(f"{'full, B=1 x T=32':<18}{'optimizer MiB':>14}{'bytes/weight':>14}{'peak MiB':>10}{'model total':>13}")
@@ -291,13 +308,24 @@ assert e.optimizer < a.optimizer / 3 and (not PEAKS or e.peak < a.peak)"""),
 copy of what trains (with AdamW, ZeRO's 2 + 2 + 12 bytes per trained weight). For PEFT the course's
 gpu preset does something simpler (`frozen_bf16`): the *frozen* base is stored in bf16 and read under
 bf16 autocast, while the few trainable weights and their optimizer state stay fp32. Storing the base
-in bf16 is measured below; a bf16 *training step* is **not measured on this CPU**: without bf16
-units its matrix products run emulated, far slower than fp32, so the numbers come from the model. On
-a GPU, `measure_step(model, batch, optimizer, context=lambda: torch.autocast("cuda", dtype=torch.bfloat16))`
+in bf16 is measured below; a bf16 *training step* is not measured here: the CPU presets train in
+fp32, and its numbers come from the model. Whether bf16 is fast on a CPU depends on the CPU: those
+with bf16 units (AVX512-BF16 or AMX: Intel Xeon from Cooper Lake and Sapphire Rapids on, AMD Zen 4
+and later) multiply bf16 matrices natively, often faster than fp32; older ones convert to fp32 and run
+slower than fp32. The next cell times one matrix product of a LoRA-sized step both ways on this
+machine. On a GPU, `measure_step(model, batch, optimizer, context=lambda: torch.autocast("cuda", dtype=torch.bfloat16))`
 measures them with the allocator's peak."""),
     ("code", r"""
-from labs.memory_scaling import SHAPES as SIZES, analytic as analytic_at_size
+from labs.timing import interleaved_medians
 
+a, b = torch.randn(512, 576), torch.randn(576, 1536)          # (B*T, D) @ (D, 4D-ish): an MLP product
+a16, b16 = a.bfloat16(), b.bfloat16()
+t = interleaved_medians({"fp32": lambda: a @ b, "bf16": lambda: a16 @ b16}, repeats=15)
+units = torch.ops.mkldnn._is_mkldnn_bf16_supported()      # oneDNN's answer: this CPU has bf16 instructions
+print(f"512x576 @ 576x1536 on this CPU ({torch.get_num_threads()} thread): fp32 {t['fp32'] * 1e3:.2f} ms, "
+      f"bf16 {t['bf16'] * 1e3:.2f} ms ({t['fp32'] / t['bf16']:.2f}x); bf16 instructions: {'yes' if units else 'no'}")"""),
+    ("code", r"""
+%%needs lora
 lora16 = prepare("lora", copy.deepcopy(base), "define")
 saved = store_frozen_in(lora16, torch.bfloat16)           # what the gpu preset's frozen_bf16 does
 print(f"LoRA weights as held: fp32 base {lo.weights / MiB:.1f} MiB -> bf16 base {weight_bytes(lora16) / MiB:.1f} MiB "
@@ -329,6 +357,7 @@ activations and the loss's temporaries. One model per method, its optimizer stat
 then one measured step per shape (a steady state at every point). The prompt-tuning runs are for
 section 5."""),
     ("code", r"""
+%%needs lora prompt
 SHAPES_B = [(1, 32), (2, 32), (4, 32)]     # B varies, T = 32
 SHAPES_T = [(2, 16), (2, 32), (2, 64)]     # T varies, B = 2
 
@@ -354,6 +383,7 @@ fig = viz.sweep(series(SHAPES_B, 0), x_label="batch size B (T = 32)", y_label="t
                 title=f"SmolLM2-135M, one fp32 step on a CPU: {HELD} vs batch size")
 fig"""),
     ("code", r"""
+%%needs lora prompt
 fig = viz.sweep(series(SHAPES_T, 1), x_label="sequence length T (B = 2)", y_label="training memory (MiB)",
                 title=f"SmolLM2-135M, one fp32 step on a CPU: {HELD} vs sequence length")
 tokens = (SHAPES_B[-1][0] - SHAPES_B[0][0]) * 32
@@ -390,6 +420,7 @@ P and T. We count the training memory both hold (weights + gradients + optimizer
 on real tensors, the deterministic part of the peak) first against P at T = 64, then against T at
 the registry's P."""),
     ("code", r"""
+%%needs lora prompt
 def counted(step: StepMemory) -> float:
     return step.parts_total / MiB
 
@@ -414,6 +445,7 @@ if PEAKS:
     print(f"temporaries (other): LoRA {lo.other / MiB:.1f} MiB, prompt P={P} {pr.other / MiB:.1f} MiB, ratio {pr.other / lo.other:.2f}; "
           f"its logits cover T + P positions: (T + P) / T = {(T + P) / T:.2f}")"""),
     ("code", r"""
+%%needs lora prompt
 import numpy as np
 
 Ts = [t for _, t in SHAPES_T]
@@ -467,9 +499,9 @@ read them as the lower bound of where prompt tuning becomes the cheaper of the t
 | where does a full fine-tuning step's memory go? | optimizer state (twice the weights), gradients, weights, then activations and the loss's temporaries |
 | how close is the analytic model? | within 15% for most methods; it misses the loss's temporaries (several copies of the logits), the activations frozen layers do not keep, prompt tuning's longer rows, QLoRA's bf16 embedding |
 | why does LoRA save less than its 0.3%? | the frozen weights stay, and the input-sized part (activations, temporaries) barely shrinks |
-| gradient checkpointing | activations and peak fall several-fold; prefix tuning cannot use it |
+| gradient checkpointing | activations fall several-fold; the peak far less (LoRA's by a part, full fine-tuning's hardly at this batch: section 3's percentages); prefix tuning cannot use it |
 | 8-bit AdamW | optimizer state to about 2 bytes per weight: large for full fine-tuning, nothing for LoRA |
-| bf16 | a bf16 frozen base halves PEFT's largest part (measured); the bf16 step itself is only modelled on a CPU |
+| bf16 | a bf16 frozen base halves PEFT's largest part (measured); the bf16 step itself is only modelled here, and its speed on a CPU depends on bf16 units (timed in section 3) |
 | QLoRA | its base is smallest, but at 135M what training adds outweighs the base; where it wins, against model size: notebook 08, section 10 |
 | prompt vs LoRA | prompt tuning costs more on rows shorter than a crossover length that grows with P |
 

@@ -28,32 +28,34 @@ the exercises you wrote in notebooks 00 (`storage_for_tasks`) and 05 (LoRA's `me
     ("code", r"""
 import copy
 import shutil
-import tempfile
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from labs import viz
 from labs.data import get_task
-from labs.files import dir_bytes
+from labs.files import dir_bytes, scratch_folder
 from labs.full import save_full_model
 from labs.impl import technique
 from labs.memory import weight_bytes
 from labs.methods import METHODS, prepare
 from labs.models import load_model
 from labs.peft_format import load_adapter, save_adapter
+from labs.prerequisites import prerequisites, ready
 from labs.serving import AdapterServer
 from labs.surgery import count_parameters
 from labs.timing import count_matrix_products, interleaved_medians
 
+prerequisites({"section 1, each method's files (full fine-tuning, and each method once its exercises are done)": ["full"],
+               "section 2, notebook 00's storage arithmetic, measured": ["scaling", "lora"],
+               "sections 3-4, serving and merging LoRA adapters": ["lora"]})
 lora, scaling = technique("lora"), technique("scaling")  # your modules (or the reference: LABS_IMPL=solutions)
 torch.manual_seed(0)
 model, tok = load_model("smollm2-135m")   # the base, kept untouched: every method starts from a copy
 model.eval()
 task = get_task("define")
 prompt_ids = tok('Define the word "lantern".', return_tensors="pt").input_ids   # (1, T)
-workdir = Path(tempfile.mkdtemp(prefix="nb10-"))                                # removed at the end
+workdir = scratch_folder("nb10-")     # removed at the end, and when the kernel stops, even after an error
 print(f"SmolLM2-135M: {count_parameters(model).total:,} parameters, prompt of {prompt_ids.shape[1]} tokens")"""),
     ("md", r"""
 ## 1. What each method leaves on disk
@@ -73,6 +75,8 @@ saves a plain LoRA adapter, since the 4-bit base is a property of the frozen mod
     ("code", r"""
 rows = {}
 for name in METHODS:
+    if not ready(name):     # your module still has open exercises: its file waits (the line says which)
+        continue
     adapted = prepare(name, copy.deepcopy(model), task)          # the registry's default options
     folder = workdir / "methods" / name
     if name == "full":
@@ -115,6 +119,7 @@ base plus ten LoRA adapters (r = 16 on two projections per block). Here is that 
 with your `storage_for_tasks` (exercise 0.4), beside the same question asked of the files just
 written: one SmolLM2 base plus N LoRA adapters against N full checkpoints."""),
     ("code", r"""
+%%needs scaling lora
 big_base = scaling.bytes_of_weights(69e9, "bf16")                                          # ~140 GB
 big_adapter = scaling.bytes_of_weights(scaling.lora_trainable_params(8192, 8192, r=16, n_layers=80, n_targets=2), "bf16")
 big = scaling.storage_for_tasks(10, big_base, big_adapter)
@@ -153,6 +158,7 @@ Three adapters, as three tasks would give. We do not train them here (notebook 0
 fine-tunes would not fit this notebook's time): each gets **non-zero B factors drawn from a different
 seed**, as after training, so that the three really change the model, and differently."""),
     ("code", r"""
+%%needs lora
 folders = {}
 for seed, name in enumerate(("define", "sentiment", "style"), start=1):
     adapted = lora.apply(copy.deepcopy(model), lora.LoRAConfig(r=8, alpha=16))
@@ -180,6 +186,7 @@ fine-tuned model loaded on its own. For each adapter: load it alone on a fresh b
 only model on the machine) and compare its logits with the server's, requests arriving in a mixed
 order. The largest difference between two *different* adapters shows that the check can fail."""),
     ("code", r"""
+%%needs lora
 TOLERANCE = 1e-5
 served = {name: server(name, input_ids=prompt_ids).logits for name in ("sentiment", "define", "style", "define")}
 for name, folder in folders.items():
@@ -197,6 +204,7 @@ switching means reading another 538 MB checkpoint from disk into the model (from
 the fastest case). And for scale, one request itself: a forward pass over the prompt. All three take
 turns in one timing loop (`labs.timing.interleaved_medians`, median wall time)."""),
     ("code", r"""
+%%needs lora
 full_file = workdir / "methods" / "full" / "model.safetensors"
 other = copy.deepcopy(model)
 
@@ -228,6 +236,7 @@ the layer is the base layer again. For a server that serves one task for a long 
 the adapter's cost; `unmerge` takes the update back out when another adapter is needed. We merge a copy
 of the server's model with the `define` adapter active and compare outputs, then latency at batch 1."""),
     ("code", r"""
+%%needs lora
 server.use("define")
 unmerged_model = server.model
 merged_model = lora.merge(copy.deepcopy(unmerged_model))
@@ -255,6 +264,7 @@ Unmerging subtracts the same update again. In exact arithmetic that restores $W$
 rounding error, which is why a server that switches often keeps the base unmerged (section 3) and
 merges only for a long-lived single task."""),
     ("code", r"""
+%%needs lora
 lora.unmerge(merged_model)
 base_weights = dict(model.named_parameters())
 drift = max((p - base_weights[n.replace(".base_layer", "")]).abs().max().item()
@@ -264,8 +274,9 @@ with torch.no_grad():
 print(f"after merge + unmerge: largest weight change {drift:.1e}, logits vs never merged {back:.1e}")
 unchanged = all(torch.equal(p, base_weights[n.replace(".base_layer", "")])
                 for n, p in server.model.named_parameters() if ".lora_" not in n)
-print(f"the server's base weights after all the switching: bit-identical to the base: {unchanged}")
-shutil.rmtree(workdir)"""),
+print(f"the server's base weights after all the switching: bit-identical to the base: {unchanged}")"""),
+    ("code", r"""
+shutil.rmtree(workdir)   # the files this notebook wrote (scratch_folder also removes them when the kernel stops)"""),
     ("md", r"""
 ## Summary
 

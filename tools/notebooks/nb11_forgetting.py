@@ -50,7 +50,10 @@ from labs.evaluate import paired_change, paired_difference
 from labs.forgetting import (INSTRUMENTS, PLANS, RECORD_COMMAND, RECORDED, Instruments, at_end, compare_at,
                              curve, load_runs, matched_gain, record, verdict_line, window_losses)
 from labs.methods import open_exercises
+from labs.prerequisites import prerequisites
 
+prerequisites({"the recorded experiment, and the live full fine-tune": ["full"],
+               "the live LoRA run, and a fresh LoRA against the base": ["lora"]})
 plan = PLANS["laptop"]
 base, runs = load_runs(RECORDED)
 summary = json.loads((RECORDED / "summary.json").read_text())

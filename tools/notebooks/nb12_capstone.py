@@ -33,8 +33,11 @@ from pathlib import Path
 from IPython.display import Image, Markdown
 
 from labs.compare import RECORD_COMMAND, RECORDED, course_comparison, plot_comparison
+from labs.prerequisites import prerequisites
 from labs.presets import get_preset
 
+prerequisites({"the recorded comparison (LIVE = False)": ["full"],
+               "LIVE = True: every method run on your modules": ["bitfit", "adapter", "lora", "prefix", "prompt", "qlora"]})
 LIVE = False    # True: run the comparison yourself, on your modules (about 15 min on 2 cores; resumes)
 FOLDER = None   # or a folder that `labs compare` wrote, such as "../runs/compare-laptop"
 folder, settings, rows, runs = course_comparison(LIVE, FOLDER)
@@ -81,10 +84,11 @@ memory, and learning against forgetting (probe; error bars are one standard erro
 is the Pareto front: no method off it is both cheaper and better than one on it."""),
     ("code", r"""
 import tempfile
-plots = Path(tempfile.mkdtemp(prefix="nb12-"))
-plot_comparison(ok, plots)
-for name in ("pareto.png", "pareto_memory.png", "learning_forgetting.png"):
-    display(Image(filename=str(plots / name)))"""),
+with tempfile.TemporaryDirectory(prefix="nb12-") as folder:   # removed as the cell ends, even on an error
+    plots = Path(folder)
+    plot_comparison(ok, plots)
+    for name in ("pareto.png", "pareto_memory.png", "learning_forgetting.png"):
+        display(Image(filename=str(plots / name)))     # the image is copied into the notebook"""),
     ("md", r"""
 ## 3. A decision guide, from these measurements
 
