@@ -141,18 +141,19 @@ class MultiLoRALinear(nn.Module):
         if self._rows is not None and x.shape[0] != self._rows:
             raise ValueError(f"this batch has {x.shape[0]} rows but the adapter plan names {self._rows}; "
                              "plan one adapter name (or None) per row")
-        result = self.base_layer(x)                  # (N, T, out): the base product, once for the batch
-        if self._plan is None:
-            return result
-        h = x.to(torch.float32)                      # the factors are float32, as LoRA trains them
+        base = self.base_layer(x)                    # (N, T, out): the base product, once for the batch
+        # The factors are float32 (as LoRA trains them): the updates see x in float32 too.
+        return base if self._plan is None else self.add_updates(base, x.float())
+
+    def add_updates(self, base: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """base + every planned row's update from x (N, T, in), computed as the plan says."""
         if self._plan[0] == "group":
-            update = grouped_update(h, self._plan[1], self.factors, self.out_features)    # (N, T, out)
-            return result + update.to(result.dtype)
+            return base + grouped_update(x, self._plan[1], self.factors, self.out_features).to(base.dtype)
         _, rows, index, (A_all, B_all, scales) = self._plan
-        if rows is None:
-            return result + gathered_update(h, A_all, B_all, scales, index).to(result.dtype)
-        update = gathered_update(h[rows], A_all, B_all, scales, index)                  # (n, T, out)
-        return result.index_add(0, rows, update.to(result.dtype))
+        if rows is None:                             # every row has an adapter here: no selection
+            return base + gathered_update(x, A_all, B_all, scales, index).to(base.dtype)
+        updates = gathered_update(x[rows], A_all, B_all, scales, index)   # (n, T, out): adapted rows only
+        return base.index_add(0, rows, updates.to(base.dtype))
 
     def extra_repr(self) -> str:
         return f"adapters={list(self.factors)}"
