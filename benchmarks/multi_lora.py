@@ -95,16 +95,10 @@ def run(model, ids, new: int) -> tuple[float, float]:
     return prompt - start, time.perf_counter() - prompt
 
 
-def by_adapter(names: list[str]) -> dict[str, list[int]]:
-    groups: dict[str, list[int]] = {}
-    for i, name in enumerate(names):
-        groups.setdefault(name, []).append(i)
-    return groups
-
-
 def variants(merged, multi, swap, names, ids, new):
     """Each way of serving the batch, as a function returning (prompt seconds, generation seconds)."""
-    groups = by_adapter(names)
+    from labs.impl import technique
+    groups = technique("multi_lora").group_rows(names)       # {adapter: its rows}, exercise 10.2
 
     def mixed(server):
         def serve():
@@ -191,7 +185,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     from labs.files import write_json
-    from labs.impl import technique
+    from labs.impl import current_impl, technique
     from labs.models import load_model
     from labs.serving import AdapterServer, MultiAdapterServer
     model, _ = load_model(args.model)
@@ -232,7 +226,7 @@ def main(argv=None) -> dict:
                   " | gen tok/s " + " ".join(f"{v} {row['generation_tokens_per_s'][v]:6.1f}" for v in VARIANTS) +
                   " | " + " ".join(f"{k} {v:.2f}" for k, v in row["ratios"].items() if k != "best_mode"), flush=True)
     result = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "command": "python " + " ".join(shlex.quote(a) for a in [f"benchmarks/{Path(__file__).name}",
+              "command": f"LABS_IMPL={current_impl()} python " + " ".join(shlex.quote(a) for a in [f"benchmarks/{Path(__file__).name}",
                                                                         *(sys.argv[1:] if argv is None else argv)]),
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "machine": f"{os.cpu_count()} CPU cores (shared with other work), torch {torch.__version__}",

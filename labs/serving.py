@@ -24,6 +24,20 @@ from labs.peft_format import KEY_PREFIX, read_adapter, tensors_under
 from labs.surgery import get_submodule_parent, is_linear
 
 
+def read_lora(name: str, path: str | os.PathLike, served: list[str], lora) -> tuple[dict, dict, dict[str, torch.Tensor]]:
+    """(config dict, tensors as in the file, tensors by our names) of the LoRA adapter in `path`,
+    to be served as `name`."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"adapter name {name!r} is not valid; use a non-empty string such as 'sql'")
+    if name in served:
+        raise ValueError(f"an adapter named {name!r} is already served; served: {', '.join(served)}")
+    config_dict, state = read_adapter(path)
+    if config_dict.get("peft_type") != "LORA":
+        raise ValueError(f"{Path(path)} holds a {config_dict.get('peft_type')!r} adapter; this server "
+                         "serves LoRA adapters only (peft_type 'LORA')")
+    return config_dict, state, tensors_under(state, KEY_PREFIX, rename=lora.our_name)
+
+
 class AdapterServer:
     """A base model plus named LoRA adapters held in memory; `use(name)` makes one active."""
 
@@ -43,15 +57,7 @@ class AdapterServer:
 
     def add(self, name: str, path: str | os.PathLike) -> None:
         """Read the LoRA adapter in folder `path` and keep it in memory under `name`."""
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"adapter name {name!r} is not valid; use a non-empty string such as 'sql'")
-        if name in self.adapters:
-            raise ValueError(f"an adapter named {name!r} is already served; served: {', '.join(self.names)}")
-        config_dict, state = read_adapter(path)
-        if config_dict.get("peft_type") != "LORA":
-            raise ValueError(f"{Path(path)} holds a {config_dict.get('peft_type')!r} adapter; this server "
-                             "switches LoRA adapters only (peft_type 'LORA')")
-        tensors = tensors_under(state, KEY_PREFIX, rename=self.lora.our_name)
+        config_dict, state, tensors = read_lora(name, path, self.names, self.lora)
         if self._config is None:
             config = self.lora.config_from_peft(config_dict, tensors, self.model)
             self.lora.from_peft(self.model, config_dict, state)  # checks shapes, wraps the targets
@@ -142,15 +148,7 @@ class MultiAdapterServer:
 
     def add(self, name: str, path: str | os.PathLike) -> None:
         """Read the LoRA adapter in folder `path`; its rows will be named `name`."""
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"adapter name {name!r} is not valid; use a non-empty string such as 'sql'")
-        if name in self.ranks:
-            raise ValueError(f"an adapter named {name!r} is already served; served: {', '.join(self.names)}")
-        config_dict, state = read_adapter(path)
-        if config_dict.get("peft_type") != "LORA":
-            raise ValueError(f"{Path(path)} holds a {config_dict.get('peft_type')!r} adapter; this server "
-                             "mixes LoRA adapters only (peft_type 'LORA')")
-        tensors = tensors_under(state, KEY_PREFIX, rename=self.lora.our_name)
+        config_dict, _, tensors = read_lora(name, path, self.names, self.lora)
         whole = sorted(k for k in tensors if ".lora_" not in k)
         if whole:
             raise ValueError(f"adapter {name!r} ({Path(path)}) also trains whole modules ({whole[0]!r}, ...): "
