@@ -21,10 +21,12 @@ that promise on SmolLM2-135M, then uses it the way production servers do:
 2. notebook 00's 70B arithmetic beside the ratio measured here;
 3. one base model in memory serving three LoRA adapters, switched per request: memory held, switch
    time, and a check that every request gets exactly what its own fine-tuned model would answer;
-4. merging an adapter into the base and unmerging it, and what each form costs per request.
+4. merging an adapter into the base and unmerging it, and what each form costs per request;
+5. many adapters in **one batch**, each row with its own (exercises 10.1-10.3 in `labs/multi_lora.py`),
+   measured against the alternatives.
 
-No exercise here: the code is the course's infrastructure (`labs.peft_format`, `labs.serving`) and
-the exercises you wrote in notebooks 00 (`storage_for_tasks`) and 05 (LoRA's `merge` / `unmerge`)."""),
+Sections 1-4 use the course's infrastructure (`labs.peft_format`, `labs.serving`) and the exercises
+you wrote in notebooks 00 (`storage_for_tasks`) and 05 (LoRA's `merge` / `unmerge`)."""),
     ("code", r"""
 import copy
 import shutil
@@ -278,6 +280,159 @@ print(f"the server's base weights after all the switching: bit-identical to the 
     ("code", r"""
 shutil.rmtree(workdir)   # the files this notebook wrote (scratch_folder also removes them when the kernel stops)"""),
     ("md", r"""
+## 5. Many adapters in one batch
+
+Section 3's server runs one adapter per call: requests for ten adapters mean ten forwards, each
+paying for the base's big products again. Multi-LoRA servers (Punica, S-LoRA, LoRAX, vLLM, and
+peft with `adapter_names=[...]`) put requests for *different* adapters in one batch. In every
+adapted layer, for each row $n$ of the batch:
+
+$$h_n = W x_n + s_n\, B_n A_n x_n$$
+
+$W x$ is computed **once for the whole batch**, as for a single model; only the thin update uses
+row $n$'s own adapter ($A_n$, $B_n$, scale $s_n$). Two ways to compute the updates:
+
+- **gather**: stack every adapter's factors in one tensor (K adapters, zero-padded to one rank),
+  pick each row's A and B by index, and run one *batched* product (`torch.bmm`) over the rows;
+- **group**: collect the rows that name the same adapter, and run one pair of ordinary products
+  per adapter over its rows.
+
+`labs/multi_lora.py` holds both; `MultiLoRALinear` wraps a frozen layer with them, and
+`labs.serving.MultiAdapterServer` puts such layers into a model.
+
+**Exercise 10.1.** Write `gathered_update(x, A, B, scaling, index)`: x (N, T, in); A (K, r, in),
+B (K, out, r), scaling (K,) stacked for K adapters; index (N,) the adapter of each row. Gather
+`A[index]`, `B[index]` (one copy of the factors per row), then two `torch.bmm`s: (N, T, in) to
+(N, T, r) to (N, T, out), and multiply row n by `scaling[index[n]]`."""),
+    ("code", r"""
+from labs.check import check
+check("10.1")"""),
+    ("md", r"""
+**Exercise 10.2.** Write `group_rows(names)`: {adapter name: LongTensor of its rows}, adapters in
+the order of their first row, rows named `None` (the base alone) in no group.
+
+**Exercise 10.3.** Write `grouped_update(x, groups, factors, out_features)`: for each adapter,
+`scaling * x[rows] @ A.T @ B.T` on its rows only (each adapter keeps its own rank, no padding),
+zeros for the rows of no group."""),
+    ("code", r"""
+check("10.2")
+check("10.3")"""),
+    ("md", r"""
+Eight adapters on SmolLM2, as eight customers would send, with **different ranks** (4, 8 and 16):
+one batch of eight prompts, each row naming its adapter and one row naming none (the base). The
+promise to check: every row gets what its adapter alone would give. Section 3's server, switched
+row by row, gives the reference (its adapters must share a rank, so the check uses the rank-8 ones
+there), and the base row must equal the base model's own logits."""),
+    ("code", r"""
+from labs.serving import MultiAdapterServer
+
+multi_dir = Path(tempfile.mkdtemp(prefix="nb10-multi-"))          # removed at the end of this section
+ranks = {f"customer{i}": (4, 8, 16)[i % 3] for i in range(8)}
+multi_folders = {}
+for seed, (name, r) in enumerate(ranks.items(), start=10):
+    adapted = lora.apply(copy.deepcopy(model), lora.LoRAConfig(r=r, alpha=2 * r))
+    with torch.no_grad():
+        for _, layer in lora.lora_layers(adapted):
+            layer.lora_B.normal_(std=0.02, generator=torch.Generator().manual_seed(seed))
+    multi_folders[name] = save_adapter(adapted, multi_dir / name)
+    del adapted
+
+multi = MultiAdapterServer(copy.deepcopy(model), mode="gather")
+for name, folder in multi_folders.items():
+    multi.add(name, folder)
+rank8 = [n for n, r in ranks.items() if r == 8]
+for name in rank8:
+    server.add(name, multi_folders[name])                          # section 3's server, for the reference
+
+rows = list(ranks)[:7] + [None]                                    # 7 adapters and one base row
+batch = tok(["Define the word \"lantern\"."] * 8, return_tensors="pt").input_ids   # (8, T)
+MIXED_TOLERANCE = 5e-4   # float32 over 30 layers: a batch of 8 sums its products in another order (the base row too)
+for mode in ("gather", "group"):
+    multi.mode = mode
+    mixed = multi(rows, input_ids=batch).logits                    # (8, T, V): one forward
+    for n, name in enumerate(rows):
+        if name is None:
+            with torch.no_grad():
+                want = model(batch[n:n + 1]).logits[0]
+        elif name in rank8:
+            want = server(name, input_ids=batch[n:n + 1]).logits[0]
+        else:
+            continue
+        gap = (mixed[n] - want).abs().max().item()
+        print(f"{mode:<6} row {n} ({name or 'base'}, r={ranks.get(name, 0)}): max |difference| {gap:.1e}")
+        assert gap <= MIXED_TOLERANCE
+print(f"two rows, two adapters (customer0 vs customer1): max |difference| {(mixed[0] - mixed[1]).abs().max().item():.2f}")"""),
+    ("md", r"""
+The test suite (`tests/test_serving_mixed.py`) checks every row, of every rank, against its adapter
+loaded alone and against peft's own mixed batch (`adapter_names=[...]`), within 1e-5 on a tiny model.
+
+Now the cost, live and small: the same batch of 8 rows, 8 distinct adapters, one forward over the
+prompt, four ways. **merged** is the floor: one model with one adapter merged in costs exactly what
+the base costs (the same shapes), so the base is timed; it serves a single adapter. **swap** runs
+the rows adapter by adapter through section 3's server (copy the factors in, then forward), which
+is what it has to do with eight different adapters; those are the rank-8 adapters only, so swap gets
+the cheapest case."""),
+    ("code", r"""
+names8 = list(ranks)                                                        # 8 rows, 8 distinct adapters
+
+def swap_rows():
+    for n, name in enumerate(swap_names):
+        server(name, input_ids=batch[n:n + 1], logits_to_keep=1)
+
+swap_names = [rank8[n % len(rank8)] for n in range(8)]                       # 8 rows, rank-8 adapters in turn
+forms = {"merged (base cost)": lambda: model(batch, logits_to_keep=1)}
+for mode in ("gather", "group"):
+    forms[f"multi-LoRA, {mode}"] = (lambda m=mode: (setattr(multi, "mode", m), multi(names8, input_ids=batch, logits_to_keep=1)))
+forms["swap per request"] = swap_rows
+with torch.inference_mode():
+    live = interleaved_medians(forms, repeats=3)
+tokens = batch.numel()
+for what, seconds in live.items():
+    print(f"{what:<22} {1e3 * seconds:8.1f} ms  {tokens / seconds:7.0f} prompt tokens/s  "
+          f"{seconds / live['merged (base cost)']:.2f}x merged")
+shutil.rmtree(multi_dir)"""),
+    ("md", r"""
+On a CPU, one thread, the two multi-LoRA forms stay close to the merged model: the updates add about
+$2r(\text{in}+\text{out})$ multiply-adds per token and adapted layer beside the base's
+$\text{in} \times \text{out}$. Swapping pays for the base's products once *per adapter*, on one row
+at a time, where one batched forward pays once. The gap grows with the number of distinct adapters,
+and most in token-by-token generation, where each step of a batch of 16 costs little more than a
+step of one row (the weights are read once per step either way).
+
+The recorded benchmark below sweeps 1 to 64 distinct adapters, for prompt processing and for
+generation, with a fifth alternative: one merged copy of the whole model per adapter."""),
+    ("code", r"""
+import json
+from IPython.display import Image, display
+
+import labs
+recorded = Path(labs.__file__).resolve().parent.parent / "notebooks" / "recorded" / "multi-lora"
+bench = json.loads((recorded / "multi_lora.json").read_text())
+print(f"recorded {bench['date']} on {bench['machine']}\nwith: {bench['command']}")
+print(f"{'adapters':>8} {'rows':>5} {'prompt tok/s: merged':>21} {'gather':>7} {'group':>7} {'swap':>7} {'copies':>7}"
+      f" {'gen tok/s: merged':>18} {'gather':>7} {'group':>7} {'swap':>7} {'copies':>7}")
+for row in bench["rows"]:
+    p, g = row["prompt_tokens_per_s"], row["generation_tokens_per_s"]
+    print(f"{row['adapters']:>8} {row['rows']:>5} {p['merged']:>21.0f} {p['gather']:>7.0f} {p['group']:>7.0f} {p['swap']:>7.0f}"
+          f" {p['copies']:>7.0f} {g['merged']:>18.1f} {g['gather']:>7.1f} {g['group']:>7.1f} {g['swap']:>7.1f} {g['copies']:>7.1f}")
+at16 = next(r for r in bench["rows"] if r["adapters"] == 16)["ratios"]
+best = at16["best_mode"]
+print(f"16 rows, 16 adapters: multi-LoRA ({best}) takes {at16[best + '_vs_merged']:.2f}x the merged model's time "
+      f"(target <= 1.3), swapping takes {at16['swap_vs_best']:.1f}x multi-LoRA's (target >= 4)")
+mem = bench["memory"]
+print(f"memory for {mem['adapters']} adapters: {mem['multi_lora_total'] / 1e6:.0f} MB (base {mem['base'] / 1e6:.0f} + "
+      f"factors {mem['factors'] / 1e6:.0f} + gather stacks {mem['gather_stacks'] / 1e6:.0f}) "
+      f"vs {mem['merged_copies_total'] / 1e9:.1f} GB for {mem['adapters']} merged copies")
+display(Image(filename=str(recorded / "multi_lora.png")))"""),
+    ("md", r"""
+When to choose each:
+
+- **one merged model**: one adapter serves (nearly) all the traffic; the fastest, and the adapter's cost is zero.
+- **multi-LoRA, gather**: many adapters with few rows each (one request per customer); one batched product whatever the count.
+- **multi-LoRA, group**: many rows share each adapter; fewer, larger products, a loop as long as the adapters in the batch.
+- **swap per request**: one adapter at a time and no batching (a single user switching tasks); simplest, slowest under mixed traffic.
+- **one merged copy per adapter**: a handful of adapters each with traffic enough to keep its own model busy, and memory to spare: n times the memory."""),
+    ("md", r"""
 ## Summary
 
 | question | answer, measured above |
@@ -287,6 +442,7 @@ shutil.rmtree(workdir)   # the files this notebook wrote (scratch_folder also re
 | ten tasks: base + adapters vs full copies? | about 1/10 for SmolLM2, as for the 70B of notebook 00; it tends to adapter / base as tasks grow |
 | serving three tasks | one base in memory plus three small adapters, switched per request in milliseconds, each request equal to its own fine-tuned model |
 | merge / unmerge | merged: the base's cost, same outputs within float32 rounding; unmerge restores the base up to rounding |
+| many adapters in one batch | each row gets its own adapter's logits in one forward, near the merged model's time; swapping pays once per adapter (recorded ratios above) |
 
 Next, notebook 11 asks what fine-tuning costs in what the model already knew: forgetting."""),
 ]
