@@ -52,7 +52,8 @@ def _run_arguments(parser: argparse.ArgumentParser, choices: dict | None) -> Non
                         help="embedded model" + listed("model") + ", a local folder, or a Hub name when "
                              "online (default: smollm2-135m)")
     parser.add_argument("--task", default=None,
-                        help="task" + listed("task") + " (default: define for decoders, sentiment for minilm-l6)")
+                        help="task" + listed("task") + ", or your own data file (.jsonl, .json, .csv, .txt, a folder "
+                             "of .txt; see labs/user_data.py) (default: define for decoders, sentiment for minilm-l6)")
     parser.add_argument("--preset", default=os.environ.get("LABS_PRESET", "quick"),
                         help="run size" + listed("preset") + " (default: $LABS_PRESET, else quick)")
     parser.add_argument("--max-steps", type=int, default=None, help="override the preset's optimizer steps")
@@ -143,6 +144,16 @@ def _check_choice(kind: str, value: str, choices: dict) -> None:
         raise UserError(f"unknown {kind} {value!r}; choose one of: {', '.join(choices[kind])}")
 
 
+def _check_task(value: str | None, choices: dict) -> None:
+    """A task name, or a data file of your own: read and checked now, before anything loads."""
+    from labs.data import get_task
+    from labs.user_data import looks_like_data
+    if value is not None and looks_like_data(value):
+        get_task(value)
+    elif value is not None:
+        _check_choice("task", value, choices)
+
+
 def _check_model(value: str, choices: dict) -> None:
     """Embedded names, existing local paths and Hub-style names ("org/model") are accepted."""
     if value in choices["model"] or os.path.exists(value) or value.count("/") == 1 and not value.startswith("."):
@@ -170,8 +181,7 @@ def cmd_assets(args) -> int:
 def cmd_finetune(args, choices: dict) -> int:
     _check_choice("method", args.method, choices)
     _check_model(args.model, choices)
-    if args.task is not None:
-        _check_choice("task", args.task, choices)
+    _check_task(args.task, choices)
     _check_choice("preset", args.preset, choices)
     from labs.finetune import run_finetune
     if args.no_progress:
@@ -187,8 +197,7 @@ def cmd_compare(args, choices: dict) -> int:
     for method in methods:
         _check_choice("method", method, choices)
     _check_model(args.model, choices)
-    if args.task is not None:
-        _check_choice("task", args.task, choices)
+    _check_task(args.task, choices)
     _check_choice("preset", args.preset, choices)
     from labs.compare import CompareFailed, run_compare
     try:
