@@ -3,6 +3,8 @@
     labs assets                                   prepare models and data for offline use
     labs finetune --method lora --task define     one method, one model, one task
     labs compare --methods full,lora,bitfit       several methods side by side: table + Pareto plot
+    labs generate RUN --prompt "..."              talk to what you trained (--chat, --compare-base)
+    labs export RUN --merged OUT [--gguf F.gguf]  a plain transformers folder, a GGUF file for llama.cpp
     labs check [5 | 5.2]                          your exercises, pass or fail, with a hint
     labs grade ... / labs release ...             instructor tools (where this edition has them)
     labs merge-grades --out grades.csv DIR...     join the grades of `labs grade --shard i/n` runs
@@ -22,7 +24,8 @@ import sys
 
 # command -> the module whose main(argv) runs it ("module:function" for another function)
 DELEGATED = {"check": "labs.check", "grade": "labs.instructor.grade", "release": "labs.instructor.release",
-             "merge-grades": "labs.instructor.grade:merge_main"}
+             "merge-grades": "labs.instructor.grade:merge_main", "generate": "labs.generate",
+             "export": "labs.export"}
 USER_ERRORS = (ValueError, NotImplementedError, FileNotFoundError, ModuleNotFoundError)
 RUN_COMMANDS = ("finetune", "compare")
 
@@ -96,7 +99,9 @@ def build_parser(choices: dict | None = None) -> argparse.ArgumentParser:
     cmp.add_argument("--methods", default=None, help="comma-separated methods" + methods + " (default: all)")
     _run_arguments(cmp, choices)
 
-    for name, text in (("check", "run your exercise tests: labs check [5 | 5.2]"),
+    for name, text in (("generate", "answers from a run, an adapter or a model folder: labs generate RUN --prompt ..."),
+                       ("export", "merge a run into a plain transformers folder (--merged) or a GGUF file (--gguf)"),
+                       ("check", "run your exercise tests: labs check [5 | 5.2]"),
                        ("grade", "grade a folder of submissions (instructors)"),
                        ("release", "build the student edition (instructors)"),
                        ("merge-grades", "join the grades.csv of labs grade --shard runs (instructors)")):
