@@ -19,10 +19,10 @@ MERGED_ATOL = 1e-3
 GGUF_ATOL = {"f16": 0.5, "q8_0": 1.5}
 
 
-def plain_logits(folder, **kwargs) -> torch.Tensor:
+def plain_logits(folder, tokenizer_folder=None, **kwargs) -> torch.Tensor:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs).eval()
-    return logits(model, AutoTokenizer.from_pretrained(folder, **kwargs))
+    return logits(model, AutoTokenizer.from_pretrained(tokenizer_folder or folder))
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora", "bitfit", "full"])
@@ -63,11 +63,15 @@ def test_gguf_reads_back_close_to_the_merged_model_with_its_chat_template(tmp_pa
         out = tmp_path / qtype / "model.gguf"
         written = write_gguf(tmp_path / "merged", out, qtype)
         assert written["bytes"] == out.stat().st_size
-        got = plain_logits(out.parent, gguf_file=out.name)
+        got = plain_logits(out.parent, tmp_path / "merged", gguf_file=out.name)
         assert (got - merged).abs().max() < GGUF_ATOL[qtype], (qtype, (got - merged).abs().max())
         assert got.argmax(-1).eq(merged.argmax(-1)).float().mean() > 0.9
         fields = gguf.GGUFReader(out).fields
         assert fields["tokenizer.chat_template"].contents() == template
-        assert AutoTokenizer.from_pretrained(out.parent, gguf_file=out.name).chat_template == template
+        if qtype == "f16":      # the same metadata in both files: building the tokenizer once is enough
+            from_file = AutoTokenizer.from_pretrained(out.parent, gguf_file=out.name)
+            assert from_file.chat_template == template
+            assert from_file("3 hours = 180 minutes")["input_ids"] == \
+                AutoTokenizer.from_pretrained(tmp_path / "merged")("3 hours = 180 minutes")["input_ids"]
         modelfile = (out.parent / "Modelfile").read_text()
         assert "FROM ./model.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
