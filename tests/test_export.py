@@ -75,3 +75,12 @@ def test_gguf_reads_back_close_to_the_merged_model_with_its_chat_template(tmp_pa
                 AutoTokenizer.from_pretrained(tmp_path / "merged")("3 hours = 180 minutes")["input_ids"]
         modelfile = (out.parent / "Modelfile").read_text()
         assert "FROM ./model.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+
+
+def test_cli_export_refuses_prefix_in_one_line(tmp_path, impl_name, capsys):
+    from labs import cli
+    make_run("prefix", tmp_path / "run", impl_name)
+    assert cli.main(["export", str(tmp_path / "run"), "--merged", str(tmp_path / "out"), "--impl", impl_name]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("labs export: error: cannot merge a prefix run") and "\n" not in err
+    assert not (tmp_path / "out").exists()

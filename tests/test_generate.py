@@ -136,3 +136,29 @@ def test_cli_serves_several_adapters_on_one_base(tmp_path, impl_name, capsys):
 def test_a_folder_that_is_none_of_the_three_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a run folder"):
         load_tuned(tmp_path)
+
+
+def test_chat_keeps_the_conversation_turn_by_turn(tmp_path, impl_name, monkeypatch, capsys):
+    make_run("lora", tmp_path / "run", impl_name)
+    tuned = load_tuned(tmp_path / "run", impl=impl_name)
+    lines = iter(["Hi", "And again?"])
+
+    def fake_input(prompt=""):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+    seen = []
+    real_reply = generate.reply
+    monkeypatch.setattr("builtins.input", fake_input)
+    monkeypatch.setattr(generate, "reply", lambda m, t, conv, s: seen.append(list(conv)) or real_reply(m, t, conv, s))
+    assert generate._chat(tuned, Sampling(max_new_tokens=4)) == 0
+    assert capsys.readouterr().out.count("model> ") == 2
+    assert [t["role"] for t in seen[1]] == ["user", "assistant", "user"], "the second turn sees the first answer"
+
+
+def test_cli_delegates_and_reports_a_bad_folder_in_one_line(tmp_path, capsys):
+    from labs import cli
+    assert cli.main(["generate", str(tmp_path), "--prompt", "Hi"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("labs generate: error:") and "neither a run folder" in err and "\n" not in err
