@@ -1,4 +1,4 @@
-"""Taking what you trained out of the course: `labs export RUN --merged OUT [--gguf OUT.gguf]`.
+"""Taking what you trained out of the course: `labs export RUN [--merged OUT] [--gguf OUT.gguf]`.
 
     report = export_merged("runs/lora-...", "exported/units")     # a plain transformers folder
     write_gguf("exported/units", "exported/units.gguf", "q8_0")   # + Modelfile beside it, for Ollama
@@ -243,21 +243,32 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="labs export", description="Merge a run into a plain transformers "
                                 "folder (--merged), and write a GGUF file for llama.cpp / Ollama (--gguf).")
     p.add_argument("run", help="a run folder of labs finetune, or an adapter folder")
-    p.add_argument("--merged", required=True, metavar="OUT", help="the folder to write (must not exist)")
+    p.add_argument("--merged", default=None, metavar="OUT", help="the merged folder to write (must not exist)")
     p.add_argument("--gguf", default=None, metavar="FILE.gguf", help="also a GGUF file (and a Modelfile beside it)")
     p.add_argument("--type", default="f16", choices=GGUF_TYPES, help="GGUF tensor type (default: f16)")
     p.add_argument("--impl", default=None, choices=("labs", "solutions"))
     args = p.parse_args(argv)
+    if not args.merged and not args.gguf:
+        raise ValueError("nothing to export: give --merged OUT, --gguf FILE.gguf, or both")
     from transformers.utils import logging
     logging.disable_progress_bar()
-    report = export_merged(args.run, args.merged, args.impl)
-    print(f"merged {report['method']} into {report['folder']} ({report['bytes'] / 2**20:.1f} MiB); largest "
-          f"logit difference from the tuned model: {report['max_logit_diff']:.2e}")
+    if args.merged:
+        return _export(args, args.merged, keep=True)
+    Path(args.gguf).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=Path(args.gguf).parent, prefix=".merged-") as tmp:  # --gguf alone
+        return _export(args, Path(tmp) / "merged", keep=False)
+
+
+def _export(args, merged, keep: bool) -> int:
+    report = export_merged(args.run, merged, args.impl)
+    where = f"into {report['folder']} ({report['bytes'] / 2**20:.1f} MiB)" if keep else "(for the GGUF file only)"
+    print(f"merged {report['method']} {where}; largest logit difference from the tuned model: "
+          f"{report['max_logit_diff']:.2e}")
     if "max_logit_diff_vs_fp32_base" in report:
         print(f"  QLoRA: merged onto the dequantized 4-bit base; the same adapter on the fp32 base differs by "
               f"up to {report['max_logit_diff_vs_fp32_base']:.3f} in the logits (the 4-bit rounding)")
     if args.gguf:
-        written = write_gguf(args.merged, args.gguf, args.type, report["base"])
+        written = write_gguf(merged, args.gguf, args.type, report["base"])
         print(f"wrote {written['gguf']} ({written['type']}, {written['bytes'] / 2**20:.1f} MiB) and "
               f"{written['modelfile']}")
     return 0

@@ -80,7 +80,19 @@ def test_gguf_reads_back_close_to_the_merged_model_with_its_chat_template(tmp_pa
 def test_cli_export_refuses_prefix_in_one_line(tmp_path, impl_name, capsys):
     from labs import cli
     make_run("prefix", tmp_path / "run", impl_name)
+    capsys.readouterr()     # the loading bars of make_run
     assert cli.main(["export", str(tmp_path / "run"), "--merged", str(tmp_path / "out"), "--impl", impl_name]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("labs export: error: cannot merge a prefix run") and "\n" not in err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("labs export: error: cannot merge a prefix run")
+    assert not any(line.startswith("Traceback") for line in err)
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_gguf_alone_leaves_only_the_file_and_its_modelfile(tmp_path, impl_name, capsys):
+    from labs import cli
+    make_run("lora", tmp_path / "run", impl_name)
+    out = tmp_path / "shipped" / "model.gguf"
+    assert cli.main(["export", str(tmp_path / "run"), "--gguf", str(out), "--type", "q8_0", "--impl", impl_name]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["Modelfile", "model.gguf"]
+    assert "q8_0" in capsys.readouterr().out
+    assert cli.main(["export", str(tmp_path / "run")]) == 2

@@ -159,6 +159,7 @@ def test_chat_keeps_the_conversation_turn_by_turn(tmp_path, impl_name, monkeypat
 
 def test_cli_delegates_and_reports_a_bad_folder_in_one_line(tmp_path, capsys):
     from labs import cli
+    capsys.readouterr()
     assert cli.main(["generate", str(tmp_path), "--prompt", "Hi"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("labs generate: error:") and "neither a run folder" in err and "\n" not in err
