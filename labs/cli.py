@@ -3,6 +3,8 @@
     labs assets                                   prepare models and data for offline use
     labs finetune --method lora --task define     one method, one model, one task
     labs compare --methods full,lora,bitfit       several methods side by side: table + Pareto plot
+    labs generate RUN --prompt "..."              talk to what you trained (--chat, --compare-base)
+    labs export RUN --merged OUT [--gguf F.gguf]  a plain transformers folder, a GGUF file for llama.cpp
     labs check [5 | 5.2]                          your exercises, pass or fail, with a hint
     labs grade ... / labs release ...             instructor tools (where this edition has them)
     labs merge-grades --out grades.csv DIR...     join the grades of `labs grade --shard i/n` runs
@@ -22,7 +24,8 @@ import sys
 
 # command -> the module whose main(argv) runs it ("module:function" for another function)
 DELEGATED = {"check": "labs.check", "grade": "labs.instructor.grade", "release": "labs.instructor.release",
-             "merge-grades": "labs.instructor.grade:merge_main"}
+             "merge-grades": "labs.instructor.grade:merge_main", "generate": "labs.generate",
+             "export": "labs.export"}
 USER_ERRORS = (ValueError, NotImplementedError, FileNotFoundError, ModuleNotFoundError)
 RUN_COMMANDS = ("finetune", "compare")
 
@@ -52,7 +55,8 @@ def _run_arguments(parser: argparse.ArgumentParser, choices: dict | None) -> Non
                         help="embedded model" + listed("model") + ", a local folder, or a Hub name when "
                              "online (default: smollm2-135m)")
     parser.add_argument("--task", default=None,
-                        help="task" + listed("task") + " (default: define for decoders, sentiment for minilm-l6)")
+                        help="task" + listed("task") + ", or your own data file (.jsonl, .json, .csv, .txt, a folder "
+                             "of .txt; see labs/user_data.py) (default: define for decoders, sentiment for minilm-l6)")
     parser.add_argument("--preset", default=os.environ.get("LABS_PRESET", "quick"),
                         help="run size" + listed("preset") + " (default: $LABS_PRESET, else quick)")
     parser.add_argument("--max-steps", type=int, default=None, help="override the preset's optimizer steps")
@@ -95,7 +99,9 @@ def build_parser(choices: dict | None = None) -> argparse.ArgumentParser:
     cmp.add_argument("--methods", default=None, help="comma-separated methods" + methods + " (default: all)")
     _run_arguments(cmp, choices)
 
-    for name, text in (("check", "run your exercise tests: labs check [5 | 5.2]"),
+    for name, text in (("generate", "answers from a run, an adapter or a model folder: labs generate RUN --prompt ..."),
+                       ("export", "merge a run into a plain transformers folder (--merged) or a GGUF file (--gguf)"),
+                       ("check", "run your exercise tests: labs check [5 | 5.2]"),
                        ("grade", "grade a folder of submissions (instructors)"),
                        ("release", "build the student edition (instructors)"),
                        ("merge-grades", "join the grades.csv of labs grade --shard runs (instructors)")):
@@ -143,6 +149,16 @@ def _check_choice(kind: str, value: str, choices: dict) -> None:
         raise UserError(f"unknown {kind} {value!r}; choose one of: {', '.join(choices[kind])}")
 
 
+def _check_task(value: str | None, choices: dict) -> None:
+    """A task name, or a data file of your own: read and checked now, before anything loads."""
+    from labs.data import get_task
+    from labs.user_data import looks_like_data
+    if value is not None and looks_like_data(value):
+        get_task(value)
+    elif value is not None:
+        _check_choice("task", value, choices)
+
+
 def _check_model(value: str, choices: dict) -> None:
     """Embedded names, existing local paths and Hub-style names ("org/model") are accepted."""
     if value in choices["model"] or os.path.exists(value) or value.count("/") == 1 and not value.startswith("."):
@@ -170,8 +186,7 @@ def cmd_assets(args) -> int:
 def cmd_finetune(args, choices: dict) -> int:
     _check_choice("method", args.method, choices)
     _check_model(args.model, choices)
-    if args.task is not None:
-        _check_choice("task", args.task, choices)
+    _check_task(args.task, choices)
     _check_choice("preset", args.preset, choices)
     from labs.finetune import run_finetune
     if args.no_progress:
@@ -187,8 +202,7 @@ def cmd_compare(args, choices: dict) -> int:
     for method in methods:
         _check_choice("method", method, choices)
     _check_model(args.model, choices)
-    if args.task is not None:
-        _check_choice("task", args.task, choices)
+    _check_task(args.task, choices)
     _check_choice("preset", args.preset, choices)
     from labs.compare import CompareFailed, run_compare
     try:

@@ -25,6 +25,8 @@ from typing import Iterator
 
 import torch
 
+from labs import user_data
+
 DATA_DIR = Path(os.environ.get("LABS_DATA", Path(__file__).resolve().parent.parent / "data"))
 SPLITS = ("train", "validation", "test")
 CHUNK_CHARS = 600       # lm chunks (characters): about 150 tokens, one row at the laptop preset
@@ -65,10 +67,13 @@ def get_task(name: str) -> Task:
         raise TypeError(f"task must be a task name (str), got {type(name).__name__}")
     if name in TASKS:
         return TASKS[name]
+    if user_data.looks_like_data(name):  # your own file: labs/user_data.py
+        return user_data.user_task(name)
     if "/" in name:
         return _hf_task(name)
-    raise ValueError(f"unknown task {name!r}; offline tasks: {OFFLINE}; "
-                     "or a Hugging Face dataset name such as 'owner/name' when online")
+    raise ValueError(f"unknown task {name!r}; offline tasks: {OFFLINE}; or a data file of your own "
+                     "(.jsonl, .json, .csv, .txt or a folder of .txt); or a Hugging Face dataset name "
+                     "such as 'owner/name' when online")
 
 
 # ------------------------------------------------------------------ reading data/
@@ -165,7 +170,9 @@ def load_examples(task_name: str, split: str = "train", n: int | None = None, se
     """
     _check_split_n(split, n)
     task = get_task(task_name)
-    if task.name not in TASKS:
+    if user_data.is_user_task(task):
+        pool = user_data.user_examples(task, split)
+    elif task.name not in TASKS:
         pool = _hf_examples(task, split)
     else:
         pool = [dict(ex) for key, ex in _examples(task) if _split_of(key) == split]
@@ -220,6 +227,8 @@ def _prompt_response(tokenizer, ex: dict, seq_len: int) -> tuple[list[int], list
     """
     if tokenizer.eos_token_id is None:
         raise ValueError("generate tasks need a tokenizer with an eos token to end the response")
+    if "messages" in ex:    # a whole chat (your own data): every assistant turn is supervised
+        return user_data.chat_ids(tokenizer, ex["messages"], seq_len)
     prompt = tokenizer(format_prompt(tokenizer, ex["prompt"]), add_special_tokens=False)["input_ids"]
     text = ex["response"] if _has_template(tokenizer) else " " + ex["response"].strip()
     response = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]

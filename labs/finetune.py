@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from labs import distributed
+from labs import distributed, user_data
 from labs.files import dir_bytes, write_json
 from labs.memory import current_rss_bytes, peak_memory_bytes, reset_peak
 
@@ -50,6 +50,7 @@ def default_task(model: str) -> str:
 
 def default_out(method: str, model: str, task: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    task = Path(str(task)).stem     # a data file of your own, or a Hub dataset "owner/name": its last part
     return Path("runs") / f"{method}-{Path(str(model)).name}-{task}-{stamp}"
 
 
@@ -141,6 +142,8 @@ def load_setup(model: str, task_name: str, preset, seed: int, device: str | None
     num_labels = len(task.labels) if task.kind == "classify" else None
     torch.manual_seed(seed)  # a new classification head is initialised while loading
     net, tokenizer = load_model(model, task_kind=task.kind, num_labels=num_labels, device=device)
+    if user_data.is_user_task(task):    # sizes and truncation, before anything trains or is written
+        print(user_data.report(task, tokenizer, preset))
     eval_examples = load_examples(task.name, "validation", n=preset.n_eval, seed=0)
     decoder = _decoder(net)
     english = next(c for c in ENGLISH if c != task.name) if decoder and preset.n_english else None
@@ -199,6 +202,8 @@ def _base_measure_path(setup: Setup, preset, model: str, seed: int) -> Path:
     local = Path(model)
     files = sorted(local.rglob("*") if local.is_dir() else [local] if local.exists() else [])
     files += sorted(DATA_DIR.glob("*"))     # the examples, the probe and the English chunks
+    if user_data.is_user_task(setup.task):
+        files += user_data.source_files(setup.task.source)
     key = {"model": str(model), "files": [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()],
            "transformers": transformers.__version__,
            "task": setup.task.name, "seed": seed, "device": str(setup.device), "seq_len": preset.seq_len,

@@ -27,11 +27,19 @@ from labs.files import write_atomically  # noqa: E402
 _captured: list[tuple[Path, str]] | None = None
 
 
+SETUP_CELL = HERE / "setup_cell.py"  # every notebook's first code cell: finds `labs`, or says what to run
+
+
 def build(cells: list[tuple[str, str]], id_prefix: str) -> nbformat.NotebookNode:
-    """A notebook from ("md" | "code", source) pairs, with fixed cell ids."""
+    """A notebook from ("md" | "code", source) pairs, with fixed cell ids; the setup cell goes
+    before the first code cell."""
     nb_cells = [new_markdown_cell(src.strip()) if kind == "md" else new_code_cell(src.strip()) for kind, src in cells]
     for i, cell in enumerate(nb_cells):  # fixed ids: rebuilding an unchanged notebook changes nothing
         cell.id = f"{id_prefix}-{i:02d}"
+    setup = new_code_cell(SETUP_CELL.read_text().strip())
+    setup.id = f"{id_prefix}-setup"
+    first_code = next((i for i, cell in enumerate(nb_cells) if cell.cell_type == "code"), len(nb_cells))
+    nb_cells.insert(first_code, setup)
     nb = new_notebook(cells=nb_cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
