@@ -127,7 +127,8 @@ def zipped(base: Path, name: str, entries: dict[str, str | bytes]) -> Path:
 
 TOKEN = secrets.token_hex(4)  # names this run's victim, so an attack can never reach another run's files
 VICTIM = f"victim{TOKEN}"
-UNSCREENED = frozenset({"sneaky", "forger-past-screen", "escaper", "garbage", "tamper"})  # past the screen
+UNSCREENED = frozenset({"sneaky", "forger-past-screen", "escaper", "garbage", "tamper",  # past the screen
+                        "flipper", "flipper-blind"})
 
 # Attacks that got past the screen (graded with the screen off: the walls behind it must hold).
 # They reach `os` as torch.serialization.os, an attribute the runtime checks do not see.
@@ -214,6 +215,44 @@ STAGED = _staged() if _os.path.isdir("/tmp") else []
 SEEN = {"proc": _os.path.isdir("/proc/self"), "pid": _os.getpid(), "course": _os.path.exists(COURSE)}
 '''
 TAMPER = "    torch.Tensor.element_size = lambda self: 4  # shadows the inherited method\n"
+# Issue 22's attack class, past the screen: walk tb_frame.f_back up to pytest's plugin manager,
+# find the result plugin and make every report "passed". FLIP_BLIND also silences the plugin's
+# own integrity check, so only the decoy tests are left to catch it.
+FLIP = '''
+
+def _plugin():
+    try:
+        raise ValueError("where am I")
+    except ValueError as err:
+        frame = err.__traceback__.tb_frame
+    while frame is not None:
+        item = frame.f_locals.get("item")
+        if item is not None and hasattr(item, "config"):
+            for plugin in item.config.pluginmanager.get_plugins():
+                if type(plugin).__name__ == "ResultPlugin":
+                    return plugin
+        frame = frame.f_back
+    return None
+
+
+def _flip():
+    plugin = _plugin()
+    if plugin is None:
+        return
+    send = plugin.send
+
+    def passed(**event):
+        if event.get("event") == "result":
+            event = {**event, "outcome": "passed", "error": None, "message": ""}
+        send(**event)
+    SILENCE
+    plugin.send = passed
+
+
+_flip()
+'''
+FLIP_NAIVE = FLIP.replace("SILENCE", "")
+FLIP_BLIND = FLIP.replace("SILENCE", "plugin.forgery = lambda nodeid: None")
 ALWAYS_TRUE = '''
 import torch
 
@@ -308,6 +347,8 @@ def build_class(base: Path, course: Path) -> list[Path]:
             "VICTIM", VICTIM).replace("CANARIES", repr([str(p) for p in canaries(base, course)]))).replace(
             '    bits = {"fp32"', '    raise RuntimeError(f"ESCAPE {WROTE} {HIDDEN} {STAGED} {SEEN}")\n    bits = {"fp32"', 1)}),
         folder(base, "tamper", {"scaling": edit(sc, "bits = {\"fp32\"", "    import torch\n" + TAMPER)}),
+        folder(base, "flipper", {"scaling": from_stub("scaling", "pass") + FLIP_NAIVE, "freezing": fr}),
+        folder(base, "flipper-blind", {"scaling": from_stub("scaling", "pass") + FLIP_BLIND, "freezing": fr}),
         folder(base, VICTIM, {"scaling": sc, "freezing": fr, "lora": lo}),  # graded last, after the attacks
     ]
 
@@ -392,8 +433,8 @@ def test_reports_follow_the_gradescope_format(graded):
     assert {t["visibility"] for t in result["tests"]} == {"visible", "after_published"} and kinds
     assert all({"name", "score", "max_score", "output", "visibility"} <= set(t) for t in result["tests"])
     assert list(graded["csv"]["correct"])[:1] == ["student"]
-    assert list(graded["csv"]["correct"])[-3:] == ["total", "status", "sandbox"]
-    assert len(graded["rows"]) == len(graded["csv"]) == 30, "one row per submission, none lost"
+    assert list(graded["csv"]["correct"])[-5:] == ["total", "status", "sandbox", "tampered", "id_note"]
+    assert len(graded["rows"]) == len(graded["csv"]) == 32, "one row per submission, none lost"
     assert not list(graded["out"].rglob("*.tmp")), "reports are written atomically"
 
 
@@ -556,7 +597,7 @@ def test_garbage_on_the_result_channel_fails_that_module_only_and_the_run_comple
     got = points(graded, "garbage")
     assert sum(of("0", got).values()) == 0 and of("2", got) == of("2", maxima(graded))
     assert "result channel" in messages(graded, "garbage", "0.3")
-    assert graded["csv"][VICTIM]["status"] == "ok" and len(graded["csv"]) == 30
+    assert graded["csv"][VICTIM]["status"] == "ok" and len(graded["csv"]) == 32
 
 
 def test_nothing_escapes_the_sandbox(graded):
@@ -580,6 +621,30 @@ def test_adding_an_attribute_to_a_watched_class_is_caught(graded):
     got, top = points(graded, "tamper"), maxima(graded)
     assert got["0.1"] == 0 and got["0.3"] == top["0.3"], got
     assert "torch.Tensor.element_size (added)" in messages(graded, "tamper", "0.1")
+
+
+@pytest.mark.parametrize("student", ["flipper", "flipper-blind"])
+def test_making_every_report_passed_in_process_is_caught_and_scores_zero(graded, student):
+    """Issue 22: past the screen, the blank stub reaches the plugin manager through tb_frame.f_back
+    and makes every result "passed" (before, 8/8 for notebook 0). The decoys it cannot tell from
+    real tests pass too: the whole submission scores 0, flagged for the instructor only."""
+    row = graded["csv"][student]
+    assert float(row["total"]) == 0 and row["status"] == "tampered", row
+    assert "decoy test" in row["tampered"] and "must fail" in row["tampered"], row["tampered"]
+    assert student in (graded["out"] / "instructor.md").read_text()
+    said = feedback(graded, student) + json.dumps(graded["results"][student])
+    assert "could not be trusted" in said and "see your instructor" in said
+    assert "decoy" not in said and "tamper" not in said.lower(), "the student is not told how it was caught"
+
+
+def test_the_naive_flip_is_also_caught_by_the_plugins_own_check(graded):
+    assert "grading plugin's tables or methods were replaced" in graded["csv"]["flipper"]["tampered"]
+
+
+def test_honest_submissions_are_never_flagged(graded):
+    """Every decoy of an honest run fails: no honest or merely broken submission is flagged."""
+    flagged = {s for s, row in graded["csv"].items() if row["tampered"] or row["status"] == "tampered"}
+    assert flagged == {"flipper", "flipper-blind"}, flagged
 
 
 # ---------------------------------------------------------------------------------------------

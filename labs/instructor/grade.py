@@ -35,6 +35,7 @@ import argparse
 import ast
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -45,7 +46,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from labs.instructor import screen
+from labs.instructor import decoys, screen
 from labs.instructor.course import Course
 from labs.files import write_atomically
 from labs.instructor.gradebook import (ExerciseScore, Graded, grades_csv, merge_shards, shard_record,
@@ -225,17 +226,25 @@ class Runner:
             self.proc.wait()
 
 
-def tasks_for(graded: Graded, course: Course, staging: Path, limits: Limits, policy: dict) -> list[dict]:
+def tasks_for(graded: Graded, course: Course, staging: Path, limits: Limits, policy: dict,
+              rng: random.Random | None = None) -> list[dict]:
+    """One task per technique module to run. Its graded tests run under fresh names beside their
+    decoy copies (labs/instructor/decoys.py); `graded.planned` maps each name back."""
+    rng = rng or random.SystemRandom()
     tasks = []
     for module in runnable(graded, course):
         ids = sorted(ex for ex, m in course.exercises.items() if m == module)
         files = sorted({i["nodeid"].split("::")[0] for i in course.items if i["exercise"] in ids})
         if not files:
             continue
-        tasks.append({"id": f"{graded.sub.student}/{module}", "base": str(course.root), "labs": str(staging / "labs"),
+        task_id = f"{graded.sub.student}/{module}"
+        planned = decoys.plan([i["nodeid"] for i in course.items if i["exercise"] in ids], rng)
+        tasks.append({"id": task_id, "base": str(course.root), "labs": str(staging / "labs"),
                       "tests": files, "hidden": [f for f in files if course.is_hidden(f)], "exercises": ids,
-                      "policy": policy, "limits": vars(limits)})
-        graded.expected[tasks[-1]["id"]] = {i["nodeid"] for i in course.items if i["exercise"] in ids}
+                      "policy": policy, "limits": vars(limits),
+                      "plan": [[p.source, p.nodeid, p.shift] for p in planned]})
+        graded.expected[task_id] = {p.nodeid for p in planned}
+        graded.planned.update({p.nodeid: p for p in planned})
     graded.pending = {t["id"] for t in tasks}
     return tasks
 
@@ -250,8 +259,24 @@ def on_event(event: dict, by_student: dict[str, Graded]) -> Graded | None:
         return None
     if event.get("event") == "result":
         nodeid = event.get("nodeid")
-        if nodeid in graded.expected.get(task, ()) and nodeid not in graded.results:
-            graded.results[nodeid] = {"outcome": str(event.get("outcome")), "message": str(event.get("message") or "")}
+        if nodeid not in graded.expected.get(task, ()) or nodeid in graded.seen:
+            return None
+        graded.seen.add(nodeid)
+        planned, outcome = graded.planned.get(nodeid), str(event.get("outcome"))
+        if event.get("tampered"):
+            graded.tampered.append(f"labs/{module}.py: {event['tampered']}")
+        if planned is not None and planned.shift:  # a decoy: it must fail
+            if outcome == "passed":
+                graded.decoys_passed += 1
+                if graded.decoys_passed == 1:  # the first says how; instructor_report counts them all
+                    graded.tampered.append(f"labs/{module}.py: decoy test {nodeid} (a copy of {planned.source} "
+                                           "that must fail) was reported passed")
+            elif event.get("error") == "Tampering":  # a library replaced while it ran: its original pays
+                graded.results[planned.source] = {"outcome": "failed", "message": str(event.get("message") or "")}
+            return None
+        real = planned.source if planned is not None else nodeid
+        if real not in graded.results:
+            graded.results[real] = {"outcome": outcome, "message": str(event.get("message") or "")}
     elif event.get("event") == "done":
         graded.pending.discard(task)
         try:
@@ -353,6 +378,7 @@ def _grade_all(named, out, limits, course, policy, runner, workdir, single, prog
         raise ValueError(f"--gradescope-single grades exactly one submission, got {len(subs)}")
     by_student = {s.student: Graded(s) for s in subs}
     rows: dict[str, tuple] = {}
+    rng = random.SystemRandom()  # the decoys' names, order and shifts: fresh for every run
 
     def finish(graded: Graded) -> None:
         student = graded.sub.student
@@ -360,7 +386,7 @@ def _grade_all(named, out, limits, course, policy, runner, workdir, single, prog
             scores, status = write_reports(graded, course, out if single else out / student)
         except Exception as err:  # noqa: BLE001 - the row is written whatever the reports do
             scores, status = [], f"error:the reports could not be written ({err})"
-        rows[student] = (student, scores, status)
+        rows[student] = (student, scores, status, {"tampered": "; ".join(graded.tampered)})
         total, top = sum(s.points for s in scores), sum(s.max_points for s in scores)
         progress(f"[{len(rows)}/{len(by_student)}] {student}: {total:g}/{top:g} {status} ({graded.seconds:.1f} s)")
         shutil.rmtree(workdir / "staged" / student, ignore_errors=True)
@@ -371,7 +397,7 @@ def _grade_all(named, out, limits, course, policy, runner, workdir, single, prog
             staging = workdir / "staged" / student
             try:
                 by_student[student] = prepare(sub, course, staging, student not in unscreened)
-                tasks += tasks_for(by_student[student], course, staging, limits, policy)
+                tasks += tasks_for(by_student[student], course, staging, limits, policy, rng)
             except Exception as err:  # noqa: BLE001 - one odd submission never stops the class
                 by_student[student].problems.append(f"could not be prepared for grading ({err!r})")
                 by_student[student].pending.clear()
@@ -394,7 +420,22 @@ def _grade_all(named, out, limits, course, policy, runner, workdir, single, prog
                 finish(graded)
         ordered = [rows[s] for s in by_student]
         write_atomically(out / "grades.csv", grades_csv(ordered, course, runner.sandbox_column()))
+        write_atomically(out / "instructor.md", instructor_report(list(by_student.values()), runner.sandbox_column()))
     return ordered
+
+
+def instructor_report(graded: list[Graded], sandbox: str) -> str:
+    """For the instructor only: the run's protections, and each submission whose verdicts could not
+    be trusted, with what gave it away (its student sees only that grading could not be trusted)."""
+    lines = ["# Grading run: for the instructor", "", f"- sandbox: {sandbox}",
+             f"- decoy tests: {decoys.DECOYS_PER_TEST} per graded test (a blind flip of 3 or more tests is caught "
+             f"with probability >= {decoys.guaranteed(3):.1%})", ""]
+    flagged = [g for g in graded if g.tampered]
+    lines += [f"## Tampered ({len(flagged)})", ""]
+    for g in flagged:
+        lines += [f"### {g.sub.student}", "", f"- decoy tests reported passed: {g.decoys_passed}",
+                  *(f"- `{' '.join(t.split())[:400]}`" for t in g.tampered[:20]), ""]
+    return "\n".join(lines if flagged else lines + ["none"]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
