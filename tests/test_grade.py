@@ -385,7 +385,7 @@ def graded(course_root, tmp_path_factory) -> dict:
         rows = grade(paths, out, LIMITS, jobs=2, course=Course.load(course_root), progress=lines.append,
                      unscreened=UNSCREENED)
     table = {row["student"]: row for row in csv.DictReader((out / "grades.csv").open())}
-    results = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/results.json")}
+    results = {p.parent.name: json.loads(p.read_text()) for p in out.glob("students/*/results.json")}
     escaped = [p for p in canaries(base, course_root) if p.exists()]
     return {"rows": rows, "csv": table, "results": results, "out": out, "base": base, "progress": lines,
             "escaped": escaped, "sandboxed": table["correct"]["sandbox"] == "bubblewrap"}
@@ -411,7 +411,7 @@ def messages(graded: dict, student: str, exercise: str) -> str:
 
 
 def feedback(graded: dict, student: str) -> str:
-    return (graded["out"] / student / "feedback.md").read_text()
+    return (graded["out"] / "students" / student / "feedback.md").read_text()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -767,11 +767,71 @@ def test_every_submission_gets_a_row_when_the_runner_dies(course_root, tmp_path)
     assert [r[0] for r in rows] == ["a", "b", "c"] and set(table) == {"a", "b", "c"}
     assert table["a"]["status"] == "partial" and table["c"]["status"].startswith("error:")
     assert {r["sandbox"] for r in table.values()} == {"NONE: test"}
-    assert "test runner stopped" in (tmp_path / "out" / "a" / "feedback.md").read_text()
+    assert "test runner stopped" in (tmp_path / "out" / "students" / "a" / "feedback.md").read_text()
     write_ungraded(named_submissions(subs), tmp_path / "none", course, Dead(), "not graded: the course's tests did not collect")
     table = {r["student"]: r for r in csv.DictReader((tmp_path / "none" / "grades.csv").open())}
     assert set(table) == {"a", "b", "c"} and {r["status"] for r in table.values()} == {
         "error:not graded: the course's tests did not collect"}
+
+
+class _DeadRunner:
+    """The test runner gone before any result: enough to see the intake and the rows."""
+    dropped: list = []
+
+    def send(self, tasks, close=False):
+        pass
+
+    def next_event(self):
+        return None
+
+    def sandbox_column(self):
+        return "NONE: test"
+
+
+def corrupt_deflate(path: Path) -> Path:
+    """A zip whose labs/scaling.py member has its deflate stream scrambled (zlib.error on read)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("labs/scaling.py", "".join(f"x{i} = {i * 7919 % 10007}\n" for i in range(3000)))
+    data = bytearray(path.read_bytes())
+    start = 30 + len("labs/scaling.py") + 100
+    data[start:start + 40] = bytes(range(200, 240))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_every_student_keeps_a_row_whatever_the_class_folder_holds(course_root, tmp_path):
+    """Issue 22's intake faults in one class folder: stray files, a corrupt deflate member, a student
+    folder named like a report, and `-victim.zip` cleaning to the name of the real `victim`."""
+    klass = tmp_path / "class"
+    for name in ("alice", "grades.csv", "victim", "students"):
+        folder(klass, name, {"scaling": filled("scaling")})
+    (klass / "notes.txt").write_text("remember to grade")
+    (klass / "late.rar").write_bytes(b"Rar!\x1a\x07\x00")
+    corrupt_deflate(klass / "broken.zip")
+    zipped(klass, "-victim", {"labs/scaling.py": "x = 1\n"})
+    course = Course.load(course_root)
+    course.items = [{"nodeid": "tests/test_ex_scaling.py::t", "exercise": "0.1", "points": 1}]
+    notes: dict[str, str] = {}
+    named = named_submissions([klass], notes=notes)
+    out = tmp_path / "out"
+    grade_all(named, out, LIMITS, course, course.policy(), _DeadRunner(), tmp_path / "work", False,
+              lambda line: None, frozenset(), notes)
+    table = {r["student"]: r for r in csv.DictReader((out / "grades.csv").open())}
+    assert set(table) == {"alice", "grades.csv", "victim", "students", "notes.txt", "late.rar", "broken",
+                          "victim-2"}, sorted(table)
+    assert table["notes.txt"]["status"].startswith("error:not a folder or a .zip")
+    said = (out / "students" / "broken" / "feedback.md").read_text()
+    assert "could not be read from the zip" in said and "labs/scaling.py" in said, said
+    assert (klass / "victim") == dict((s, p) for p, s in named)["victim"], "the exact name keeps its id"
+    assert "'-victim.zip' is filed as victim-2" in table["victim-2"]["id_note"] and not table["victim"]["id_note"]
+    assert (out / "students" / "grades.csv" / "feedback.md").is_file() and (out / "grades.csv").is_file()
+
+
+def test_a_submission_that_cannot_be_read_gets_an_error_row(tmp_path, monkeypatch):
+    path = folder(tmp_path, "carol", {"scaling": "x = 1\n"})
+    monkeypatch.setattr(submissions, "_read_folder", lambda *a: (_ for _ in ()).throw(PermissionError("denied")))
+    sub = submissions.read_submission(path, "carol", ["scaling"])
+    assert sub.error == "could not be read (PermissionError: denied)"
 
 
 def test_tamper_check_catches_a_new_attribute_on_a_watched_class_and_removes_it():

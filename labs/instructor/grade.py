@@ -16,12 +16,16 @@ sandbox on this machine the run says so at the start and the end, grades.csv say
 `sandbox` column, and the children run with the resource limits only.
 
 Out, in --out DIR:
-    DIR/<student>/results.json   Gradescope format: one entry per test, hidden ones "after_published"
-    DIR/<student>/feedback.md    per exercise: status, points, a hint
-    DIR/<student>/output.txt     what the student's code printed (for the instructor)
-    DIR/grades.csv               one row per submission: a column per exercise, total, status, sandbox
+    DIR/students/<student>/results.json   Gradescope format: one entry per test, hidden ones "after_published"
+    DIR/students/<student>/feedback.md    per exercise: status, points, a hint
+    DIR/students/<student>/output.txt     what the student's code printed (for the instructor)
+    DIR/grades.csv     one row per submission, rewritten as each finishes: a column per exercise,
+                       total, status, sandbox, tampered, id_note
+    DIR/instructor.md  for the instructor: the run's protections, and each tampered submission
 status: ok (everything graded), partial (a module was refused, missing or did not finish: see
-feedback.md), error:<reason> (nothing could be graded, e.g. a corrupt zip).
+feedback.md), error:<reason> (nothing could be graded, e.g. a corrupt zip), tampered (a decoy test
+passed or the grading plugin was changed: scored 0; the student is told only to see the instructor).
+id_note: a name that collided with another once cleaned (exact names keep theirs).
 sandbox: "bubblewrap" when each child ran in its own sandbox, else "NONE: <why>" (limits only).
 Every submission always gets a row, and grades.csv is always written, whatever a child does.
 
@@ -51,7 +55,7 @@ from labs.instructor.course import Course
 from labs.files import write_atomically
 from labs.instructor.gradebook import (ExerciseScore, Graded, grades_csv, merge_shards, shard_record,
                                        write_reports)
-from labs.instructor.submissions import Submission, expand, read_submission, student_id
+from labs.instructor.submissions import Submission, expand, read_submission, student_ids
 
 @dataclass(frozen=True)
 class Limits:
@@ -302,15 +306,19 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def named_submissions(paths: list[Path], shard: tuple[int, int] | None = None) -> list[tuple[Path, str]]:
+def named_submissions(paths: list[Path], shard: tuple[int, int] | None = None,
+                      notes: dict[str, str] | None = None) -> list[tuple[Path, str]]:
     """(path, student id) of each submission to grade here.
 
     Ids are given over the whole class first, so a student has the same id on every machine; a
     shard (i, n) then keeps every n-th submission from the i-th, a slice that interleaves the
     class so that no machine gets all the late, large submissions.
     """
-    taken: set[str] = set()
-    named = [(p, student_id(p, taken)) for p in expand(paths)]
+    found = expand(paths)
+    ids = student_ids(found)
+    named = [(p, student) for p, (student, _) in zip(found, ids)]
+    if notes is not None:  # how a colliding cleaned name was filed: grades.csv's id_note
+        notes.update({student: note for student, note in ids if note})
     if shard is None:
         return named
     i, n = shard
@@ -328,7 +336,8 @@ def grade(paths: list[Path], out: Path, limits: Limits, jobs: int, single: bool 
     unscreened: student ids whose modules skip the static screen (tests use it to check the walls
     behind the screen on their own). sandbox: "auto" (bubblewrap where it works) or "off".
     shard: (i, n) grades only slice i of n (see named_submissions) and writes out/shard.json."""
-    named = named_submissions(paths, shard)
+    id_notes: dict[str, str] = {}
+    named = named_submissions(paths, shard, id_notes)
     if shard is not None:  # written first: it says what this machine was given, whatever happens next
         write_atomically(out / "shard.json", json.dumps(shard_record(shard, [s for _, s in named],
                                                                      len(named_submissions(paths))), indent=1))
@@ -347,7 +356,11 @@ def grade(paths: list[Path], out: Path, limits: Limits, jobs: int, single: bool 
                  f"{time.monotonic() - started:.1f} s; sandbox: {runner.sandbox_said}")
         if not runner.sandboxed:
             progress(_no_sandbox_banner(runner))
-        rows = _grade_all(named, out, limits, course, policy, runner, workdir, single, progress, unscreened)
+        if id_notes:
+            progress(f"note: {len(id_notes)} submission name(s) collided once cleaned: "
+                     + "; ".join(id_notes.values())[:1000])
+        rows = _grade_all(named, out, limits, course, policy, runner, workdir, single, progress, unscreened,
+                          id_notes)
         if not runner.sandboxed:
             progress(_no_sandbox_banner(runner))
         if runner.dropped:
@@ -372,30 +385,34 @@ def _write_ungraded(named: list[tuple[Path, str]], out: Path, course: Course, ru
     write_atomically(out / "grades.csv", grades_csv(rows, course, runner.sandbox_column()))
 
 
-def _grade_all(named, out, limits, course, policy, runner, workdir, single, progress, unscreened):
-    subs = [read_submission(p, student, list(course.stubs)) for p, student in named]
-    if single and len(subs) != 1:
-        raise ValueError(f"--gradescope-single grades exactly one submission, got {len(subs)}")
-    by_student = {s.student: Graded(s) for s in subs}
+def _grade_all(named, out, limits, course, policy, runner, workdir, single, progress, unscreened, id_notes=None):
+    if single and len(named) != 1:
+        raise ValueError(f"--gradescope-single grades exactly one submission, got {len(named)}")
+    id_notes = id_notes or {}
+    by_student = {student: Graded(Submission(student, p)) for p, student in named}
     rows: dict[str, tuple] = {}
     rng = random.SystemRandom()  # the decoys' names, order and shifts: fresh for every run
 
     def finish(graded: Graded) -> None:
         student = graded.sub.student
         try:
-            scores, status = write_reports(graded, course, out if single else out / student)
+            scores, status = write_reports(graded, course, out if single else out / "students" / student)
         except Exception as err:  # noqa: BLE001 - the row is written whatever the reports do
             scores, status = [], f"error:the reports could not be written ({err})"
-        rows[student] = (student, scores, status, {"tampered": "; ".join(graded.tampered)})
+        rows[student] = (student, scores, status, {"tampered": "; ".join(graded.tampered),
+                                                   "id_note": id_notes.get(student, "")})
+        write_atomically(out / "grades.csv", grades_csv([rows[s] for s in by_student if s in rows], course,
+                                                        runner.sandbox_column()))  # row by row: nothing lost
         total, top = sum(s.points for s in scores), sum(s.max_points for s in scores)
         progress(f"[{len(rows)}/{len(by_student)}] {student}: {total:g}/{top:g} {status} ({graded.seconds:.1f} s)")
         shutil.rmtree(workdir / "staged" / student, ignore_errors=True)
 
     try:
         tasks = []
-        for student, sub in [(s.student, s) for s in subs]:
+        for (path, student) in named:  # intake inside the run's try: one unreadable submission is its own row
             staging = workdir / "staged" / student
             try:
+                sub = by_student[student].sub = read_submission(path, student, list(course.stubs))
                 by_student[student] = prepare(sub, course, staging, student not in unscreened)
                 tasks += tasks_for(by_student[student], course, staging, limits, policy, rng)
             except Exception as err:  # noqa: BLE001 - one odd submission never stops the class
