@@ -531,10 +531,14 @@ def test_conftest_and_plugins_in_a_submission_change_nothing(graded):
 
 
 def test_patching_a_library_past_the_screen_is_caught_and_earns_nothing(graded):
+    """The test during which the module was imported (tests run in a random order, decoys among
+    them) fails with the reason; every other test of the other exercises keeps its points."""
     got, top = points(graded, "sneaky"), maxima(graded)
-    assert got["5.2"] == 0 and got["5.1"] == top["5.1"]
-    tampered = [t for t in graded["results"]["sneaky"]["tests"] if "replaced torch.testing.assert_close" in t["output"]]
-    assert tampered and all(t["score"] == 0 for t in tampered)
+    tests = graded["results"]["sneaky"]["tests"]
+    tampered = [t for t in tests if "replaced torch.testing.assert_close" in t["output"]]
+    assert got["5.2"] == 0 and tampered and all(t["score"] == 0 for t in tampered)
+    lost = [t for t in tests if t["number"].startswith("5.") and t["number"] != "5.2" and t["score"] < t["max_score"]]
+    assert lost == [t for t in tampered if t["number"] != "5.2"] and len(lost) <= 1, lost
 
 
 def test_calling_peft_zeroes_that_exercise_only(graded):
@@ -900,7 +904,18 @@ def test_screen_accepts_every_reference_solution_and_stub(name):
     ("class M(metaclass=type):\n    pass", "metaclass"), ("C = type('C', (), {})", "type(...) with more"),
     ("k = '__class__'", "dunder names"), ("from . import os", "relative import"),
     ("from labs import impl", "labs.impl is not"), ("g = (x for x in []).gi_frame", "attribute .gi_frame"),
-    ("def f(x: 'os.system(1)'):\n    pass", "annotation string")])
+    ("def f(x: 'os.system(1)'):\n    pass", "annotation string"),
+    # issue 22: helpers that read attributes or items for the caller
+    ("def f(err):\n    return '{0.tb_frame.f_back}'.format(err)", "reads an attribute or item"),
+    ("def f(d):\n    return '{0[k]}'.format(d)", "reads an attribute or item"),
+    ("def f(a, b):\n    return '{0:{1.x}}'.format(a, b)", "reads an attribute or item"),
+    ("def f(t, e):\n    return t.format(e)", "not a string literal"),
+    ("def f(e):\n    return '{e.x}'.format_map({'e': e})", "attribute .format_map"),
+    ("g = '{0.x}'.format", ".format taken without calling it"),
+    ("import functools\nu = functools.wraps(print).func", "attribute .func"),
+    ("import functools\nk = functools.partial(print, sep='').keywords", "attribute .keywords"),
+    ("import operator\ng = operator.attrgetter('x')", "import of operator"),
+    ("import string\nF = string.Formatter()", "import of string")])
 def test_screen_refuses_what_reaches_outside_the_module(code, refused):
     findings = screened(code)
     assert any(refused in f.what and f.exercise is None for f in findings), findings
@@ -944,6 +959,7 @@ def test_screen_allows_ordinary_student_code():
             "def helper(layer, name):\n    layer.weight.requires_grad = False\n"
             "    x = F.linear(torch.zeros(2), layer.weight) + G.relu(torch.ones(2)) * math.sqrt(2)\n"
             "    pattern = re.compile('a+')\n    b = scaling.bytes_of_weights(1, 'fp32')\n"
+            "    said = '{} has {:,} ({n:.2f})'.format(name, 3, n=2.0)\n"
             "    return getattr(layer, name), getattr(layer, 'bias', None), super, x, pattern, b\n")
     assert [str(f) for f in screened(code)] == []
 
