@@ -532,13 +532,13 @@ def test_conftest_and_plugins_in_a_submission_change_nothing(graded):
 
 def test_patching_a_library_past_the_screen_is_caught_and_earns_nothing(graded):
     """The test during which the module was imported (tests run in a random order, decoys among
-    them) fails with the reason; every other test of the other exercises keeps its points."""
+    them) fails with the reason; every other test of 5.1 keeps its points."""
     got, top = points(graded, "sneaky"), maxima(graded)
     tests = graded["results"]["sneaky"]["tests"]
     tampered = [t for t in tests if "replaced torch.testing.assert_close" in t["output"]]
     assert got["5.2"] == 0 and tampered and all(t["score"] == 0 for t in tampered)
-    lost = [t for t in tests if t["number"].startswith("5.") and t["number"] != "5.2" and t["score"] < t["max_score"]]
-    assert lost == [t for t in tampered if t["number"] != "5.2"] and len(lost) <= 1, lost
+    lost = [t for t in tests if t["number"] == "5.1" and t["score"] < t["max_score"]]  # 5.1 needs no 5.2
+    assert all(t in tampered for t in lost) and len(lost) <= 1, lost
 
 
 def test_calling_peft_zeroes_that_exercise_only(graded):
@@ -643,6 +643,13 @@ def test_making_every_report_passed_in_process_is_caught_and_scores_zero(graded,
 
 def test_the_naive_flip_is_also_caught_by_the_plugins_own_check(graded):
     assert "grading plugin's tables or methods were replaced" in graded["csv"]["flipper"]["tampered"]
+
+
+def test_no_text_of_a_hidden_test_reaches_the_student(graded):
+    """A hidden test shows its name, points and pass/fail only, whatever its assertion said."""
+    for student, result in graded["results"].items():
+        hidden = [t for t in result["tests"] if t["visibility"] == "after_published"]
+        assert hidden and all(t["output"] == "" for t in hidden), (student, hidden[:2])
 
 
 def test_honest_submissions_are_never_flagged(graded):
@@ -915,7 +922,8 @@ def test_screen_accepts_every_reference_solution_and_stub(name):
     ("import functools\nu = functools.wraps(print).func", "attribute .func"),
     ("import functools\nk = functools.partial(print, sep='').keywords", "attribute .keywords"),
     ("import operator\ng = operator.attrgetter('x')", "import of operator"),
-    ("import string\nF = string.Formatter()", "import of string")])
+    ("import string\nF = string.Formatter()", "import of string"),
+    ("x = license", "use of license"), ("x = credits", "use of credits")])
 def test_screen_refuses_what_reaches_outside_the_module(code, refused):
     findings = screened(code)
     assert any(refused in f.what and f.exercise is None for f in findings), findings

@@ -138,7 +138,8 @@ def results_json(tests: list[TestScore], graded: Graded, course: Course) -> dict
     total = sum(t.score for t in tests)
     entries = [{"name": f"Exercise {t.exercise}: {t.nodeid.split('::', 1)[-1]}", "number": t.exercise,
                 "score": t.score, "max_score": t.max_score, "status": "passed" if t.score else "failed",
-                "output": t.message, "visibility": "after_published" if t.hidden else "visible"}
+                "output": "" if t.hidden else t.message,  # a hidden test: name, points, pass/fail only
+                "visibility": "after_published" if t.hidden else "visible"}
                for t in tests]
     notes = _notes(graded)
     if graded.tampered:  # the student learns that, and nothing of what was found

@@ -130,7 +130,8 @@ MODULE_API: dict[str, frozenset[str]] = {
 LABS_INFRA = frozenset({"surgery", "presets"})
 REFERENCE = frozenset({"peft", "solutions"})  # what the from-scratch policy keeps out of exercises
 REFUSED_NAMES = frozenset({"exec", "eval", "compile", "open", "globals", "locals", "vars",
-                           "breakpoint", "input", "exit", "quit", "help", "memoryview"})
+                           "breakpoint", "input", "exit", "quit", "help", "memoryview",
+                           "license", "credits", "copyright"})  # site's printers read files
 ATTR_BUILTINS = frozenset({"getattr", "setattr", "delattr", "hasattr"})
 ALLOWED_DUNDERS = frozenset({"__init__", "__name__", "__qualname__", "__doc__", "__post_init__"})
 DEFINABLE_DUNDERS = frozenset({"__init__", "__post_init__", "__repr__", "__str__"})

@@ -76,7 +76,8 @@ def expand(paths: list[Path]) -> list[Path]:
         if path.is_dir() and not (path / "labs").is_dir():
             entries = sorted(p for p in _children(path))
             submissions = [p for p in entries if p.suffix.lower() == ".zip" or _find_labs_dir(p) is not None]
-            if entries and (len(submissions) >= 2 or _find_labs_dir(path) is None):
+            holds_any = any(p.is_dir() or p.suffix.lower() == ".zip" for p in entries)
+            if holds_any and (len(submissions) >= 2 or _find_labs_dir(path) is None):
                 out += entries  # a stray file (notes.txt, a .rar) is an entry too: it gets its own error row
                 continue
         out.append(path)
