@@ -753,38 +753,6 @@ def test_runner_skips_lines_that_are_not_events():
     assert len(runner.dropped) == 2 and runner.sandbox_column() == "bubblewrap"
 
 
-def test_every_submission_gets_a_row_when_the_runner_dies(course_root, tmp_path):
-    """Layer 3: the test runner gone before any result: every submission still gets a row with
-    the reason, and grades.csv is written."""
-    class Dead:
-        dropped: list = []
-
-        def send(self, tasks, close=False):
-            pass
-
-        def next_event(self):
-            return None
-
-        def sandbox_column(self):
-            return "NONE: test"
-
-    course = Course.load(course_root)
-    course.items = [{"nodeid": "tests/test_ex_scaling.py::t", "exercise": "0.1", "points": 1}]
-    subs = [folder(tmp_path, "a", {"scaling": filled("scaling")}), folder(tmp_path, "b", {}),
-            zipped(tmp_path, "c", {})]
-    rows = grade_all(named_submissions(subs), tmp_path / "out", LIMITS, course, course.policy(), Dead(),
-                     tmp_path / "work", False, lambda line: None, frozenset())
-    table = {r["student"]: r for r in csv.DictReader((tmp_path / "out" / "grades.csv").open())}
-    assert [r[0] for r in rows] == ["a", "b", "c"] and set(table) == {"a", "b", "c"}
-    assert table["a"]["status"] == "partial" and table["c"]["status"].startswith("error:")
-    assert {r["sandbox"] for r in table.values()} == {"NONE: test"}
-    assert "test runner stopped" in (tmp_path / "out" / "students" / "a" / "feedback.md").read_text()
-    write_ungraded(named_submissions(subs), tmp_path / "none", course, Dead(), "not graded: the course's tests did not collect")
-    table = {r["student"]: r for r in csv.DictReader((tmp_path / "none" / "grades.csv").open())}
-    assert set(table) == {"a", "b", "c"} and {r["status"] for r in table.values()} == {
-        "error:not graded: the course's tests did not collect"}
-
-
 class _DeadRunner:
     """The test runner gone before any result: enough to see the intake and the rows."""
     dropped: list = []
@@ -797,6 +765,26 @@ class _DeadRunner:
 
     def sandbox_column(self):
         return "NONE: test"
+
+
+def test_every_submission_gets_a_row_when_the_runner_dies(course_root, tmp_path):
+    """Layer 3: the test runner gone before any result: every submission still gets a row with
+    the reason, and grades.csv is written."""
+    course = Course.load(course_root)
+    course.items = [{"nodeid": "tests/test_ex_scaling.py::t", "exercise": "0.1", "points": 1}]
+    subs = [folder(tmp_path, "a", {"scaling": filled("scaling")}), folder(tmp_path, "b", {}),
+            zipped(tmp_path, "c", {})]
+    rows = grade_all(named_submissions(subs), tmp_path / "out", LIMITS, course, course.policy(), _DeadRunner(),
+                     tmp_path / "work", False, lambda line: None, frozenset())
+    table = {r["student"]: r for r in csv.DictReader((tmp_path / "out" / "grades.csv").open())}
+    assert [r[0] for r in rows] == ["a", "b", "c"] and set(table) == {"a", "b", "c"}
+    assert table["a"]["status"] == "partial" and table["c"]["status"].startswith("error:")
+    assert {r["sandbox"] for r in table.values()} == {"NONE: test"}
+    assert "test runner stopped" in (tmp_path / "out" / "students" / "a" / "feedback.md").read_text()
+    write_ungraded(named_submissions(subs), tmp_path / "none", course, _DeadRunner(), "not graded: the course's tests did not collect")
+    table = {r["student"]: r for r in csv.DictReader((tmp_path / "none" / "grades.csv").open())}
+    assert set(table) == {"a", "b", "c"} and {r["status"] for r in table.values()} == {
+        "error:not graded: the course's tests did not collect"}
 
 
 def corrupt_deflate(path: Path) -> Path:
