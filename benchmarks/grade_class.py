@@ -158,7 +158,7 @@ def main() -> int:
 
 
 def report(rows, kinds: dict[str, str], out: Path, wall: float, ready: float, args) -> None:
-    seconds = {s: json.loads((out / s / "results.json").read_text())["execution_time"] for s, _, _ in rows}
+    seconds = {s: json.loads((out / "students" / s / "results.json").read_text())["execution_time"] for s, _, _ in rows}
     print(f"\n{len(rows)} submissions, {args.jobs} jobs, {os.cpu_count()} cores, "
           f"timeout {args.timeout:g} s per module, {args.test_timeout:g} s per test")
     print(f"wall time, start to grades.csv: {wall:.1f} s ({wall / 60:.1f} min; goal: under 10 min for 100)")

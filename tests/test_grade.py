@@ -127,7 +127,8 @@ def zipped(base: Path, name: str, entries: dict[str, str | bytes]) -> Path:
 
 TOKEN = secrets.token_hex(4)  # names this run's victim, so an attack can never reach another run's files
 VICTIM = f"victim{TOKEN}"
-UNSCREENED = frozenset({"sneaky", "forger-past-screen", "escaper", "garbage", "tamper"})  # past the screen
+UNSCREENED = frozenset({"sneaky", "forger-past-screen", "escaper", "garbage", "tamper",  # past the screen
+                        "flipper", "flipper-blind"})
 
 # Attacks that got past the screen (graded with the screen off: the walls behind it must hold).
 # They reach `os` as torch.serialization.os, an attribute the runtime checks do not see.
@@ -214,6 +215,44 @@ STAGED = _staged() if _os.path.isdir("/tmp") else []
 SEEN = {"proc": _os.path.isdir("/proc/self"), "pid": _os.getpid(), "course": _os.path.exists(COURSE)}
 '''
 TAMPER = "    torch.Tensor.element_size = lambda self: 4  # shadows the inherited method\n"
+# Issue 22's attack class, past the screen: walk tb_frame.f_back up to pytest's plugin manager,
+# find the result plugin and make every report "passed". FLIP_BLIND also silences the plugin's
+# own integrity check, so only the decoy tests are left to catch it.
+FLIP = '''
+
+def _plugin():
+    try:
+        raise ValueError("where am I")
+    except ValueError as err:
+        frame = err.__traceback__.tb_frame
+    while frame is not None:
+        item = frame.f_locals.get("item")
+        if item is not None and hasattr(item, "config"):
+            for plugin in item.config.pluginmanager.get_plugins():
+                if type(plugin).__name__ == "ResultPlugin":
+                    return plugin
+        frame = frame.f_back
+    return None
+
+
+def _flip():
+    plugin = _plugin()
+    if plugin is None:
+        return
+    send = plugin.send
+
+    def passed(**event):
+        if event.get("event") == "result":
+            event = {**event, "outcome": "passed", "error": None, "message": ""}
+        send(**event)
+    SILENCE
+    plugin.send = passed
+
+
+_flip()
+'''
+FLIP_NAIVE = FLIP.replace("SILENCE", "")
+FLIP_BLIND = FLIP.replace("SILENCE", "plugin.forgery = lambda nodeid: None")
 ALWAYS_TRUE = '''
 import torch
 
@@ -308,6 +347,8 @@ def build_class(base: Path, course: Path) -> list[Path]:
             "VICTIM", VICTIM).replace("CANARIES", repr([str(p) for p in canaries(base, course)]))).replace(
             '    bits = {"fp32"', '    raise RuntimeError(f"ESCAPE {WROTE} {HIDDEN} {STAGED} {SEEN}")\n    bits = {"fp32"', 1)}),
         folder(base, "tamper", {"scaling": edit(sc, "bits = {\"fp32\"", "    import torch\n" + TAMPER)}),
+        folder(base, "flipper", {"scaling": from_stub("scaling", "pass") + FLIP_NAIVE, "freezing": fr}),
+        folder(base, "flipper-blind", {"scaling": from_stub("scaling", "pass") + FLIP_BLIND, "freezing": fr}),
         folder(base, VICTIM, {"scaling": sc, "freezing": fr, "lora": lo}),  # graded last, after the attacks
     ]
 
@@ -344,7 +385,7 @@ def graded(course_root, tmp_path_factory) -> dict:
         rows = grade(paths, out, LIMITS, jobs=2, course=Course.load(course_root), progress=lines.append,
                      unscreened=UNSCREENED)
     table = {row["student"]: row for row in csv.DictReader((out / "grades.csv").open())}
-    results = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/results.json")}
+    results = {p.parent.name: json.loads(p.read_text()) for p in out.glob("students/*/results.json")}
     escaped = [p for p in canaries(base, course_root) if p.exists()]
     return {"rows": rows, "csv": table, "results": results, "out": out, "base": base, "progress": lines,
             "escaped": escaped, "sandboxed": table["correct"]["sandbox"] == "bubblewrap"}
@@ -370,7 +411,7 @@ def messages(graded: dict, student: str, exercise: str) -> str:
 
 
 def feedback(graded: dict, student: str) -> str:
-    return (graded["out"] / student / "feedback.md").read_text()
+    return (graded["out"] / "students" / student / "feedback.md").read_text()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,8 +433,8 @@ def test_reports_follow_the_gradescope_format(graded):
     assert {t["visibility"] for t in result["tests"]} == {"visible", "after_published"} and kinds
     assert all({"name", "score", "max_score", "output", "visibility"} <= set(t) for t in result["tests"])
     assert list(graded["csv"]["correct"])[:1] == ["student"]
-    assert list(graded["csv"]["correct"])[-3:] == ["total", "status", "sandbox"]
-    assert len(graded["rows"]) == len(graded["csv"]) == 30, "one row per submission, none lost"
+    assert list(graded["csv"]["correct"])[-5:] == ["total", "status", "sandbox", "tampered", "id_note"]
+    assert len(graded["rows"]) == len(graded["csv"]) == 32, "one row per submission, none lost"
     assert not list(graded["out"].rglob("*.tmp")), "reports are written atomically"
 
 
@@ -490,10 +531,14 @@ def test_conftest_and_plugins_in_a_submission_change_nothing(graded):
 
 
 def test_patching_a_library_past_the_screen_is_caught_and_earns_nothing(graded):
+    """The test during which the module was imported (tests run in a random order, decoys among
+    them) fails with the reason; every other test of 5.1 keeps its points."""
     got, top = points(graded, "sneaky"), maxima(graded)
-    assert got["5.2"] == 0 and got["5.1"] == top["5.1"]
-    tampered = [t for t in graded["results"]["sneaky"]["tests"] if "replaced torch.testing.assert_close" in t["output"]]
-    assert tampered and all(t["score"] == 0 for t in tampered)
+    tests = graded["results"]["sneaky"]["tests"]
+    tampered = [t for t in tests if "replaced torch.testing.assert_close" in t["output"]]
+    assert got["5.2"] == 0 and tampered and all(t["score"] == 0 for t in tampered)
+    lost = [t for t in tests if t["number"] == "5.1" and t["score"] < t["max_score"]]  # 5.1 needs no 5.2
+    assert all(t in tampered for t in lost) and len(lost) <= 1, lost
 
 
 def test_calling_peft_zeroes_that_exercise_only(graded):
@@ -556,7 +601,7 @@ def test_garbage_on_the_result_channel_fails_that_module_only_and_the_run_comple
     got = points(graded, "garbage")
     assert sum(of("0", got).values()) == 0 and of("2", got) == of("2", maxima(graded))
     assert "result channel" in messages(graded, "garbage", "0.3")
-    assert graded["csv"][VICTIM]["status"] == "ok" and len(graded["csv"]) == 30
+    assert graded["csv"][VICTIM]["status"] == "ok" and len(graded["csv"]) == 32
 
 
 def test_nothing_escapes_the_sandbox(graded):
@@ -580,6 +625,37 @@ def test_adding_an_attribute_to_a_watched_class_is_caught(graded):
     got, top = points(graded, "tamper"), maxima(graded)
     assert got["0.1"] == 0 and got["0.3"] == top["0.3"], got
     assert "torch.Tensor.element_size (added)" in messages(graded, "tamper", "0.1")
+
+
+@pytest.mark.parametrize("student", ["flipper", "flipper-blind"])
+def test_making_every_report_passed_in_process_is_caught_and_scores_zero(graded, student):
+    """Issue 22: past the screen, the blank stub reaches the plugin manager through tb_frame.f_back
+    and makes every result "passed" (before, 8/8 for notebook 0). The decoys it cannot tell from
+    real tests pass too: the whole submission scores 0, flagged for the instructor only."""
+    row = graded["csv"][student]
+    assert float(row["total"]) == 0 and row["status"] == "tampered", row
+    assert "decoy test" in row["tampered"] and "must fail" in row["tampered"], row["tampered"]
+    assert student in (graded["out"] / "instructor.md").read_text()
+    said = feedback(graded, student) + json.dumps(graded["results"][student])
+    assert "could not be trusted" in said and "see your instructor" in said
+    assert "decoy" not in said and "tamper" not in said.lower(), "the student is not told how it was caught"
+
+
+def test_the_naive_flip_is_also_caught_by_the_plugins_own_check(graded):
+    assert "grading plugin's tables or methods were replaced" in graded["csv"]["flipper"]["tampered"]
+
+
+def test_no_text_of_a_hidden_test_reaches_the_student(graded):
+    """A hidden test shows its name, points and pass/fail only, whatever its assertion said."""
+    for student, result in graded["results"].items():
+        hidden = [t for t in result["tests"] if t["visibility"] == "after_published"]
+        assert hidden and all(t["output"] == "" for t in hidden), (student, hidden[:2])
+
+
+def test_honest_submissions_are_never_flagged(graded):
+    """Every decoy of an honest run fails: no honest or merely broken submission is flagged."""
+    flagged = {s for s, row in graded["csv"].items() if row["tampered"] or row["status"] == "tampered"}
+    assert flagged == {"flipper", "flipper-blind"}, flagged
 
 
 # ---------------------------------------------------------------------------------------------
@@ -677,36 +753,84 @@ def test_runner_skips_lines_that_are_not_events():
     assert len(runner.dropped) == 2 and runner.sandbox_column() == "bubblewrap"
 
 
+class _DeadRunner:
+    """The test runner gone before any result: enough to see the intake and the rows."""
+    dropped: list = []
+
+    def send(self, tasks, close=False):
+        pass
+
+    def next_event(self):
+        return None
+
+    def sandbox_column(self):
+        return "NONE: test"
+
+
 def test_every_submission_gets_a_row_when_the_runner_dies(course_root, tmp_path):
     """Layer 3: the test runner gone before any result: every submission still gets a row with
     the reason, and grades.csv is written."""
-    class Dead:
-        dropped: list = []
-
-        def send(self, tasks, close=False):
-            pass
-
-        def next_event(self):
-            return None
-
-        def sandbox_column(self):
-            return "NONE: test"
-
     course = Course.load(course_root)
     course.items = [{"nodeid": "tests/test_ex_scaling.py::t", "exercise": "0.1", "points": 1}]
     subs = [folder(tmp_path, "a", {"scaling": filled("scaling")}), folder(tmp_path, "b", {}),
             zipped(tmp_path, "c", {})]
-    rows = grade_all(named_submissions(subs), tmp_path / "out", LIMITS, course, course.policy(), Dead(),
+    rows = grade_all(named_submissions(subs), tmp_path / "out", LIMITS, course, course.policy(), _DeadRunner(),
                      tmp_path / "work", False, lambda line: None, frozenset())
     table = {r["student"]: r for r in csv.DictReader((tmp_path / "out" / "grades.csv").open())}
     assert [r[0] for r in rows] == ["a", "b", "c"] and set(table) == {"a", "b", "c"}
     assert table["a"]["status"] == "partial" and table["c"]["status"].startswith("error:")
     assert {r["sandbox"] for r in table.values()} == {"NONE: test"}
-    assert "test runner stopped" in (tmp_path / "out" / "a" / "feedback.md").read_text()
-    write_ungraded(named_submissions(subs), tmp_path / "none", course, Dead(), "not graded: the course's tests did not collect")
+    assert "test runner stopped" in (tmp_path / "out" / "students" / "a" / "feedback.md").read_text()
+    write_ungraded(named_submissions(subs), tmp_path / "none", course, _DeadRunner(), "not graded: the course's tests did not collect")
     table = {r["student"]: r for r in csv.DictReader((tmp_path / "none" / "grades.csv").open())}
     assert set(table) == {"a", "b", "c"} and {r["status"] for r in table.values()} == {
         "error:not graded: the course's tests did not collect"}
+
+
+def corrupt_deflate(path: Path) -> Path:
+    """A zip whose labs/scaling.py member has its deflate stream scrambled (zlib.error on read)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("labs/scaling.py", "".join(f"x{i} = {i * 7919 % 10007}\n" for i in range(3000)))
+    data = bytearray(path.read_bytes())
+    start = 30 + len("labs/scaling.py") + 100
+    data[start:start + 40] = bytes(range(200, 240))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_every_student_keeps_a_row_whatever_the_class_folder_holds(course_root, tmp_path):
+    """Issue 22's intake faults in one class folder: stray files, a corrupt deflate member, a student
+    folder named like a report, and `-victim.zip` cleaning to the name of the real `victim`."""
+    klass = tmp_path / "class"
+    for name in ("alice", "grades.csv", "victim", "students"):
+        folder(klass, name, {"scaling": filled("scaling")})
+    (klass / "notes.txt").write_text("remember to grade")
+    (klass / "late.rar").write_bytes(b"Rar!\x1a\x07\x00")
+    corrupt_deflate(klass / "broken.zip")
+    zipped(klass, "-victim", {"labs/scaling.py": "x = 1\n"})
+    course = Course.load(course_root)
+    course.items = [{"nodeid": "tests/test_ex_scaling.py::t", "exercise": "0.1", "points": 1}]
+    notes: dict[str, str] = {}
+    named = named_submissions([klass], notes=notes)
+    out = tmp_path / "out"
+    grade_all(named, out, LIMITS, course, course.policy(), _DeadRunner(), tmp_path / "work", False,
+              lambda line: None, frozenset(), notes)
+    table = {r["student"]: r for r in csv.DictReader((out / "grades.csv").open())}
+    assert set(table) == {"alice", "grades.csv", "victim", "students", "notes.txt", "late.rar", "broken",
+                          "victim-2"}, sorted(table)
+    assert table["notes.txt"]["status"].startswith("error:not a folder or a .zip")
+    said = (out / "students" / "broken" / "feedback.md").read_text()
+    assert "could not be read from the zip" in said and "labs/scaling.py" in said, said
+    assert (klass / "victim") == dict((s, p) for p, s in named)["victim"], "the exact name keeps its id"
+    assert "'-victim.zip' is filed as victim-2" in table["victim-2"]["id_note"] and not table["victim"]["id_note"]
+    assert (out / "students" / "grades.csv" / "feedback.md").is_file() and (out / "grades.csv").is_file()
+
+
+def test_a_submission_that_cannot_be_read_gets_an_error_row(tmp_path, monkeypatch):
+    path = folder(tmp_path, "carol", {"scaling": "x = 1\n"})
+    monkeypatch.setattr(submissions, "_read_folder", lambda *a: (_ for _ in ()).throw(PermissionError("denied")))
+    sub = submissions.read_submission(path, "carol", ["scaling"])
+    assert sub.error == "could not be read (PermissionError: denied)"
 
 
 def test_tamper_check_catches_a_new_attribute_on_a_watched_class_and_removes_it():
@@ -775,7 +899,19 @@ def test_screen_accepts_every_reference_solution_and_stub(name):
     ("class M(metaclass=type):\n    pass", "metaclass"), ("C = type('C', (), {})", "type(...) with more"),
     ("k = '__class__'", "dunder names"), ("from . import os", "relative import"),
     ("from labs import impl", "labs.impl is not"), ("g = (x for x in []).gi_frame", "attribute .gi_frame"),
-    ("def f(x: 'os.system(1)'):\n    pass", "annotation string")])
+    ("def f(x: 'os.system(1)'):\n    pass", "annotation string"),
+    # issue 22: helpers that read attributes or items for the caller
+    ("def f(err):\n    return '{0.tb_frame.f_back}'.format(err)", "reads an attribute or item"),
+    ("def f(d):\n    return '{0[k]}'.format(d)", "reads an attribute or item"),
+    ("def f(a, b):\n    return '{0:{1.x}}'.format(a, b)", "reads an attribute or item"),
+    ("def f(t, e):\n    return t.format(e)", "not a string literal"),
+    ("def f(e):\n    return '{e.x}'.format_map({'e': e})", "attribute .format_map"),
+    ("g = '{0.x}'.format", ".format taken without calling it"),
+    ("import functools\nu = functools.wraps(print).func", "attribute .func"),
+    ("import functools\nk = functools.partial(print, sep='').keywords", "attribute .keywords"),
+    ("import operator\ng = operator.attrgetter('x')", "import of operator"),
+    ("import string\nF = string.Formatter()", "import of string"),
+    ("x = license", "use of license"), ("x = credits", "use of credits")])
 def test_screen_refuses_what_reaches_outside_the_module(code, refused):
     findings = screened(code)
     assert any(refused in f.what and f.exercise is None for f in findings), findings
@@ -819,6 +955,7 @@ def test_screen_allows_ordinary_student_code():
             "def helper(layer, name):\n    layer.weight.requires_grad = False\n"
             "    x = F.linear(torch.zeros(2), layer.weight) + G.relu(torch.ones(2)) * math.sqrt(2)\n"
             "    pattern = re.compile('a+')\n    b = scaling.bytes_of_weights(1, 'fp32')\n"
+            "    said = '{} has {:,} ({n:.2f})'.format(name, 3, n=2.0)\n"
             "    return getattr(layer, name), getattr(layer, 'bias', None), super, x, pattern, b\n")
     assert [str(f) for f in screened(code)] == []
 

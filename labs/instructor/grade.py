@@ -16,12 +16,16 @@ sandbox on this machine the run says so at the start and the end, grades.csv say
 `sandbox` column, and the children run with the resource limits only.
 
 Out, in --out DIR:
-    DIR/<student>/results.json   Gradescope format: one entry per test, hidden ones "after_published"
-    DIR/<student>/feedback.md    per exercise: status, points, a hint
-    DIR/<student>/output.txt     what the student's code printed (for the instructor)
-    DIR/grades.csv               one row per submission: a column per exercise, total, status, sandbox
+    DIR/students/<student>/results.json   Gradescope format: one entry per test, hidden ones "after_published"
+    DIR/students/<student>/feedback.md    per exercise: status, points, a hint
+    DIR/students/<student>/output.txt     what the student's code printed (for the instructor)
+    DIR/grades.csv     one row per submission, rewritten as each finishes: a column per exercise,
+                       total, status, sandbox, tampered, id_note
+    DIR/instructor.md  for the instructor: the run's protections, and each tampered submission
 status: ok (everything graded), partial (a module was refused, missing or did not finish: see
-feedback.md), error:<reason> (nothing could be graded, e.g. a corrupt zip).
+feedback.md), error:<reason> (nothing could be graded, e.g. a corrupt zip), tampered (a decoy test
+passed or the grading plugin was changed: scored 0; the student is told only to see the instructor).
+id_note: a name that collided with another once cleaned (exact names keep theirs).
 sandbox: "bubblewrap" when each child ran in its own sandbox, else "NONE: <why>" (limits only).
 Every submission always gets a row, and grades.csv is always written, whatever a child does.
 
@@ -35,6 +39,7 @@ import argparse
 import ast
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -45,12 +50,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from labs.instructor import screen
+from labs.instructor import decoys, screen
 from labs.instructor.course import Course
 from labs.files import write_atomically
 from labs.instructor.gradebook import (ExerciseScore, Graded, grades_csv, merge_shards, shard_record,
                                        write_reports)
-from labs.instructor.submissions import Submission, expand, read_submission, student_id
+from labs.instructor.submissions import Submission, expand, read_submission, student_ids
 
 @dataclass(frozen=True)
 class Limits:
@@ -225,17 +230,25 @@ class Runner:
             self.proc.wait()
 
 
-def tasks_for(graded: Graded, course: Course, staging: Path, limits: Limits, policy: dict) -> list[dict]:
+def tasks_for(graded: Graded, course: Course, staging: Path, limits: Limits, policy: dict,
+              rng: random.Random | None = None) -> list[dict]:
+    """One task per technique module to run. Its graded tests run under fresh names beside their
+    decoy copies (labs/instructor/decoys.py); `graded.planned` maps each name back."""
+    rng = rng or random.SystemRandom()
     tasks = []
     for module in runnable(graded, course):
         ids = sorted(ex for ex, m in course.exercises.items() if m == module)
         files = sorted({i["nodeid"].split("::")[0] for i in course.items if i["exercise"] in ids})
         if not files:
             continue
-        tasks.append({"id": f"{graded.sub.student}/{module}", "base": str(course.root), "labs": str(staging / "labs"),
+        task_id = f"{graded.sub.student}/{module}"
+        planned = decoys.plan([i["nodeid"] for i in course.items if i["exercise"] in ids], rng)
+        tasks.append({"id": task_id, "base": str(course.root), "labs": str(staging / "labs"),
                       "tests": files, "hidden": [f for f in files if course.is_hidden(f)], "exercises": ids,
-                      "policy": policy, "limits": vars(limits)})
-        graded.expected[tasks[-1]["id"]] = {i["nodeid"] for i in course.items if i["exercise"] in ids}
+                      "policy": policy, "limits": vars(limits),
+                      "plan": [[p.source, p.nodeid, p.shift] for p in planned]})
+        graded.expected[task_id] = {p.nodeid for p in planned}
+        graded.planned.update({p.nodeid: p for p in planned})
     graded.pending = {t["id"] for t in tasks}
     return tasks
 
@@ -250,8 +263,24 @@ def on_event(event: dict, by_student: dict[str, Graded]) -> Graded | None:
         return None
     if event.get("event") == "result":
         nodeid = event.get("nodeid")
-        if nodeid in graded.expected.get(task, ()) and nodeid not in graded.results:
-            graded.results[nodeid] = {"outcome": str(event.get("outcome")), "message": str(event.get("message") or "")}
+        if nodeid not in graded.expected.get(task, ()) or nodeid in graded.seen:
+            return None
+        graded.seen.add(nodeid)
+        planned, outcome = graded.planned.get(nodeid), str(event.get("outcome"))
+        if event.get("tampered"):
+            graded.tampered.append(f"labs/{module}.py: {event['tampered']}")
+        if planned is not None and planned.shift:  # a decoy: it must fail
+            if outcome == "passed":
+                graded.decoys_passed += 1
+                if graded.decoys_passed == 1:  # the first says how; instructor_report counts them all
+                    graded.tampered.append(f"labs/{module}.py: decoy test {nodeid} (a copy of {planned.source} "
+                                           "that must fail) was reported passed")
+            elif event.get("error") == "Tampering":  # a library replaced while it ran: its original pays
+                graded.results[planned.source] = {"outcome": "failed", "message": str(event.get("message") or "")}
+            return None
+        real = planned.source if planned is not None else nodeid
+        if real not in graded.results:
+            graded.results[real] = {"outcome": outcome, "message": str(event.get("message") or "")}
     elif event.get("event") == "done":
         graded.pending.discard(task)
         try:
@@ -277,15 +306,19 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def named_submissions(paths: list[Path], shard: tuple[int, int] | None = None) -> list[tuple[Path, str]]:
+def named_submissions(paths: list[Path], shard: tuple[int, int] | None = None,
+                      notes: dict[str, str] | None = None) -> list[tuple[Path, str]]:
     """(path, student id) of each submission to grade here.
 
     Ids are given over the whole class first, so a student has the same id on every machine; a
     shard (i, n) then keeps every n-th submission from the i-th, a slice that interleaves the
     class so that no machine gets all the late, large submissions.
     """
-    taken: set[str] = set()
-    named = [(p, student_id(p, taken)) for p in expand(paths)]
+    found = expand(paths)
+    ids = student_ids(found)
+    named = [(p, student) for p, (student, _) in zip(found, ids)]
+    if notes is not None:  # how a colliding cleaned name was filed: grades.csv's id_note
+        notes.update({student: note for student, note in ids if note})
     if shard is None:
         return named
     i, n = shard
@@ -303,7 +336,8 @@ def grade(paths: list[Path], out: Path, limits: Limits, jobs: int, single: bool 
     unscreened: student ids whose modules skip the static screen (tests use it to check the walls
     behind the screen on their own). sandbox: "auto" (bubblewrap where it works) or "off".
     shard: (i, n) grades only slice i of n (see named_submissions) and writes out/shard.json."""
-    named = named_submissions(paths, shard)
+    id_notes: dict[str, str] = {}
+    named = named_submissions(paths, shard, id_notes)
     if shard is not None:  # written first: it says what this machine was given, whatever happens next
         write_atomically(out / "shard.json", json.dumps(shard_record(shard, [s for _, s in named],
                                                                      len(named_submissions(paths))), indent=1))
@@ -322,7 +356,11 @@ def grade(paths: list[Path], out: Path, limits: Limits, jobs: int, single: bool 
                  f"{time.monotonic() - started:.1f} s; sandbox: {runner.sandbox_said}")
         if not runner.sandboxed:
             progress(_no_sandbox_banner(runner))
-        rows = _grade_all(named, out, limits, course, policy, runner, workdir, single, progress, unscreened)
+        if id_notes:
+            progress(f"note: {len(id_notes)} submission name(s) collided once cleaned: "
+                     + "; ".join(id_notes.values())[:1000])
+        rows = _grade_all(named, out, limits, course, policy, runner, workdir, single, progress, unscreened,
+                          id_notes)
         if not runner.sandboxed:
             progress(_no_sandbox_banner(runner))
         if runner.dropped:
@@ -347,31 +385,36 @@ def _write_ungraded(named: list[tuple[Path, str]], out: Path, course: Course, ru
     write_atomically(out / "grades.csv", grades_csv(rows, course, runner.sandbox_column()))
 
 
-def _grade_all(named, out, limits, course, policy, runner, workdir, single, progress, unscreened):
-    subs = [read_submission(p, student, list(course.stubs)) for p, student in named]
-    if single and len(subs) != 1:
-        raise ValueError(f"--gradescope-single grades exactly one submission, got {len(subs)}")
-    by_student = {s.student: Graded(s) for s in subs}
+def _grade_all(named, out, limits, course, policy, runner, workdir, single, progress, unscreened, id_notes=None):
+    if single and len(named) != 1:
+        raise ValueError(f"--gradescope-single grades exactly one submission, got {len(named)}")
+    id_notes = id_notes or {}
+    by_student = {student: Graded(Submission(student, p)) for p, student in named}
     rows: dict[str, tuple] = {}
+    rng = random.SystemRandom()  # the decoys' names, order and shifts: fresh for every run
 
     def finish(graded: Graded) -> None:
         student = graded.sub.student
         try:
-            scores, status = write_reports(graded, course, out if single else out / student)
+            scores, status = write_reports(graded, course, out if single else out / "students" / student)
         except Exception as err:  # noqa: BLE001 - the row is written whatever the reports do
             scores, status = [], f"error:the reports could not be written ({err})"
-        rows[student] = (student, scores, status)
+        rows[student] = (student, scores, status, {"tampered": "; ".join(graded.tampered),
+                                                   "id_note": id_notes.get(student, "")})
+        write_atomically(out / "grades.csv", grades_csv([rows[s] for s in by_student if s in rows], course,
+                                                        runner.sandbox_column()))  # row by row: nothing lost
         total, top = sum(s.points for s in scores), sum(s.max_points for s in scores)
         progress(f"[{len(rows)}/{len(by_student)}] {student}: {total:g}/{top:g} {status} ({graded.seconds:.1f} s)")
         shutil.rmtree(workdir / "staged" / student, ignore_errors=True)
 
     try:
         tasks = []
-        for student, sub in [(s.student, s) for s in subs]:
+        for (path, student) in named:  # intake inside the run's try: one unreadable submission is its own row
             staging = workdir / "staged" / student
             try:
+                sub = by_student[student].sub = read_submission(path, student, list(course.stubs))
                 by_student[student] = prepare(sub, course, staging, student not in unscreened)
-                tasks += tasks_for(by_student[student], course, staging, limits, policy)
+                tasks += tasks_for(by_student[student], course, staging, limits, policy, rng)
             except Exception as err:  # noqa: BLE001 - one odd submission never stops the class
                 by_student[student].problems.append(f"could not be prepared for grading ({err!r})")
                 by_student[student].pending.clear()
@@ -394,7 +437,22 @@ def _grade_all(named, out, limits, course, policy, runner, workdir, single, prog
                 finish(graded)
         ordered = [rows[s] for s in by_student]
         write_atomically(out / "grades.csv", grades_csv(ordered, course, runner.sandbox_column()))
+        write_atomically(out / "instructor.md", instructor_report(list(by_student.values()), runner.sandbox_column()))
     return ordered
+
+
+def instructor_report(graded: list[Graded], sandbox: str) -> str:
+    """For the instructor only: the run's protections, and each submission whose verdicts could not
+    be trusted, with what gave it away (its student sees only that grading could not be trusted)."""
+    lines = ["# Grading run: for the instructor", "", f"- sandbox: {sandbox}",
+             f"- decoy tests: {decoys.DECOYS_PER_TEST} per graded test (a blind flip of 3 or more tests is caught "
+             f"with probability >= {decoys.guaranteed(3):.1%})", ""]
+    flagged = [g for g in graded if g.tampered]
+    lines += [f"## Tampered ({len(flagged)})", ""]
+    for g in flagged:
+        lines += [f"### {g.sub.student}", "", f"- decoy tests reported passed: {g.decoys_passed}",
+                  *(f"- `{' '.join(t.split())[:400]}`" for t in g.tampered[:20]), ""]
+    return "\n".join(lines if flagged else lines + ["none"]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,10 @@ class Graded:
     output: list[str] = field(default_factory=list)
     pending: set[str] = field(default_factory=set)                 # task ids still running
     expected: dict[str, set[str]] = field(default_factory=dict)    # task id -> the test node ids it runs
+    planned: dict[str, object] = field(default_factory=dict)       # node id run -> decoys.Planned
+    seen: set[str] = field(default_factory=set)                    # node ids whose result came in
+    tampered: list[str] = field(default_factory=list)              # why its verdicts cannot be trusted
+    decoys_passed: int = 0                                         # decoy tests reported passed (must be 0)
     seconds: float = 0.0
 
 
@@ -54,11 +58,17 @@ def score_tests(graded: Graded, course: Course) -> list[TestScore]:
         passed = result is not None and result["outcome"] == "passed"
         message = _why_not(graded, module, ex, result)
         earned = points if passed and ex not in graded.exercise_notes and not graded.sub.error else 0.0
+        earned = 0.0 if graded.tampered else earned
         out.append(TestScore(nodeid, ex, points, earned, course.is_hidden(nodeid), "" if earned else message))
     return out
 
 
+UNTRUSTED = "Grading could not be trusted for this submission: see your instructor."
+
+
 def _why_not(graded: Graded, module: str, ex: str, result: dict | None) -> str:
+    if graded.tampered:
+        return UNTRUSTED
     if graded.sub.error:
         return graded.sub.error
     if module in graded.module_notes:
@@ -73,6 +83,8 @@ def _why_not(graded: Graded, module: str, ex: str, result: dict | None) -> str:
 
 
 def status_of(graded: Graded) -> str:
+    if graded.tampered:
+        return "tampered"
     if graded.sub.error:
         return f"error:{graded.sub.error}"
     broken = graded.module_notes or graded.exercise_notes or graded.problems
@@ -126,9 +138,14 @@ def results_json(tests: list[TestScore], graded: Graded, course: Course) -> dict
     total = sum(t.score for t in tests)
     entries = [{"name": f"Exercise {t.exercise}: {t.nodeid.split('::', 1)[-1]}", "number": t.exercise,
                 "score": t.score, "max_score": t.max_score, "status": "passed" if t.score else "failed",
-                "output": t.message, "visibility": "after_published" if t.hidden else "visible"}
+                "output": "" if t.hidden else t.message,  # a hidden test: name, points, pass/fail only
+                "visibility": "after_published" if t.hidden else "visible"}
                for t in tests]
     notes = _notes(graded)
+    if graded.tampered:  # the student learns that, and nothing of what was found
+        entries = [{**e, "output": ""} for e in entries]
+        return {"score": 0.0, "execution_time": round(graded.seconds, 2), "tests": entries,
+                "output": UNTRUSTED, "stdout_visibility": "hidden"}
     return {"score": total, "execution_time": round(graded.seconds, 2), "tests": entries,
             "output": (f"{total:g} of {sum(t.max_score for t in tests):g} points."
                        + ("\n" + "\n".join(notes) if notes else "")), "stdout_visibility": "hidden"}
@@ -144,6 +161,8 @@ def _notes(graded: Graded) -> list[str]:
 def feedback_md(scores: list[ExerciseScore], graded: Graded) -> str:
     total, top = sum(s.points for s in scores), sum(s.max_points for s in scores)
     lines = [f"# Feedback for {graded.sub.student}", "", f"**{total:g} of {top:g} points.**", ""]
+    if graded.tampered:
+        return "\n".join(lines + [UNTRUSTED]) + "\n"
     notes = _notes(graded)
     if notes:
         lines += ["Before the table, what stopped part of the grading:", ""] + [f"- {n}" for n in notes] + [""]
@@ -158,17 +177,28 @@ def feedback_md(scores: list[ExerciseScore], graded: Graded) -> str:
     return "\n".join(lines) + "\n"
 
 
-def grades_csv(rows: list[tuple[str, list[ExerciseScore], str]], course: Course, sandbox: str) -> str:
-    """sandbox: how the children were isolated in this run ("bubblewrap", or "NONE: <why>")."""
+NOTE_COLUMNS = ("tampered", "id_note")  # after sandbox: why verdicts were not trusted; how the id was made
+
+
+def grades_csv(rows: list[tuple], course: Course, sandbox: str) -> str:
+    """rows: (student, scores, status) or (student, scores, status, {column: text} for NOTE_COLUMNS).
+    sandbox: how the children were isolated in this run ("bubblewrap", or "NONE: <why>")."""
     exercises = sorted(course.exercises, key=_id_key)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["student", *exercises, "total", "status", "sandbox"])
-    for student, scores, status in rows:
-        points = {s.exercise: s.points for s in scores}
+    writer.writerow(["student", *exercises, "total", "status", "sandbox", *NOTE_COLUMNS])
+    for student, scores, status, *more in rows:
+        points, notes = {s.exercise: s.points for s in scores}, (more[0] if more else {})
         writer.writerow([student, *(f"{points.get(ex, 0):g}" for ex in exercises),
-                         f"{sum(points.values()):g}", status, sandbox])
+                         f"{sum(points.values()):g}", status, sandbox,
+                         *(_cell(notes.get(c, "")) for c in NOTE_COLUMNS)])
     return out.getvalue()
+
+
+def _cell(text: str) -> str:
+    """One line, no leading character a spreadsheet reads as a formula."""
+    text = " ".join(str(text).split())[:500]
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 
 def write_reports(graded: Graded, course: Course, folder: Path) -> tuple[list[ExerciseScore], str]:

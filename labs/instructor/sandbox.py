@@ -225,7 +225,8 @@ class Server:
             outcome = event.get("outcome") if event.get("outcome") in ("passed", "skipped") else "failed"
             attempt.accepted.append({"task": task_id, "event": "result", "nodeid": nodeid, "outcome": outcome,
                                      "error": str(event.get("error") or "")[:80] or None,
-                                     "message": str(event.get("message", ""))[:300]})
+                                     "message": str(event.get("message", ""))[:300],
+                                     "tampered": str(event.get("tampered") or "")[:300] or None})
             return None
         return f"an unknown event {str(kind)[:40]!r}"
 

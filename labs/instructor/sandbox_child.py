@@ -95,26 +95,66 @@ def read_key(fd: int) -> bytes:
 
 
 class ResultPlugin:
-    """Reports collection and each test's outcome over the result channel, and guards the run."""
+    """Reports collection and each test's outcome over the result channel, and guards the run.
+
+    A test is reported passed only on positive evidence: a passing call phase, recorded by this
+    plugin under the test's fresh secret, with setup and teardown clean. Before each result the
+    plugin checks that it, its hooks and its tables are still the ones installed; any difference
+    is reported as tampering. These checks run beside the student's code and could be bypassed:
+    the decoy tests (labs/instructor/decoys.py, judged by the grader) make that detectable."""
+
+    HOOKS = ("pytest_collection_modifyitems", "pytest_collectreport", "pytest_collection_finish",
+             "pytest_runtest_logstart", "pytest_runtest_setup", "pytest_runtest_call",
+             "pytest_runtest_teardown", "pytest_runtest_makereport", "pytest_runtest_logfinish")
 
     def __init__(self, fd: int, channel: Channel, task: dict):
         self.fd, self.channel, self.task = fd, channel, task
-        self.outcomes: dict[str, tuple[str, str | None, str]] = {}  # nodeid -> (outcome, error, message)
+        self.outcomes: dict[str, tuple[bytes, str, str | None, str]] = {}  # nodeid -> (secret, outcome, error, message)
+        self.evidence: dict[str, bytes] = {}  # nodeid -> the secret of the test whose call phase passed
+        self.shifts: dict[str, int] = {}      # nodeid -> 0, or a decoy's secret shift of its expected value
         self.baseline: dict = {}
         self.item_deadline = 0.0
+        self.secret = b""
+        self.config = None
+        self.installed = (self.outcomes, self.evidence, self.shifts, channel, self.send)
+        self.methods = {name: getattr(type(self), name) for name in self.HOOKS}
 
     def send(self, **event) -> None:
         data = self.channel.seal(event)
         while data:
             data = data[os.write(self.fd, data):]
 
+    def pytest_configure(self, config):
+        self.config = config
+
     def pytest_collection_modifyitems(self, config, items):
         keep_ids, skip = set(self.task["exercises"]), set(self.task.get("deselect", ()))
-        kept = [i for i in items if _exercise(i) and _exercise(i)[0] in keep_ids and i.nodeid not in skip]
+        kept = [i for i in items if _exercise(i) and _exercise(i)[0] in keep_ids]
+        planned = self.task.pop("plan", None)  # not kept in the task: the shifts live in self.shifts only
+        if planned is not None:
+            kept = self._planned(kept, planned)
+        kept = [i for i in kept if i.nodeid not in skip]
         dropped = [i for i in items if i not in kept]
         if dropped:
             config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+
+    def _planned(self, items: list, planned: list) -> list:
+        """The run's tests as the grader planned them: each graded test under its new name, and its
+        decoy copies (the same function, fixtures and parameters)."""
+        by_id = {i.nodeid: i for i in items}
+        out = []
+        for source, nodeid, shift in planned:
+            item = by_id.get(source)
+            if item is None:
+                continue
+            prefix, _, last = nodeid.rpartition("::")
+            base = last.partition("[")[0]
+            clone = type(item).from_parent(item.parent, name=base + last[len(base):], callspec=getattr(item, "callspec", None),
+                                           callobj=item.obj, fixtureinfo=item._fixtureinfo, originalname=base)
+            self.shifts[clone.nodeid] = int(shift)
+            out.append(clone)
+        return out
 
     def pytest_collectreport(self, report):
         if report.failed:
@@ -132,6 +172,7 @@ class ResultPlugin:
         self.baseline = _snapshot()
 
     def pytest_runtest_logstart(self, nodeid, location):
+        self.secret = os.urandom(16)  # fresh per test: an outcome recorded under another is not this test's
         self.item_deadline = time.monotonic() + float(self.task["limits"]["test_timeout"])
         self.send(event="start", nodeid=nodeid)
 
@@ -141,7 +182,11 @@ class ResultPlugin:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item):
-        return (yield from self._timed())
+        result = yield from self._timed()
+        shift = self.shifts.get(item.nodeid, 0)
+        if shift:  # a decoy: its expected value is moved, so whatever the code returned it fails
+            raise AssertionError(f"assert {len(item.nodeid)} == {len(item.nodeid) + shift}")
+        return result
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(self, item):
@@ -160,29 +205,67 @@ class ResultPlugin:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
 
-    @pytest.hookimpl(wrapper=True)
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_makereport(self, item, call):
         report = yield
+        nodeid = item.nodeid
         if call.when == "call":
             changed = _restore(self.baseline)
             if changed:
                 report.outcome = "failed"
-                self.outcomes[item.nodeid] = ("failed", "Tampering", "the code under test replaced "
-                                              f"{', '.join(changed[:3])}; library functions must stay as they are")
-        if item.nodeid in self.outcomes and self.outcomes[item.nodeid][0] == "failed":
+                self.outcomes[nodeid] = (self.secret, "failed", "Tampering", "the code under test replaced "
+                                         f"{', '.join(changed[:3])}; library functions must stay as they are")
+            elif call.excinfo is None:
+                self.evidence[nodeid] = self.secret  # the only way a test comes to pass
+        if nodeid in self.outcomes and self.outcomes[nodeid][1] == "failed":
             return report
-        if report.failed:
+        if call.excinfo is not None and call.excinfo.errisinstance(pytest.skip.Exception):
+            self.outcomes[nodeid] = (self.secret, "skipped", "Skipped", "skipped: earns no points")
+        elif call.excinfo is not None or report.failed:
             excinfo = call.excinfo
             error = excinfo.typename if excinfo is not None else "Failed"
             first = (str(excinfo.value).strip().splitlines() or [""])[0] if excinfo is not None else ""
-            self.outcomes[item.nodeid] = ("failed", error, f"{error}: {first}"[:300])
-        elif report.skipped:
-            self.outcomes[item.nodeid] = ("skipped", "Skipped", "skipped: earns no points")
+            self.outcomes[nodeid] = (self.secret, "failed", error, f"{error}: {first}"[:300])
         return report
 
     def pytest_runtest_logfinish(self, nodeid, location):
-        outcome, error, message = self.outcomes.get(nodeid, ("passed", None, ""))
+        forged = self.forgery(nodeid)
+        if forged:
+            self.send(event="result", nodeid=nodeid, outcome="failed", error="Forgery", message=forged[:300],
+                      tampered=forged[:300])
+            return
+        secret, outcome, error, message = self.outcomes.get(nodeid, (self.secret, None, None, ""))
+        if outcome is None:
+            if self.evidence.get(nodeid) == self.secret:
+                outcome = "passed"
+            else:
+                outcome, error, message = "failed", "NoVerdict", "no passing call of this test was seen"
         self.send(event="result", nodeid=nodeid, outcome=outcome, error=error, message=message)
+
+    def forgery(self, nodeid: str) -> str | None:
+        """What differs from the plugin as installed, if anything: its registration, its hooks, its
+        tables, this test's secret on its recorded outcome."""
+        outcomes, evidence, shifts, channel, send = self.installed
+        if not all(a is b for a, b in zip((self.outcomes, self.evidence, self.shifts, self.channel),
+                                          (outcomes, evidence, shifts, channel))):
+            return "the grading plugin's tables were replaced"
+        if type(outcomes) is not dict or type(evidence) is not dict or "send" in vars(self) or self.send != send:
+            return "the grading plugin's tables or methods were replaced"
+        if type(self) is not ResultPlugin or any(getattr(ResultPlugin, n) is not f for n, f in self.methods.items()):
+            return "the grading plugin's class was changed"
+        manager = getattr(self.config, "pluginmanager", None)
+        if manager is None or not manager.is_registered(self):
+            return "the grading plugin was unregistered"
+        for name in self.HOOKS:
+            impls = [i for i in getattr(manager.hook, name).get_hookimpls() if i.plugin is self]
+            if len(impls) != 1 or getattr(impls[0].function, "__func__", None) is not self.methods[name]:
+                return f"the grading plugin's hook {name} was replaced"
+        recorded = self.outcomes.get(nodeid)
+        if recorded is not None and (type(recorded) is not tuple or recorded[0] != self.secret):
+            return "an outcome was recorded for this test from outside its run"
+        if nodeid in self.evidence and self.evidence[nodeid] != self.secret:
+            return "a pass was recorded for this test from outside its run"
+        return None
 
 
 def _exercise(item) -> tuple[str, float] | None:

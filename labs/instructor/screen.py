@@ -29,6 +29,7 @@ from __future__ import annotations
 import ast
 import math
 import re
+import string
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -129,7 +130,8 @@ MODULE_API: dict[str, frozenset[str]] = {
 LABS_INFRA = frozenset({"surgery", "presets"})
 REFERENCE = frozenset({"peft", "solutions"})  # what the from-scratch policy keeps out of exercises
 REFUSED_NAMES = frozenset({"exec", "eval", "compile", "open", "globals", "locals", "vars",
-                           "breakpoint", "input", "exit", "quit", "help", "memoryview"})
+                           "breakpoint", "input", "exit", "quit", "help", "memoryview",
+                           "license", "credits", "copyright"})  # site's printers read files
 ATTR_BUILTINS = frozenset({"getattr", "setattr", "delattr", "hasattr"})
 ALLOWED_DUNDERS = frozenset({"__init__", "__name__", "__qualname__", "__doc__", "__post_init__"})
 DEFINABLE_DUNDERS = frozenset({"__init__", "__post_init__", "__repr__", "__str__"})
@@ -158,6 +160,9 @@ DANGEROUS_ATTRS = frozenset({
     "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "cr_await", "ag_frame",
     "ag_code", "f_back", "f_globals", "f_locals", "f_builtins", "f_code", "f_trace", "tb_frame",
     "tb_next", "co_code", "co_consts", "func_globals",
+    # helpers that do attribute access for the caller: functools.wraps(...).func is update_wrapper,
+    # a partial's keywords; str.format / format_map read "{0.attr}" and "{0[key]}" fields
+    "func", "keywords", "format_map", "vformat", "get_field",
     # numpy arrays (and their file functions) and raw storage, reached from a tensor
     "numpy", "tofile", "fromfile", "untyped_storage", "storage", "data_ptr", "share_memory_"})
 DUNDER = re.compile(r"^__\w+__$")
@@ -458,6 +463,7 @@ class _Screen(ast.NodeVisitor):
         self.protected, self.module_names, self.techniques = protected, module_names, techniques
         self.api, self.bound = api, bound
         self.chain_bases: set[int] = set()
+        self.format_calls: set[int] = set()   # .format attributes that are called (their template checked)
         self.findings: list[Finding] = []
 
     def refuse(self, node: ast.AST, what: str) -> None:
@@ -526,6 +532,8 @@ class _Screen(ast.NodeVisitor):
             self.refuse(node, f"use of {node.id}")
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
+        if node.attr == "format" and id(node) not in self.format_calls:
+            self.refuse(node, ".format taken without calling it on a literal template")
         path = _path(node, self.bound)
         if isinstance(node.ctx, (ast.Store, ast.Del)) and _root_name(node.value) in self.protected:
             self.refuse(node, f"assigns into {_root_name(node.value)} (.{node.attr}): imported modules and "
@@ -576,6 +584,9 @@ class _Screen(ast.NodeVisitor):
         if isinstance(func, ast.Call) and isinstance(func.func, ast.Name) and func.func.id == "type" \
                 and len(node.args) >= 3:
             self.refuse(node, "calls a metaclass (type(x)(name, bases, namespace))")
+        if isinstance(func, ast.Attribute) and func.attr == "format":
+            self._check_format(node, func.value)
+            self.format_calls.add(id(func))
         if (isinstance(func, ast.Attribute) and func.attr == "wraps") and len(node.args) + len(node.keywords) > 1:
             self.refuse(node, "functools.wraps with more than one argument")
         for keyword in node.keywords:
@@ -583,6 +594,23 @@ class _Screen(ast.NodeVisitor):
                 self.refuse(node, f"keyword argument {keyword.arg}=")
         self._check_module_arguments(node)
         self.generic_visit(node)
+
+    def _check_format(self, node: ast.Call, template: ast.AST) -> None:
+        """str.format reads attributes and items of its arguments ("{0.__traceback__}", "{0[k]}"):
+        only a literal template with plain fields ("{}", "{0}", "{name:.3f}") is allowed."""
+        if not (isinstance(template, ast.Constant) and isinstance(template.value, str)):
+            return self.refuse(node, ".format on a template that is not a string literal (use an f-string)")
+        try:
+            fields, specs = [], [template.value]
+            while specs:  # a spec may hold fields of its own: "{0:{1.x}}"
+                parsed = [(f, spec) for _, f, spec, _ in string.Formatter().parse(specs.pop()) if f is not None]
+                fields += [f for f, _ in parsed]
+                specs += [spec for _, spec in parsed if spec]
+        except ValueError as err:
+            return self.refuse(node, f".format template {template.value[:40]!r} does not parse ({err})")
+        for field_name in fields:
+            if "." in field_name or "[" in field_name:
+                self.refuse(node, f".format field {{{field_name[:40]}}} reads an attribute or item (use an f-string)")
 
     def _check_attr_builtin(self, node: ast.Call, name: str) -> None:
         """getattr(obj, "name") or getattr(obj, variable); a variable's value is checked as it runs."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,17 +30,40 @@ class Submission:
     error: str | None = None                              # nothing can be graded, and why
 
 
-def student_id(path: Path, taken: set[str]) -> str:
+def clean_name(path: Path) -> str:
     """alice.zip -> alice; characters outside [A-Za-z0-9._@-] become _ (and no leading = + - @, which
-    spreadsheets read as formulas); duplicates get -2, -3, ..."""
+    spreadsheets read as formulas)."""
     name = path.name[:-4] if path.name.lower().endswith(".zip") else path.name
-    base = re.sub(r"[^A-Za-z0-9._@-]", "_", name).strip("._").lstrip("=+-@") or "submission"
+    return re.sub(r"[^A-Za-z0-9._@-]", "_", name).strip("._").lstrip("=+-@") or "submission"
+
+
+def student_id(path: Path, taken: set[str]) -> str:
+    """clean_name(path), with -2, -3, ... on a duplicate."""
+    base = clean_name(path)
     candidate, n = base, 1
     while candidate in taken:
         n += 1
         candidate = f"{base}-{n}"
     taken.add(candidate)
     return candidate
+
+
+def student_ids(paths: list[Path]) -> list[tuple[str, str]]:
+    """(id, note) per path. A name already clean keeps it (the real `victim` beats `-victim.zip`);
+    the others are cleaned and numbered after, and a cleaned name that collided says so in its note."""
+    exact = {p: clean_name(p) for p in paths if clean_name(p) == (p.name[:-4] if p.name.lower().endswith(".zip") else p.name)}
+    taken: set[str] = set()
+    ids: dict[Path, str] = {}
+    for path in paths:
+        if path in exact and exact[path] not in taken:
+            ids[path] = student_id(path, taken)
+    out = []
+    for path in paths:
+        if path not in ids:
+            ids[path] = student_id(path, taken)
+        clash = ids[path] != clean_name(path)
+        out.append((ids[path], f"{path.name!r} is filed as {ids[path]}: {clean_name(path)} was taken" if clash else ""))
+    return out
 
 
 def expand(paths: list[Path]) -> list[Path]:
@@ -52,15 +76,25 @@ def expand(paths: list[Path]) -> list[Path]:
         if path.is_dir() and not (path / "labs").is_dir():
             entries = sorted(p for p in _children(path))
             submissions = [p for p in entries if p.suffix.lower() == ".zip" or _find_labs_dir(p) is not None]
-            if (entries and all(p.is_dir() or p.suffix.lower() == ".zip" for p in entries)
-                    and (len(submissions) >= 2 or _find_labs_dir(path) is None)):
-                out += entries
+            holds_any = any(p.is_dir() or p.suffix.lower() == ".zip" for p in entries)
+            if holds_any and (len(submissions) >= 2 or _find_labs_dir(path) is None):
+                out += entries  # a stray file (notes.txt, a .rar) is an entry too: it gets its own error row
                 continue
         out.append(path)
     return out
 
 
 def read_submission(path: Path, student: str, techniques: list[str]) -> Submission:
+    """Never raises: any error reading this one submission becomes its error row."""
+    try:
+        return _read(path, student, techniques)
+    except Exception as err:  # noqa: BLE001 - an unreadable file, a broken zip member, a permission
+        sub = Submission(student, path)
+        sub.error = f"could not be read ({type(err).__name__}: {str(err)[:200]})"
+        return sub
+
+
+def _read(path: Path, student: str, techniques: list[str]) -> Submission:
     sub = Submission(student, path)
     if path.is_symlink():
         sub.error = "the submission is a symbolic link"
@@ -181,7 +215,7 @@ def _read_member(sub: Submission, archive: zipfile.ZipFile, info: zipfile.ZipInf
     try:
         with archive.open(info) as handle:
             data = handle.read(MAX_FILE_BYTES + 1)  # the declared size may lie: read no more than the cap
-    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as err:
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, zlib.error) as err:
         sub.notes[name] = f"labs/{name}.py could not be read from the zip ({err})"
         return
     if len(data) > MAX_FILE_BYTES:
