@@ -64,6 +64,9 @@ print(f"each run: {plan.steps} steps of {plan.batch_size} rows of {plan.seq_len}
       f"{plan.checkpoint_every} steps")
 print(f"instruments: {len(base['probe'])} probe questions; {len(base['english'])} windows of {plan.window_tokens} "
       f"tokens of {plan.english}; learning on {len(base['task'])} held-out chunks of {plan.task}")
+missing_runs = [r.label for r in plan.runs if r.label not in runs]
+print(f"{len(runs)} of the plan's {len(plan.runs)} runs are recorded"
+      + (f"; not yet: {', '.join(missing_runs)} (run the command to complete it: it resumes)" if missing_runs else ""))
 for label, run in runs.items():
     opts = ", ".join(f"{k}={v}" for k, v in run["run"]["options"])
     print(f"  {label:<18} {run['run']['method']:<8} lr {run['run']['lr']:<8g} seed {run['run']['seed']} {opts}")"""),

@@ -122,6 +122,12 @@ if "qlora" in runs:
     q = runs["qlora"]
     guide.append(f"- **A model too big for your GPU:** qlora holds the base at {q['base_bits_per_param']:.1f} bits per "
                  f"parameter as loaded here (the quantized layers at about 4.1; notebook 08) and trains LoRA on top.")
+from labs.memory_scaling import CONSUMER_GPU_GB, largest_trainable
+fits = {m: largest_trainable(m, CONSUMER_GPU_GB) for m in ("full", "lora-fp32", "lora-bf16", "qlora")}
+guide.append(f"- **The largest model a {CONSUMER_GPU_GB:g} GB card trains** (notebook 08's memory-against-size recording): "
+             + "; ".join(f"{m} {f['size']} ({f['gb']:.1f} GB, {f['source']})" if f else f"{m}: none recorded"
+                         for m, f in fits.items())
+             + ". At 135M QLoRA saves nothing that matters; it is the method that reaches the largest base.")
 from labs.forgetting import RECORDED as FORGETTING, compare_at, load_runs, verdict_line
 f_base, f_runs = load_runs(FORGETTING)
 keeps = compare_at(f_base, f_runs["lora r=8"], f_runs["full 5e-5"], "english")
