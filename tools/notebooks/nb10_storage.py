@@ -50,7 +50,8 @@ from labs.timing import count_matrix_products, interleaved_medians
 
 prerequisites({"section 1, each method's files (full fine-tuning, and each method once its exercises are done)": ["full"],
                "section 2, notebook 00's storage arithmetic, measured": ["scaling", "lora"],
-               "sections 3-4, serving and merging LoRA adapters": ["lora"]})
+               "sections 3-4, serving and merging LoRA adapters": ["lora"],
+               "section 5, many adapters in one batch": ["lora", "10.1-10.3"]})
 lora, scaling = technique("lora"), technique("scaling")  # your modules (or the reference: LABS_IMPL=solutions)
 torch.manual_seed(0)
 model, tok = load_model("smollm2-135m")   # the base, kept untouched: every method starts from a copy
@@ -324,9 +325,10 @@ promise to check: every row gets what its adapter alone would give. Section 3's 
 row by row, gives the reference (its adapters must share a rank, so the check uses the rank-8 ones
 there), and the base row must equal the base model's own logits."""),
     ("code", r"""
+%%needs lora 10.1-10.3
 from labs.serving import MultiAdapterServer
 
-multi_dir = Path(tempfile.mkdtemp(prefix="nb10-multi-"))          # removed at the end of this section
+multi_dir = scratch_folder("nb10-multi-")          # removed at the end of this section, or when the kernel stops
 ranks = {f"customer{i}": (4, 8, 16)[i % 3] for i in range(8)}
 multi_folders = {}
 for seed, (name, r) in enumerate(ranks.items(), start=10):
@@ -373,6 +375,7 @@ the rows adapter by adapter through section 3's server (copy the factors in, the
 is what it has to do with eight different adapters; those are the rank-8 adapters only, so swap gets
 the cheapest case."""),
     ("code", r"""
+%%needs lora 10.1-10.3
 names8 = list(ranks)                                                        # 8 rows, 8 distinct adapters
 
 def swap_rows():
