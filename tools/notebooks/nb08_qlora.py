@@ -48,7 +48,8 @@ from labs.surgery import count_parameters
 from labs.train import TrainConfig, train
 
 prerequisites({"sections 1-7, NF4 from scratch (each cell waits only for the exercises it uses)": ["quantization"],
-               "sections 8-9, QLoRA training and its memory": ["qlora"]})
+               "sections 8-9, QLoRA training and its memory": ["qlora"],
+               "sections 10-12, quantizing while loading, the whole recipe, an NF4 adapter on fp32": ["qlora"]})
 q = technique("quantization")   # your labs/quantization.py (or the reference, with LABS_IMPL=solutions)
 qlora = technique("qlora")      # QLoRA, built on it and on your labs/lora.py
 lora = technique("lora")        # your LoRA from notebook 05
@@ -420,6 +421,7 @@ again), so only one layer is ever in fp32. The embedding and the output head are
 QLoRA reference code holds them (its norms stay fp32), and compute in fp32. `labs finetune --method qlora`
 now trains on this base."""),
     ("code", r"""
+%%needs qlora
 from labs.nf4_loading import load_quantized
 
 streamed, _ = load_quantized("smollm2-135m")        # skeleton, then tensor by tensor into NF4; embedding in bf16
@@ -510,6 +512,7 @@ The paper's recipe has four parts. NF4 and double quantization you built (sectio
   fine-tuning; adapting all linear layers did, and the rank mattered little. At a fixed budget of
   trainable weights, all-linear means a lower rank per layer."""),
     ("code", r"""
+%%needs qlora
 import warnings
 
 import bitsandbytes as bnb
@@ -537,6 +540,7 @@ Now the recipe, run: both adapters on the base quantized while loading, 8-bit Ad
 batches, the preset's side-run budget, QLoRA's learning rate; held-out loss on the task before and
 after. (A short run: it shows the recipe working, not the paper's quality claim.)"""),
     ("code", r"""
+%%needs qlora
 from labs.evaluate import eval_loss
 
 held_out = load_examples("define", "validation", n=16, seed=0)
@@ -561,6 +565,7 @@ The saved adapter is an ordinary LoRA adapter, and peft will load it onto the fu
 But it was trained to correct *the NF4 base*: on the fp32 base it is a different model. By how much?
 The all-linear adapter above, its factors copied onto the same LoRA on the fp32 base:"""),
     ("code", r"""
+%%needs qlora
 trained = recipe["all linear at r=3"]
 on_fp32 = lora.apply(copy.deepcopy(model), every).eval()
 with torch.no_grad():
