@@ -158,13 +158,11 @@ class Instruments:
 # ---------------------------------------------------------------------------------------------
 def run_one(plan: Plan, run: Run, base, tokenizer, instruments: Instruments, impl: str | None = None) -> dict:
     """Train one run on a copy of `base`, scoring the instruments at every checkpoint."""
-    import copy
-
     from labs.data import batches, load_examples
     from labs.methods import prepare
     from labs.train import TrainConfig, train
     torch.manual_seed(run.seed)
-    model = prepare(run.method, copy.deepcopy(base), instruments.task, dict(run.options), impl)
+    model = prepare(run.method, _starting_model(plan, run, base, impl), instruments.task, dict(run.options), impl)
     start = None if run.method in IDENTITY_AT_START else instruments.score(model)
     stream = batches(load_examples(plan.task, "train", seed=run.seed), tokenizer, instruments.task,
                      plan.seq_len, plan.batch_size, seed=run.seed, epochs=None)
@@ -173,6 +171,21 @@ def run_one(plan: Plan, run: Run, base, tokenizer, instruments: Instruments, imp
     history = train(model, stream, cfg, eval_fn=instruments.score, progress=False)
     return {"run": asdict(run), "settings": settings_of(plan), "start": start, "checkpoints": [{"step": s, **scores} for s, scores in history.evals],
             "losses": history.losses, "wall_time_s": time.perf_counter() - clock}
+
+
+def _starting_model(plan: Plan, run: Run, base, impl: str | None):
+    """A copy of the base, or for QLoRA the base read again quantized layer by layer, as
+    `labs finetune --method qlora` trains it (bf16 embedding and head, never an fp32 copy)."""
+    import copy
+
+    from labs.methods import get_method
+    if not get_method(run.method).loads_quantized:
+        return copy.deepcopy(base)
+    from labs.impl import technique
+    from labs.nf4_loading import load_quantized
+    from labs.options import config_from_options
+    config = config_from_options(technique("qlora", impl).QLoRAConfig, dict(run.options))
+    return load_quantized(plan.model, config, impl=impl)[0]
 
 
 def settings_of(plan: Plan) -> dict:

@@ -154,6 +154,18 @@ def test_a_recording_scores_every_checkpoint_resumes_and_reads_back(tiny_model_d
     assert len(only_second) == 1 and "prompt" in only_second[0]
 
 
+def test_qlora_runs_start_from_the_base_quantized_while_loading_as_finetune_trains_it(tiny_model_dir):
+    from labs.models import load_model
+    plan = tiny_plan(tiny_model_dir)
+    base, _ = load_model(str(tiny_model_dir))
+    quantized = fg._starting_model(plan, fg.Run("qlora", "qlora", 1e-3), base, "solutions")
+    assert quantized.get_input_embeddings().weight.dtype == torch.bfloat16   # not an fp32 copy quantized after
+    assert not any(p.dtype == torch.float32 and p.dim() == 2 for n, p in quantized.named_parameters()
+                   if "proj" in n), "its linear layers are stored in 4-bit"
+    copied = fg._starting_model(plan, fg.Run("full", "full", 1e-3), base, "solutions")
+    assert copied is not base and torch.equal(copied.get_input_embeddings().weight, base.get_input_embeddings().weight)
+
+
 def test_a_finetune_that_does_not_start_as_the_base_reports_forgetting_from_both(tiny_model_dir, tmp_path):
     from labs.compare import compare_row
     from labs.finetune import run_finetune
