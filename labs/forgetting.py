@@ -72,14 +72,15 @@ class Plan:
         raise ValueError(f"no run {label!r} in plan {self.name!r}; it has {', '.join(r.label for r in self.runs)}")
 
 
-# Learning rates people use: the registry's laptop rates, and for full fine-tuning one 4x higher too.
+# Learning rates people use: the registry's laptop rates, and for full fine-tuning one 4x higher too;
+# LoRA at a rate 3x lower as well, to see whether its rate rather than its rank sets its forgetting.
 PLANS = {
     "laptop": Plan("laptop", runs=(   # the main comparison first, so a partial recording already shows it
         Run("full 5e-5", "full", 5e-5), Run("lora r=8", "lora", 1e-3), Run("full 2e-4", "full", 2e-4),
         Run("qlora r=8", "qlora", 1e-3), Run("lora r=64", "lora", 1e-3, (("r", 64), ("alpha", 128))),
         Run("full 5e-5 seed 1", "full", 5e-5, seed=1), Run("lora r=8 seed 1", "lora", 1e-3, seed=1),
         Run("bitfit", "bitfit", 5e-3), Run("adapter", "adapter", 1e-3), Run("prefix", "prefix", 5e-3),
-        Run("prompt", "prompt", 1e-2)),
+        Run("prompt", "prompt", 1e-2), Run("lora r=8 3e-4", "lora", 3e-4)),
         steps=30, checkpoint_every=10, batch_size=8, seq_len=96, n_task_eval=48, english_windows=32,
         window_tokens=256, n_probe=300),
     "quick": Plan("quick", runs=(Run("full 2e-4", "full", 2e-4), Run("lora r=8", "lora", 2e-3)),
