@@ -15,6 +15,8 @@ saves is a plain LoRA adapter: it loads onto the full-precision base in peft.
 """
 from __future__ import annotations
 
+import copy
+
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -156,7 +158,14 @@ def dequantized(layer: nn.Module) -> torch.Tensor:
     if isinstance(layer, NF4Linear):
         return quantization.dequantize_nf4(layer.nf4())
     import bitsandbytes.functional as bnb_functional
-    return bnb_functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
+    packed, state = layer.weight.data, layer.weight.quant_state
+    if getattr(state, "packing_format_for_cpu", False):
+        # On a CPU with AVX512-BF16, Linear4bit's first eval forward repacks its codes in place for
+        # its bf16 kernel (block scales kept in bf16 from then on). dequantize_4bit reads only the
+        # original layout: undo the repacking on copies, as bitsandbytes does before saving (the
+        # layer keeps its fast layout).
+        packed, state = bnb_functional._convert_weight_packed_for_cpu_inverse(packed.clone(), copy.deepcopy(state))
+    return bnb_functional.dequantize_4bit(packed, state).float()
 
 
 # ---------------------------------------------------------------------------------------------
