@@ -199,7 +199,8 @@ def answer(tokenizer, new: list[int], stops) -> Reply:
 
 
 @torch.no_grad()
-def mixed_replies(server, tokenizer, pairs: list[tuple[str | None, str]], sampling: Sampling = Sampling()) -> list[Reply]:
+def mixed_replies(server, tokenizer, pairs: list[tuple[str | None, str]],
+                  sampling: Sampling = Sampling()) -> list[Reply]:
     """Every pair's answer, all from ONE batch: row n reads prompt pairs[n][1] through the adapter
     the server (labs.serving.MultiAdapterServer) serves as pairs[n][0] (None: the base alone).
 
@@ -353,8 +354,8 @@ MIXED_NEEDS = ("lora", "10.1-10.3")   # the exercises a mixed batch runs (labs/l
 
 
 def parse_pair(text: str) -> tuple[str | None, str]:
-    """"runs/lora-units=Convert 3 hours." -> ("runs/lora-units", "Convert 3 hours."); "base=Hi" -> (None, "Hi").
-    The first '=' splits: a prompt may hold more of them."""
+    """One --pair: 'runs/lora-units=Convert 3 hours.' -> ("runs/lora-units", "Convert 3 hours."),
+    'base=Hi' -> (None, "Hi"). The first '=' splits: a prompt may hold more of them."""
     adapter, sep, prompt = text.partition("=")
     if not sep:
         raise ValueError(f"--pair {text!r} has no '='; write --pair {PAIR_FORM}")
@@ -420,8 +421,8 @@ def shared_base(folders: dict[str, Path], base: str | None) -> str:
     for adapter, folder in folders.items():
         hub_id = json.loads((folder / CONFIG_NAME).read_text()).get("base_model_name_or_path")
         if hub_id:
-            recorded[adapter] = base_name(hub_id)
-    want = base_name(base) if base else next(iter(recorded.values()), None)
+            recorded[adapter] = _base_key(hub_id)
+    want = _base_key(base) if base else next(iter(recorded.values()), None)
     if want is None:
         raise ValueError("no adapter of these pairs names its base model: say which with --base "
                          "(for example --base smollm2-135m)")
@@ -432,6 +433,13 @@ def shared_base(folders: dict[str, Path], base: str | None) -> str:
                              f"{want!r} ({source}); one batch serves adapters of one base: answer it in a batch "
                              "of its own")
     return want
+
+
+def _base_key(name: str) -> str:
+    """One spelling per base: the embedded model's name for its Hub name or cache folder, a local
+    folder's absolute path, else the name as given."""
+    name = base_name(name)
+    return str(Path(name).resolve()) if Path(name).is_dir() else name
 
 
 def require_mixed_ready(impl: str | None) -> None:
@@ -458,7 +466,7 @@ def _serve_pairs(args, sampling: Sampling) -> int:
     if others:
         raise ValueError(f"--pair / --pairs bring their own prompts and adapters; leave out {', '.join(others)} "
                          "(a base row is base=PROMPT)")
-    if args.device not in (None, "cpu"):
+    if args.device not in (None, "cpu"):   # MultiLoRALinear keeps the adapters' factors on the CPU
         raise ValueError(f"--device {args.device}: the mixed batch runs on the CPU for now; leave out --device")
     pairs = [parse_pair(text) for text in args.pair] + (read_pairs(args.pairs) if args.pairs else [])
     folders = {adapter: lora_folder(adapter) for adapter, _ in pairs if adapter is not None}

@@ -92,7 +92,8 @@ def test_cli_answers_pairs_from_flags_and_a_file_in_one_batch(tmp_path, impl_nam
                           "--pairs", str(tmp_path / "pairs.jsonl"), "--max-new-tokens", "4", "--impl", impl_name])
     captured = capsys.readouterr()
     assert code == 0
-    for header in (f"[{a}] > Name a colour.", "[base] > Name a colour.", f"[{run}] > Say hello.", "[base] > Say hello."):
+    for header in (f"[{a}] > Name a colour.", "[base] > Name a colour.",
+                   f"[{run}] > Say hello.", "[base] > Say hello."):
         assert header in captured.out, captured.out
     assert "4 prompts in one batch: 2 adapter(s)" in captured.err
 
@@ -116,7 +117,8 @@ def test_a_pairs_file_is_read_line_by_line_and_a_bad_line_is_named(tmp_path):
                     '{"prompt": "Hey"}\n{"adapter": "base", "prompt": "Ho"}\n')
     assert read_pairs(str(good)) == [("runs/a", "Hi"), (None, "Yo"), (None, "Hey"), (None, "Ho")]
     for line, message in (("not json", r"line 2 is not JSON"),
-                          ('{"adaptor": "runs/a", "prompt": "Hi"}', r'line 2 is .*adaptor.*keys "prompt" and.*"adapter"'),
+                          ('{"adaptor": "runs/a", "prompt": "Hi"}',
+                           r'line 2 is .*adaptor.*keys "prompt" and.*"adapter"'),
                           ('{"adapter": "runs/a"}', r'line 2 is .*keys "prompt"'),
                           ('{"adapter": "runs/a", "prompt": ""}', r"line 2 has an empty prompt"),
                           ('{"adapter": 3, "prompt": "Hi"}', r"line 2: the adapter 3 is not a folder name")):
@@ -150,6 +152,8 @@ def test_bad_adapters_are_refused_before_any_model_loads(tmp_path, impl_name):
         generate.main(["--pair", "base=Hi", "--impl", impl_name])
     with pytest.raises(ValueError, match=r"leave out --prompt, --compare-base"):
         generate.main(["--pair", f"{ours}=Hi", "--prompt", "Yo", "--compare-base"])
+    with pytest.raises(ValueError, match=r"--device cuda: the mixed batch runs on the CPU"):
+        generate.main(["--pair", f"{ours}=Hi", "--device", "cuda"])
 
 
 def test_the_cli_reports_a_bad_pair_in_one_line(tmp_path, capsys):
