@@ -4,6 +4,7 @@
     labs finetune --method lora --task define     one method, one model, one task
     labs compare --methods full,lora,bitfit       several methods side by side: table + Pareto plot
     labs generate RUN --prompt "..."              talk to what you trained (--chat, --compare-base)
+    labs generate --pair ADAPTER=PROMPT ...       many adapters, one batch (--pairs FILE.jsonl)
     labs export RUN --merged OUT [--gguf F.gguf]  a plain transformers folder, a GGUF file for llama.cpp
     labs check [5 | 5.2]                          your exercises, pass or fail, with a hint
     labs grade ... / labs release ...             instructor tools (where this edition has them)
@@ -99,7 +100,8 @@ def build_parser(choices: dict | None = None) -> argparse.ArgumentParser:
     cmp.add_argument("--methods", default=None, help="comma-separated methods" + methods + " (default: all)")
     _run_arguments(cmp, choices)
 
-    for name, text in (("generate", "answers from a run, an adapter or a model folder: labs generate RUN --prompt ..."),
+    for name, text in (("generate", "answers from a run, an adapter or a model folder: labs generate RUN --prompt ...; "
+                                    "many adapters in one batch: --pair ADAPTER=PROMPT (repeated) or --pairs FILE.jsonl"),
                        ("export", "merge a run into a plain transformers folder (--merged) or a GGUF file (--gguf)"),
                        ("check", "run your exercise tests: labs check [5 | 5.2]"),
                        ("grade", "grade a folder of submissions (instructors)"),

@@ -15,6 +15,15 @@ decoding is greedy unless --temperature > 0, and stops at the end-of-turn token.
 (SmolLM2's among them) pad with their EOS token: the answer is cut at the first stop token, so
 padding after it is never shown. Several LoRA adapters on one base (`--adapter name=FOLDER`, repeated)
 are served by labs.serving.AdapterServer, as in notebook 10.
+
+Many (adapter, prompt) pairs in ONE batch, each row through its own LoRA adapter (notebook 10,
+section 5: labs.serving.MultiAdapterServer, your exercises 10.1-10.3):
+
+    labs generate --pair runs/lora-units="Convert 3 hours to minutes." --pair base="Say hi."
+    labs generate --pairs pairs.jsonl        # lines {"adapter": "runs/lora-units", "prompt": "..."}
+
+An adapter is an adapter folder or a LoRA run folder of `labs finetune`; "base", an empty name or
+a missing/null "adapter" means the base model alone. Every adapter must share one base model.
 """
 from __future__ import annotations
 
@@ -170,15 +179,47 @@ def reply(model: nn.Module, tokenizer, conversation: str | list[dict], sampling:
     enc = tokenizer(render(tokenizer, messages), add_special_tokens=False, return_tensors="pt")
     device = next(model.parameters()).device
     stops = stop_ids(tokenizer, model)
-    sample = sampling.temperature > 0
-    if sample:
-        torch.manual_seed(sampling.seed)
-    knobs = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p} if sample \
-        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     out = model.generate(**{k: v.to(device) for k, v in enc.items()}, max_new_tokens=sampling.max_new_tokens,
-                         eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, **knobs)
-    new, stopped = until_stop(out[0, enc["input_ids"].shape[1]:].tolist(), set(stops))   # (new tokens,)
+                         eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, **decoding(sampling))
+    return answer(tokenizer, out[0, enc["input_ids"].shape[1]:].tolist(), stops)   # (new tokens,)
+
+
+def decoding(sampling: Sampling) -> dict:
+    """generate()'s knobs for `sampling` (seeding the sampler when it samples)."""
+    if sampling.temperature > 0:
+        torch.manual_seed(sampling.seed)
+        return {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
+    return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+def answer(tokenizer, new: list[int], stops) -> Reply:
+    """The Reply for one row's new tokens: cut at the first stop token, decoded."""
+    new, stopped = until_stop(new, set(stops))
     return Reply(tokenizer.decode(new, skip_special_tokens=True).strip(), len(new), stopped)
+
+
+@torch.no_grad()
+def mixed_replies(server, tokenizer, pairs: list[tuple[str | None, str]],
+                  sampling: Sampling = Sampling()) -> list[Reply]:
+    """Every pair's answer, all from ONE batch: row n reads prompt pairs[n][1] through the adapter
+    the server (labs.serving.MultiAdapterServer) serves as pairs[n][0] (None: the base alone).
+
+    The prompts go through the chat template as in reply(), left-padded so that all rows take their
+    next token together; the server's plan (which adapter each row uses) holds for the prompt's
+    forward and for every token after it. Greedy, each row's answer is the one reply() gives with
+    that adapter loaded alone.
+    """
+    from labs.serving import encode_pairs
+    texts = [(name, render(tokenizer, [{"role": "user", "content": prompt}])) for name, prompt in pairs]
+    names, inputs = encode_pairs(tokenizer, texts, add_special_tokens=False)   # (N, T) each, left-padded
+    model = server.model
+    device = next(model.parameters()).device
+    stops = stop_ids(tokenizer, model)
+    server.plan(names)
+    out = model.generate(**{k: v.to(device) for k, v in inputs.items()}, max_new_tokens=sampling.max_new_tokens,
+                         eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, **decoding(sampling))
+    prompt_tokens = inputs["input_ids"].shape[1]
+    return [answer(tokenizer, row, stops) for row in out[:, prompt_tokens:].tolist()]   # (N, new) -> N replies
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-base", action="store_true", help="print the base model's answer beside the tuned one")
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=FOLDER",
                    help="a LoRA adapter served by name on one base (repeatable; notebook 10's server)")
-    p.add_argument("--base", default=None, help="the base model of --adapter (default: the first adapter's own)")
+    p.add_argument("--pair", action="append", default=[], metavar="ADAPTER=PROMPT",
+                   help="one row of a mixed batch: an adapter (or LoRA run) folder and its prompt, answered "
+                        "with every other --pair in ONE batch; base=PROMPT: the base model (repeatable)")
+    p.add_argument("--pairs", metavar="FILE", help='rows of a mixed batch from a JSONL file, one '
+                   '{"adapter": FOLDER, "prompt": TEXT} a line ("adapter" "base", "" or left out: the base; '
+                   "'-': standard input)")
+    p.add_argument("--mode", default="gather", choices=("gather", "group"),
+                   help="how the mixed batch computes each row's update (exercise 10.1, or 10.2-10.3)")
+    p.add_argument("--base", default=None, help="the base model of --adapter or --pair (default: the first "
+                   "adapter's own)")
     p.add_argument("--max-new-tokens", type=int, default=Sampling.max_new_tokens)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (with --temperature)")
@@ -222,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging
     logging.disable_progress_bar()      # answers only, no loading bars
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    if args.pair or args.pairs:
+        return _serve_pairs(args, sampling)
     if args.adapter:
         return _serve_adapters(args, sampling)
     if not args.folder:
@@ -288,5 +340,148 @@ def _serve_adapters(args, sampling: Sampling) -> int:
         for name in server.names:
             server.use(name)
             print(f"[{name}] {reply(server.model, tokenizer, prompt, sampling).text}")
+        print()
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Many adapters in one batch: --pair ADAPTER=PROMPT (repeated), --pairs FILE.jsonl
+# ---------------------------------------------------------------------------------------------
+BASE_WORDS = ("", "base")   # an adapter named so is no adapter: the row runs on the base model alone
+PAIR_FORM = ("ADAPTER=PROMPT, where ADAPTER is an adapter folder (adapter_config.json) or a LoRA run "
+             "folder of labs finetune, or base (or nothing before '=') for the base model")
+MIXED_NEEDS = ("lora", "10.1-10.3")   # the exercises a mixed batch runs (labs/lora.py, labs/multi_lora.py)
+
+
+def parse_pair(text: str) -> tuple[str | None, str]:
+    """One --pair: 'runs/lora-units=Convert 3 hours.' -> ("runs/lora-units", "Convert 3 hours."),
+    'base=Hi' -> (None, "Hi"). The first '=' splits: a prompt may hold more of them."""
+    adapter, sep, prompt = text.partition("=")
+    if not sep:
+        raise ValueError(f"--pair {text!r} has no '='; write --pair {PAIR_FORM}")
+    return checked_pair(adapter, prompt, f"--pair {text!r}")
+
+
+def checked_pair(adapter, prompt, where: str) -> tuple[str | None, str]:
+    """(adapter folder or None for the base, prompt), or a clear error naming `where` the pair came from."""
+    if adapter is not None and not isinstance(adapter, str):
+        raise ValueError(f"{where}: the adapter {adapter!r} is not a folder name; give a folder, \"base\" or \"\"")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"{where} has an empty prompt {prompt!r}; every pair needs a prompt to answer")
+    adapter = None if adapter is None or adapter.strip() in BASE_WORDS else adapter.strip()
+    return adapter, prompt.strip()
+
+
+def read_pairs(path: str) -> list[tuple[str | None, str]]:
+    """The pairs of a JSONL file ('-': standard input), one {"adapter": ..., "prompt": ...} a line;
+    blank lines are skipped."""
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    pairs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where} is not JSON ({err.msg}): {line.strip()[:60]!r}; each line is "
+                             '{"adapter": "runs/lora-...", "prompt": "..."}') from None
+        if not isinstance(row, dict) or "prompt" not in row or set(row) - {"adapter", "prompt"}:
+            raise ValueError(f"{where} is {line.strip()[:60]!r}; each line is an object with the keys "
+                             '"prompt" and, optionally, "adapter" (left out, null, "" or "base": the base model)')
+        pairs.append(checked_pair(row.get("adapter"), row["prompt"], where))
+    if not pairs:
+        raise ValueError(f"{path} holds no pairs; write one {{\"adapter\": ..., \"prompt\": ...}} a line")
+    return pairs
+
+
+def lora_folder(adapter: str) -> Path:
+    """The LoRA adapter folder that `adapter` (as typed) names: the folder itself, or a run's adapter/."""
+    from labs.peft_format import CONFIG_NAME
+    folder = Path(adapter)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"adapter folder {adapter!r} does not exist; a pair is {PAIR_FORM}")
+    if (folder / "metrics.json").is_file():
+        method = json.loads((folder / "metrics.json").read_text()).get("method")
+        if method != "lora":
+            raise ValueError(f"{adapter!r} is a {method} run; a mixed batch serves LoRA adapters (runs of "
+                             f"--method lora) on the plain base: answer it alone with labs generate {adapter}")
+        folder = folder / "adapter"
+    if not (folder / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{adapter!r} is neither an adapter folder ({CONFIG_NAME}) nor a run folder "
+                                f"(metrics.json); a pair is {PAIR_FORM}")
+    return folder
+
+
+def shared_base(folders: dict[str, Path], base: str | None) -> str:
+    """The one base model of the batch: --base, else the base the adapters record; an adapter that
+    records another base is refused (its factors would meet weights they were not trained with)."""
+    from labs.peft_format import CONFIG_NAME
+    recorded = {}
+    for adapter, folder in folders.items():
+        hub_id = json.loads((folder / CONFIG_NAME).read_text()).get("base_model_name_or_path")
+        if hub_id:
+            recorded[adapter] = _base_key(hub_id)
+    want = _base_key(base) if base else next(iter(recorded.values()), None)
+    if want is None:
+        raise ValueError("no adapter of these pairs names its base model: say which with --base "
+                         "(for example --base smollm2-135m)")
+    source = "--base" if base else f"the base of {next(iter(recorded))!r}"
+    for adapter, name in recorded.items():
+        if name != want:
+            raise ValueError(f"adapter {adapter!r} was trained on base model {name!r}, but this batch runs on "
+                             f"{want!r} ({source}); one batch serves adapters of one base: answer it in a batch "
+                             "of its own")
+    return want
+
+
+def _base_key(name: str) -> str:
+    """One spelling per base: the embedded model's name for its Hub name or cache folder, a local
+    folder's absolute path, else the name as given."""
+    name = base_name(name)
+    return str(Path(name).resolve()) if Path(name).is_dir() else name
+
+
+def require_mixed_ready(impl: str | None) -> None:
+    """A clear NotImplementedError, before any model loads, while the exercises a mixed batch runs are open."""
+    from labs.impl import current_impl, has_reference
+    from labs.prerequisites import describe, missing
+    impl = impl or current_impl()
+    todo = missing(MIXED_NEEDS, impl)
+    if todo:
+        other = ", or run the reference with --impl solutions (or LABS_IMPL=solutions)" if has_reference() else ""
+        raise NotImplementedError(
+            f"--pair and --pairs answer every pair in one batch with your own labs/lora.py and labs/multi_lora.py, "
+            f"where {describe(todo, impl)} {'is' if len(todo) == 1 else 'are'} still open; finish "
+            f"{'it' if len(todo) == 1 else 'them'}{other}")
+
+
+def _serve_pairs(args, sampling: Sampling) -> int:
+    """Every (adapter, prompt) pair answered in ONE batch on one base (labs.serving.MultiAdapterServer)."""
+    from labs.models import load_model
+    from labs.serving import MultiAdapterServer
+    others = [flag for flag, used in (("a folder", args.folder), ("--adapter", args.adapter), ("--prompt", args.prompt),
+                                      ("--prompts", args.prompts), ("--chat", args.chat),
+                                      ("--compare-base", args.compare_base)) if used]
+    if others:
+        raise ValueError(f"--pair / --pairs bring their own prompts and adapters; leave out {', '.join(others)} "
+                         "(a base row is base=PROMPT)")
+    if args.device not in (None, "cpu"):   # MultiLoRALinear keeps the adapters' factors on the CPU
+        raise ValueError(f"--device {args.device}: the mixed batch runs on the CPU for now; leave out --device")
+    pairs = [parse_pair(text) for text in args.pair] + (read_pairs(args.pairs) if args.pairs else [])
+    folders = {adapter: lora_folder(adapter) for adapter, _ in pairs if adapter is not None}
+    base = shared_base(folders, args.base)
+    if folders:
+        require_mixed_ready(args.impl)
+    model, tokenizer = load_model(base)
+    server = MultiAdapterServer(model.eval(), impl=args.impl, mode=args.mode)
+    for adapter, folder in folders.items():
+        server.add(adapter, folder)
+    print(f"{len(pairs)} prompts in one batch: {len(folders)} adapter(s) on {base}"
+          f"{' and rows on the base alone' if any(a is None for a, _ in pairs) else ''} "
+          f"(mode {args.mode})", file=sys.stderr)
+    for (adapter, prompt), got in zip(pairs, mixed_replies(server, tokenizer, pairs, sampling)):
+        print(f"[{adapter or 'base'}] > {prompt}")
+        print(got.text)
         print()
     return 0

@@ -207,11 +207,12 @@ class MultiAdapterServer:
         return sizes
 
 
-def encode_pairs(tokenizer, pairs) -> tuple[list[str | None], dict[str, torch.Tensor]]:
+def encode_pairs(tokenizer, pairs, add_special_tokens: bool = True) -> tuple[list[str | None], dict[str, torch.Tensor]]:
     """(adapter names, model inputs) for a batch of (adapter, prompt text) pairs.
 
     Prompts are LEFT-padded, so that every row's last token sits at the last position and the next
     tokens of all rows come out together; the attention mask hides the padding.
+    add_special_tokens=False for texts that already carry them (a rendered chat template).
     """
     pairs = list(pairs)
     bad = [p for p in pairs if not (isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[1], str))]
@@ -219,7 +220,8 @@ def encode_pairs(tokenizer, pairs) -> tuple[list[str | None], dict[str, torch.Te
         raise ValueError(f"give (adapter name or None, prompt text) pairs, got {bad[0] if bad else pairs!r}")
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
-        inputs = tokenizer([prompt for _, prompt in pairs], return_tensors="pt", padding=True)
+        inputs = tokenizer([prompt for _, prompt in pairs], return_tensors="pt", padding=True,
+                           add_special_tokens=add_special_tokens)
     finally:
         tokenizer.padding_side = side
     return [name for name, _ in pairs], dict(inputs)
