@@ -173,6 +173,24 @@ def test_graded_tests_fail_and_infrastructure_tests_pass_in_the_edition(edition,
     assert 'classname="tests.test_surgery"' in xml, "the infrastructure tests ran"
 
 
+def test_every_shipped_test_imports_only_what_the_edition_has(edition):
+    """A test that imports a held-back module (labs.instructor, solutions) would stop the student's
+    `make test` at collection: such a test is held back with what it imports."""
+    import ast
+    out, _ = edition
+    missing = []
+    for test in sorted((out / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(test.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            for name in names:
+                top, _, rest = name.partition(".")
+                if top == "solutions" or (top == "labs" and rest and not (
+                        (out / "labs" / f"{rest.split('.')[0]}.py").is_file() or (out / "labs" / rest.split(".")[0]).is_dir())):
+                    missing.append(f"{test.name} imports {name}")
+    assert not missing, missing
+
+
 def test_labs_check_works_in_the_edition(edition):
     out, _ = edition
     proc = run([sys.executable, "-m", "labs", "check", "0"], out)

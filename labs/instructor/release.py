@@ -51,18 +51,25 @@ TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # ---------------------------------------------------------------------------------------------
 # What goes in
 # ---------------------------------------------------------------------------------------------
+# What a script may not import to ship in the edition: the reference, and what the edition holds back.
+HELD_MODULES = ("solutions", "labs.instructor", "make_stubs", "check_exercises")
+
+
 def needs_reference(path: Path) -> bool:
-    """A script that imports solutions, or names the "solutions" implementation, needs the reference."""
+    """A script that imports solutions or an instructor-only module (labs.instructor, the stub tools),
+    or names the "solutions" implementation, needs what only the course repository has."""
     try:
         tree = ast.parse(path.read_text())
     except SyntaxError:
         return True
+
+    def held(module: str) -> bool:
+        return any(module == m or module.startswith(m + ".") for m in HELD_MODULES)
+
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import) and any(a.name.split(".")[0] in ("solutions", "make_stubs",
-                                                                         "check_exercises") for a in node.names):
+        if isinstance(node, ast.Import) and any(held(a.name) for a in node.names):
             return True
-        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("solutions", "make_stubs",
-                                                                                       "check_exercises"):
+        if isinstance(node, ast.ImportFrom) and held(node.module or ""):
             return True
         if isinstance(node, ast.Constant) and node.value == "solutions":
             return True
