@@ -567,13 +567,15 @@ def unreadable(paths: list[str], uid: int) -> list[str]:
     return json.loads(said) if said else list(paths)
 
 
-def choose_uids(jobs: int, sandbox, course: Path) -> tuple[list[int] | None, str]:
-    """(the children's uids or None, and what to tell the instructor). A root grader runs each child
-    under its own unprivileged uid, with or without bubblewrap; other graders cannot."""
+def choose_uids(jobs: int, sandbox, course: Path) -> tuple[list[int] | None, str, list[str]]:
+    """(the children's uids or None, what to tell the instructor, the folders of the Python
+    environment the children cannot read). A root grader runs each child under its own
+    unprivileged uid, with or without bubblewrap; other graders cannot."""
     if os.geteuid() != 0:
-        return None, "uid drop: no (the grader is not root; children keep its uid)"
+        return None, "uid drop: no (the grader is not root; children keep its uid)", []
     if sandbox is not None and sandbox.flavour != "root":
-        return None, "uid drop: no"
+        return None, "uid drop: no", []
+    bad: list[str] = []
     uids = child_uids(jobs)
     said = f"uid drop: yes (uids {uids[0]}-{uids[-1]}, one per running child)"
     if sandbox is None:
@@ -584,7 +586,7 @@ def choose_uids(jobs: int, sandbox, course: Path) -> tuple[list[int] | None, str
         if bad:
             said += (f"; {len(bad)} folder(s) of the Python environment or data/ unreadable to the children, "
                      f"e.g. {bad[0]} (the standard library is loaded before they start)")
-    return uids, said
+    return uids, said, bad
 
 
 def choose_sandbox(mode: str, course: Path, workdir: Path):
@@ -654,8 +656,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     BOUNDARY.make_undumpable()  # children of the same user cannot read this process's descriptors
     sandbox, said = choose_sandbox(args.sandbox, args.course.resolve(), args.workdir)
-    uids, uid_said = choose_uids(args.jobs, sandbox, args.course.resolve())
-    _preload(stdlib="NOT readable" in uid_said)
+    uids, uid_said, unreadable_here = choose_uids(args.jobs, sandbox, args.course.resolve())
+    _preload(stdlib=bool(unreadable_here))
     if uids:  # the children reach their trees under a folder they may cross but not list
         for folder in (args.workdir.parent, args.workdir):
             os.chmod(folder, 0o711)
