@@ -20,13 +20,19 @@ Out, in --out DIR:
     DIR/students/<student>/feedback.md    per exercise: status, points, a hint
     DIR/students/<student>/output.txt     what the student's code printed (for the instructor)
     DIR/grades.csv     one row per submission, rewritten as each finishes: a column per exercise,
-                       total, status, sandbox, tampered, id_note
+                       total, status, sandbox, tampered, id_note, protections
     DIR/instructor.md  for the instructor: the run's protections, and each tampered submission
 status: ok (everything graded), partial (a module was refused, missing or did not finish: see
 feedback.md), error:<reason> (nothing could be graded, e.g. a corrupt zip), tampered (a decoy test
 passed or the grading plugin was changed: scored 0; the student is told only to see the instructor).
 id_note: a name that collided with another once cleaned (exact names keep theirs).
 sandbox: "bubblewrap" when each child ran in its own sandbox, else "NONE: <why>" (limits only).
+protections: everything in force, in words: bubblewrap yes/no; uid drop yes/no (a root grader runs
+each child under a uid of its own, with or without bubblewrap, so that its process limit is its own
+and, without bubblewrap, solutions/ and tests/hidden/ are closed to it); the limits.
+Cost is bounded: the screen has --screen time per submission; a test has --test-timeout seconds of
+CPU time (and a wall-clock backstop); a module --timeout, a submission --submission-timeout seconds
+of wall-clock time; a module stops after --max-timeouts of its tests in a row ran out of time.
 Every submission always gets a row, and grades.csv is always written, whatever a child does.
 
 A large class can be spread over machines: each runs `--shard i/n` on the same submissions and
@@ -210,10 +216,6 @@ class Runner:
         """What grades.csv says about the sandbox: short when it held, the reason when it did not."""
         return "bubblewrap" if self.sandboxed else f"NONE: {self.sandbox_said}"
 
-    def protections(self, limits: Limits) -> str:
-        """Every protection in force in this run, in one line (grades.csv, instructor.md, the terminal)."""
-        return protections_line(self.sandboxed, self.uid_said, limits)
-
     def collect(self, course: Course, limits: Limits, policy: dict) -> list[dict]:
         """The graded tests, their exercises and points, collected on the instructor's stubs."""
         files = course.test_files()
@@ -250,7 +252,10 @@ class Runner:
             self.proc.wait()
 
 
-def protections_line(sandboxed: bool, uid_said: str, limits: Limits) -> str:
+def protections(runner, limits: Limits) -> str:
+    """Every protection in force in this run, in one line (grades.csv, instructor.md, the terminal),
+    from what the test runner said when it started (a stand-in runner says nothing of uids)."""
+    sandboxed, uid_said = bool(getattr(runner, "sandboxed", False)), getattr(runner, "uid_said", "uid drop: not known")
     own = uid_said.startswith("uid drop: yes")
     return (f"bubblewrap: {'yes' if sandboxed else 'no'}; {uid_said}; limits per child: "
             f"{limits.nproc if own else 'the user' + chr(39) + 's'} processes, {limits.memory_mb} MB, "
@@ -387,7 +392,7 @@ def grade(paths: list[Path], out: Path, limits: Limits, jobs: int, single: bool 
                  f"{time.monotonic() - started:.1f} s; sandbox: {runner.sandbox_said}")
         if not runner.sandboxed:
             progress(_no_sandbox_banner(runner))
-        progress(f"protections: {runner.protections(limits)}")
+        progress(f"protections: {protections(runner, limits)}")
         if id_notes:
             progress(f"note: {len(id_notes)} submission name(s) collided once cleaned: "
                      + "; ".join(id_notes.values())[:1000])
@@ -433,7 +438,7 @@ def _grade_all(named, out, limits, course, policy, runner, workdir, single, prog
             scores, status = [], f"error:the reports could not be written ({err})"
         rows[student] = (student, scores, status, {"tampered": "; ".join(graded.tampered),
                                                    "id_note": id_notes.get(student, ""),
-                                                   "protections": runner.protections(limits)})
+                                                   "protections": protections(runner, limits)})
         write_atomically(out / "grades.csv", grades_csv([rows[s] for s in by_student if s in rows], course,
                                                         runner.sandbox_column()))  # row by row: nothing lost
         total, top = sum(s.points for s in scores), sum(s.max_points for s in scores)
@@ -471,7 +476,7 @@ def _grade_all(named, out, limits, course, policy, runner, workdir, single, prog
         ordered = [rows[s] for s in by_student]
         write_atomically(out / "grades.csv", grades_csv(ordered, course, runner.sandbox_column()))
         write_atomically(out / "instructor.md", instructor_report(list(by_student.values()), runner.sandbox_column(),
-                                                                  runner.protections(limits)))
+                                                                  protections(runner, limits)))
     return ordered
 
 
