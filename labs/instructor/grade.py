@@ -30,9 +30,10 @@ sandbox: "bubblewrap" when each child ran in its own sandbox, else "NONE: <why>"
 protections: everything in force, in words: bubblewrap yes/no; uid drop yes/no (a root grader runs
 each child under a uid of its own, with or without bubblewrap, so that its process limit is its own
 and, without bubblewrap, solutions/ and tests/hidden/ are closed to it); the limits.
-Cost is bounded: the screen has --screen time per submission; a test has --test-timeout seconds of
-CPU time (and a wall-clock backstop); a module --timeout, a submission --submission-timeout seconds
-of wall-clock time; a module stops after --max-timeouts of its tests in a row ran out of time.
+Cost is bounded: the screen has 30 s per submission (Limits.screen_timeout); a test has
+--test-timeout seconds of CPU time (and a wall-clock backstop); a module --timeout, a submission
+--submission-timeout seconds of wall-clock time; a module stops after --max-timeouts of its tests
+in a row ran out of time (the rest fail with that reason).
 Every submission always gets a row, and grades.csv is always written, whatever a child does.
 
 A large class can be spread over machines: each runs `--shard i/n` on the same submissions and

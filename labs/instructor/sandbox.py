@@ -10,7 +10,12 @@ student code loads and runs pytest with a result plugin (labs/instructor/sandbox
    grading tree and the Python environment, read-only; a private /tmp; no /proc; its own PID
    namespace; no network; no privileges. Where bubblewrap cannot work here, the server says so
    once (the `ready` event) and the children run with the limits below only,
-3. resource limits (CPU seconds, address space, file size, processes, no core files),
+3. resource limits (CPU seconds, address space, file size, processes, no core files); where the
+   grader is root, the child runs under an unprivileged uid of its own (one per running child,
+   UID_BASE and up), with or without bubblewrap: its process limit counts its processes only, and
+   when it is gone every process of that uid is killed (wherever it moved) and its files in the
+   world-writable folders removed before the uid is given to the next child. Without bubblewrap
+   its tree is readable by it alone, and solutions/ and tests/hidden/ are closed to other users,
 4. a scrubbed environment (HOME and TMPDIR in its private tmp, offline, one thread),
 5. only the standard library, site-packages and its tree on sys.path, so neither an editable
    install nor the instructor's checkout can expose `solutions`,
@@ -27,7 +32,9 @@ tests fail with the reason, and the server carries on with the others. Results a
 only once their child is gone, so none can be withdrawn after the grader saw it.
 A child's stdout and stderr go to a third pipe and are only kept as text. If a child dies or a
 test ignores its timeout, that test fails with the reason and the rest run again in a new child,
-within the module's time budget. Tasks arrive as JSON lines on stdin; events leave on the
+within the module's time budget and its submission's. A module stops after `max_timeouts` of its
+tests in a row ran out of time (a test and its decoy copies count once); its other tests fail with
+that reason. Tasks arrive as JSON lines on stdin; events leave on the
 --events fd.
 """
 from __future__ import annotations

@@ -729,8 +729,7 @@ def _is_self(node: ast.AST | None) -> bool:
 # ---------------------------------------------------------------------------------------------
 # From scratch: exercises must not lean on peft or the reference
 # ---------------------------------------------------------------------------------------------
-def _from_scratch(tree: ast.Module, exercises: dict[str, str],
-                  functions: dict[str, ast.AST] | None = None) -> list[Finding]:
+def _from_scratch(tree: ast.Module, exercises: dict[str, str]) -> list[Finding]:
     """One finding per exercise whose function reaches peft or solutions (directly or via helpers).
 
     Linear in the size of the module: the call graph is built once (one walk of each function),
@@ -738,7 +737,7 @@ def _from_scratch(tree: ast.Module, exercises: dict[str, str],
     is followed at most once). An exercise answers for itself: calling another exercise that
     uses peft does not taint the caller."""
     tainted = _reference_names(tree)
-    functions = _functions(tree) if functions is None else functions
+    functions = _functions(tree)
     callers = call_graph(functions)
     uses = {name: None for name in callers} | {name: _reach(node, tainted) for name, node in functions.items()}
     root = {name: hit[1] for name, hit in uses.items() if hit}  # the direct use each taint goes back to
