@@ -187,7 +187,7 @@ def test_a_module_stops_after_k_tests_in_a_row_ran_out_of_time():
     s = _Server({"max_timeouts": 2})
     ids = ["t1", "t2", "t3", "t4", "t5"]
     s.run(ids, [None, "TestTimeout", "TestTimeout"])
-    assert "2 of its tests in a row ran out of time" in (s.attempt.killed or ""), s.attempt.killed
+    assert "tests of 2 exercises in a row ran out of time" in (s.attempt.killed or ""), s.attempt.killed
     events = s.finish()
     results = {e["nodeid"]: e for e in events if e["event"] == "result"}
     assert results["t1"]["outcome"] == "passed" and results["t3"]["error"] == "TestTimeout"
@@ -196,11 +196,28 @@ def test_a_module_stops_after_k_tests_in_a_row_ran_out_of_time():
     assert s.server.queue == [] and events[-1]["event"] == "done", "the rest is not run again"
 
 
-def test_a_test_and_its_decoy_copies_count_once_and_a_test_in_time_resets_the_count():
-    plan = [["a", "t1", 0], ["a", "t2", 4], ["b", "t3", 0], ["c", "t4", 0], ["d", "t5", 0]]
+def test_a_test_that_ignores_its_timeout_counts_as_one_in_a_row():
+    """The server kills a child whose test ran past its wall-clock backstop: that test is a timeout
+    too, and with the one before it the module stops instead of starting a new child."""
+    s = _Server({"max_timeouts": 2})
+    s.run(["t1", "t2", "t3"], ["TestTimeout"])
+    s.server.on_results(s.attempt, s.child.seal({"event": "start", "nodeid": "t2"}))
+    s.attempt.current_since -= 1e6  # as if t2 had run that long
+    s.server.check_deadlines()
+    assert s.attempt.hung and "ignored its timeout" in s.attempt.killed
+    events = s.finish()
+    results = {e["nodeid"]: e for e in events if e["event"] == "result"}
+    assert results["t2"]["error"] == "Crash" and results["t3"]["error"] == "DidNotFinish", results
+    assert "in a row ran out of time" in results["t3"]["message"] and s.server.queue == []
+
+
+def test_a_test_its_decoys_and_its_exercise_count_once_and_a_test_in_time_resets_the_count():
+    """One endless loop costs its own exercise only, however many tests that exercise has."""
+    plan = [["a", "t1", 0], ["a", "t2", 4], ["b", "t3", 0], ["c", "t4", 0], ["d", "t5", 0], ["e", "t6", 0]]
     s = _Server({"max_timeouts": 2}, plan)
-    s.run(["t1", "t2", "t3", "t4", "t5"], ["TestTimeout", "TestTimeout", None, "TestTimeout", None])
-    assert s.attempt.killed is None, "a, its copy, then b in time, then one timeout: never 2 in a row"
+    s.attempt.task["exercise_of"] = {"a": "2.4", "b": "2.4", "c": "2.1", "d": "2.2", "e": "2.3"}
+    s.run(["t1", "t2", "t3", "t4", "t5", "t6"], ["TestTimeout", "TestTimeout", "TestTimeout", None, "TestTimeout", None])
+    assert s.attempt.killed is None, "2.4 three times, 2.1 in time, 2.2 once: never 2 exercises in a row"
     s.finish()
 
 

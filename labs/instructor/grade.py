@@ -33,7 +33,7 @@ and, without bubblewrap, solutions/ and tests/hidden/ are closed to it); the lim
 Cost is bounded: the screen has 30 s per submission (Limits.screen_timeout); a test has
 --test-timeout seconds of CPU time (and a wall-clock backstop); a module --timeout, a submission
 --submission-timeout seconds of wall-clock time; a module stops after --max-timeouts of its tests
-in a row ran out of time (the rest fail with that reason).
+in a row ran out of time, counted in exercises (the rest fail with that reason).
 Every submission always gets a row, and grades.csv is always written, whatever a child does.
 
 A large class can be spread over machines: each runs `--shard i/n` on the same submissions and
@@ -73,7 +73,7 @@ class Limits:
     file_mb: int = 64           # largest file a child may write
     nproc: int = 64             # processes and threads of one child (its own uid where the grader is root)
     submission_timeout: float = 900.0  # seconds for all the modules of one submission together
-    max_timeouts: int = 3       # a module stops after this many of its tests in a row ran out of time
+    max_timeouts: int = 3       # a module stops once tests of this many exercises in a row ran out of time
     screen_timeout: float = screen.SCREEN_SECONDS  # seconds to screen one submission's modules
 
     def __post_init__(self):
@@ -262,7 +262,7 @@ def protections(runner, limits: Limits) -> str:
             f"{limits.nproc if own else 'the user' + chr(39) + 's'} processes, {limits.memory_mb} MB, "
             f"{int(limits.timeout) + 1} s CPU per process, {limits.file_mb} MB files; per test {limits.test_timeout:g} s "
             f"CPU ({limits.wall_factor:g}x that in wall time); per module {limits.timeout:g} s; per submission "
-            f"{limits.submission_timeout:g} s; a module stops after {limits.max_timeouts} timeouts in a row; "
+            f"{limits.submission_timeout:g} s; a module stops after {limits.max_timeouts} exercises timed out in a row; "
             f"screen {limits.screen_timeout:g} s")
 
 
@@ -283,7 +283,8 @@ def tasks_for(graded: Graded, course: Course, staging: Path, limits: Limits, pol
                       "labs": str(staging / "labs"),
                       "tests": files, "hidden": [f for f in files if course.is_hidden(f)], "exercises": ids,
                       "policy": policy, "limits": vars(limits),
-                      "plan": [[p.source, p.nodeid, p.shift] for p in planned]})
+                      "plan": [[p.source, p.nodeid, p.shift] for p in planned],
+                      "exercise_of": {i["nodeid"]: i["exercise"] for i in course.items if i["exercise"] in ids}})
         graded.expected[task_id] = {p.nodeid for p in planned}
         graded.planned.update({p.nodeid: p for p in planned})
     graded.pending = {t["id"] for t in tasks}
@@ -512,8 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--submission-timeout", type=float, default=Limits.submission_timeout,
                         help="wall-clock seconds for all the modules of one submission (default: %(default)s)")
     parser.add_argument("--max-timeouts", type=int, default=Limits.max_timeouts,
-                        help="stop a module after this many of its tests in a row ran out of time "
-                             "(default: %(default)s)")
+                        help="stop a module once the tests of this many of its exercises in a row ran out "
+                             "of time (default: %(default)s)")
     parser.add_argument("--gradescope-single", action="store_true",
                         help="one submission; write results.json straight into --out (Gradescope)")
     parser.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",

@@ -32,9 +32,9 @@ tests fail with the reason, and the server carries on with the others. Results a
 only once their child is gone, so none can be withdrawn after the grader saw it.
 A child's stdout and stderr go to a third pipe and are only kept as text. If a child dies or a
 test ignores its timeout, that test fails with the reason and the rest run again in a new child,
-within the module's time budget and its submission's. A module stops after `max_timeouts` of its
-tests in a row ran out of time (a test and its decoy copies count once); its other tests fail with
-that reason. Tasks arrive as JSON lines on stdin; events leave on the
+within the module's time budget and its submission's. A module stops once tests of `max_timeouts`
+of its exercises in a row ran out of time (one looping exercise costs only itself); its other tests
+fail with that reason. Tasks arrive as JSON lines on stdin; events leave on the
 --events fd.
 """
 from __future__ import annotations
@@ -249,20 +249,23 @@ class Server:
         return f"an unknown event {str(kind)[:40]!r}"
 
     def count_timeout(self, attempt: Attempt, nodeid: str, timed_out: bool) -> bool:
-        """Keep the run of tests in a row that ran out of time (a graded test and its decoy copies
-        count once); True when it reaches the limit: the module stops, its other tests fail."""
+        """Keep the run of tests in a row that ran out of time, counted in exercises (a test, its
+        decoy copies and the other tests of its exercise count once: one endless loop costs only its
+        own exercise); True when it reaches the limit: the module stops, its other tests fail."""
         task = attempt.task
         if not timed_out:
             task["_streak"] = []
             return False
         sources = task.setdefault("_sources", {n: s for s, n, _ in task.get("plan") or ()})
+        source = sources.get(nodeid, nodeid)
+        exercise = (task.get("exercise_of") or {}).get(source, source)
         streak = task.setdefault("_streak", [])
-        if sources.get(nodeid, nodeid) not in streak:
-            streak.append(sources.get(nodeid, nodeid))
+        if exercise not in streak:
+            streak.append(exercise)
         limit = int(task["limits"].get("max_timeouts", 3))
-        if len(streak) < limit or attempt.killed is not None:
+        if len(streak) < limit:
             return False
-        attempt.killed = (f"was stopped: {limit} of its tests in a row ran out of time (an endless loop?), "
+        attempt.killed = (f"was stopped: tests of {limit} exercises in a row ran out of time (endless loops?), "
                           "so the rest of this module was not run")
         attempt.out_of_time = True
         return True
