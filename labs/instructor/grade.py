@@ -68,7 +68,7 @@ from labs.instructor.submissions import Submission, expand, read_submission, stu
 class Limits:
     timeout: float = 300.0      # wall-clock seconds for one technique module's tests (one child)
     test_timeout: float = 20.0  # CPU seconds for one test before it fails as an endless loop
-    wall_factor: float = 3.0    # a test's wall-clock backstop (one that waits), in multiples of test_timeout
+    wall_factor: float = 2.0    # a test's wall-clock backstop (one that waits), in multiples of test_timeout
     memory_mb: int = 4096       # address space of one child (torch alone maps about 1 GB)
     file_mb: int = 64           # largest file a child may write
     nproc: int = 64             # processes and threads of one child (its own uid where the grader is root)
