@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import re
 import shutil
@@ -71,6 +72,14 @@ def run_once(code: Path, klass: Path, out: Path, args) -> dict:
     rows = list(csv.DictReader((out / "grades.csv").open())) if (out / "grades.csv").is_file() else []
     if done.returncode != 0 or not rows:
         print(done.stderr[-2000:], file=sys.stderr)
+    top = max((float(r["total"]) for r in rows), default=0.0)
+    for row in rows:  # an honest copy below the best: say which tests it lost, and why
+        if float(row["total"]) < top:
+            results = out / "students" / row["student"] / "results.json"
+            lost = [t for t in json.loads(results.read_text())["tests"] if t["score"] < t["max_score"]] \
+                if results.is_file() else []
+            print(f"  {row['student']} scored {row['total']} of {top:g}: "
+                  + "; ".join(f"{t['name']}: {t.get('output', '')[:200]}" for t in lost[:3]), flush=True)
     return {"wall": wall, "rows": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
             "points": sum(float(r["total"]) for r in rows), "sandbox": rows[0]["sandbox"] if rows else "?",
             "rc": done.returncode}
