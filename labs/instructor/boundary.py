@@ -75,6 +75,8 @@ class Sandbox:
     runtime: tuple[str, ...]    # folders of the Python environment, shown read-only at their paths
     data: str | None            # the course's data folder, shown read-only at /grading/data
     last_cap: int = 40          # the kernel's highest capability number
+    links: tuple[tuple[str, str], ...] = ()  # (path, target): an environment reached through a link
+                                             # (a .venv that links to a shared one), shown as that link
 
     @classmethod
     def for_this_machine(cls, python_path: list[str], course_root: Path, bwrap: str | None = None,
@@ -86,8 +88,10 @@ class Sandbox:
             raise ValueError(f"sandbox flavour must be 'root' or 'user', got {flavour!r}")
         data = course_root / "data"
         _libc()  # loaded here, before any fork: a forked child of a threaded process should not dlopen
-        return cls(found, flavour, runtime_folders(python_path, course_root),
-                   str(data) if data.is_dir() else None, _last_cap())
+        runtime = runtime_folders(python_path, course_root)
+        links = tuple((p, os.path.realpath(p)) for p in sorted({sys.prefix, sys.exec_prefix})
+                      if os.path.islink(p) and os.path.realpath(p) in runtime)
+        return cls(found, flavour, runtime, str(data) if data.is_dir() else None, _last_cap(), links)
 
     @property
     def inside(self) -> str:
@@ -108,7 +112,8 @@ class Sandbox:
         args += ["--unshare-user"] if self.flavour == "user" else ["--cap-drop", "ALL"]
         args += ["--dev", "/dev", "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]  # binds go over it
         binds = [(p, p) for p in self.runtime] + [(str(tree), INSIDE)]
-        for folder in sorted({str(a) for _, dest in binds for a in Path(dest).parents if str(a) != "/"}):
+        shown = [dest for _, dest in binds] + [link for link, _ in self.links]
+        for folder in sorted({str(a) for dest in shown for a in Path(dest).parents if str(a) != "/"}):
             args += ["--perms", "0755", "--dir", folder]
         for name in SYSTEM:
             if os.path.islink(name):
@@ -119,6 +124,8 @@ class Sandbox:
             args += ["--ro-bind-try", name, name]
         for src, dest in binds:
             args += ["--ro-bind", src, dest]
+        for link, target in self.links:
+            args += ["--symlink", target, link]
         for folder in writable:
             args += ["--perms", "0777", "--size", str(COPY_BYTES), "--tmpfs", f"{INSIDE}/{folder.relative_to(tree)}"]
             for path in sorted(p for p in folder.rglob("*") if p.is_dir()):
@@ -133,9 +140,10 @@ class Sandbox:
     # -----------------------------------------------------------------------------------------
     # In the forked child
     # -----------------------------------------------------------------------------------------
-    def enter(self, tree: Path, writable: list[Path]) -> None:
+    def enter(self, tree: Path, writable: list[Path], uid: int | None = None) -> None:
         """Move this (forked, trusted) process into a new sandbox. Returns only inside it, in a new
-        process; the process that called it waits for that one, exits as it did, and never returns."""
+        process; the process that called it waits for that one, exits as it did, and never returns.
+        uid: the unprivileged uid a root grader gives this child (default: `nobody`)."""
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         try:
             placeholder, namespaces = self._build(tree, writable)
@@ -151,7 +159,7 @@ class Sandbox:
             placeholder.stdin.close()
             placeholder.stdout.close()
             _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            self.drop_privileges()
+            self.drop_privileges(uid)
             os.chdir(INSIDE)
             return
         _relay(pid, placeholder)
@@ -179,13 +187,13 @@ class Sandbox:
             raise OSError(f"bwrap made only the namespaces {sorted(namespaces)}")
         return placeholder, namespaces
 
-    def drop_privileges(self) -> None:
-        """No capabilities, no way to regain any; root becomes `nobody`. Checked, not assumed."""
+    def drop_privileges(self, uid: int | None = None) -> None:
+        """No capabilities, no way to regain any; root becomes `uid` (default `nobody`). Checked, not assumed."""
         libc = _libc()
         for cap in range(self.last_cap + 1):
             libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
         if self.flavour == "root":
-            uid, gid = _nobody()
+            uid, gid = _nobody() if uid is None else (uid, uid)
             os.setgroups([])
             os.setresgid(gid, gid, gid)
             os.setresuid(uid, uid, uid)

@@ -20,13 +20,20 @@ Out, in --out DIR:
     DIR/students/<student>/feedback.md    per exercise: status, points, a hint
     DIR/students/<student>/output.txt     what the student's code printed (for the instructor)
     DIR/grades.csv     one row per submission, rewritten as each finishes: a column per exercise,
-                       total, status, sandbox, tampered, id_note
+                       total, status, sandbox, tampered, id_note, protections
     DIR/instructor.md  for the instructor: the run's protections, and each tampered submission
 status: ok (everything graded), partial (a module was refused, missing or did not finish: see
 feedback.md), error:<reason> (nothing could be graded, e.g. a corrupt zip), tampered (a decoy test
 passed or the grading plugin was changed: scored 0; the student is told only to see the instructor).
 id_note: a name that collided with another once cleaned (exact names keep theirs).
 sandbox: "bubblewrap" when each child ran in its own sandbox, else "NONE: <why>" (limits only).
+protections: everything in force, in words: bubblewrap yes/no; uid drop yes/no (a root grader runs
+each child under a uid of its own, with or without bubblewrap, so that its process limit is its own
+and, without bubblewrap, solutions/ and tests/hidden/ are closed to it); the limits.
+Cost is bounded: the screen has 30 s per submission (Limits.screen_timeout); a test has
+--test-timeout seconds of CPU time (and a wall-clock backstop); a module --timeout, a submission
+--submission-timeout seconds of wall-clock time; a module stops after --max-timeouts of its tests
+in a row ran out of time, counted in exercises (the rest fail with that reason).
 Every submission always gets a row, and grades.csv is always written, whatever a child does.
 
 A large class can be spread over machines: each runs `--shard i/n` on the same submissions and
@@ -60,14 +67,18 @@ from labs.instructor.submissions import Submission, expand, read_submission, stu
 @dataclass(frozen=True)
 class Limits:
     timeout: float = 300.0      # wall-clock seconds for one technique module's tests (one child)
-    test_timeout: float = 20.0  # seconds for one test before it fails as an endless loop
+    test_timeout: float = 20.0  # CPU seconds for one test before it fails as an endless loop
+    wall_factor: float = 2.0    # a test's wall-clock backstop (one that waits), in multiples of test_timeout
     memory_mb: int = 4096       # address space of one child (torch alone maps about 1 GB)
     file_mb: int = 64           # largest file a child may write
-    nproc: int = 512            # processes and threads of the child's user (not enforced for root, so
-                                # only where the sandbox runs children as `nobody` when grading as root)
+    nproc: int = 64             # processes and threads of one child (its own uid where the grader is root)
+    submission_timeout: float = 900.0  # seconds for all the modules of one submission together
+    max_timeouts: int = 3       # a module stops once tests of this many exercises in a row ran out of time
+    screen_timeout: float = screen.SCREEN_SECONDS  # seconds to screen one submission's modules
 
     def __post_init__(self):
-        for name in ("timeout", "test_timeout", "memory_mb", "file_mb", "nproc"):
+        for name in ("timeout", "test_timeout", "wall_factor", "memory_mb", "file_mb", "nproc", "submission_timeout",
+                     "max_timeouts", "screen_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.memory_mb < 1024:
@@ -79,21 +90,30 @@ class Limits:
 # ---------------------------------------------------------------------------------------------
 
 
-def prepare(sub: Submission, course: Course, staging: Path, screened: bool = True) -> Graded:
+def prepare(sub: Submission, course: Course, staging: Path, screened: bool = True,
+            seconds: float = screen.SCREEN_SECONDS) -> Graded:
     """Screen each technique module; stage what may run (a refused module is replaced by the stub).
 
-    screened=False skips the static screen: tests use it to check the walls behind it on their own."""
+    screened=False skips the static screen: tests use it to check the walls behind it on their own.
+    seconds: the screen's time for all the modules together; a module it could not finish in time
+    is not run (it scores zero with that reason), and neither are the modules after it."""
     graded = Graded(sub, dict(sub.notes))
     if sub.error:
         return graded
     labs = staging / "labs"
     labs.mkdir(parents=True)
+    deadline = time.monotonic() + seconds
     for name, stub in course.stubs.items():
         text = _decode(sub.files.get(name), name, graded)
         if text is not None and _same_code(text, stub):
             graded.untouched.add(name)
         elif text is not None:
-            findings = screen.screen_module(text, stub, frozenset(course.stubs), course.api) if screened else []
+            try:
+                with screen.time_limit(deadline - time.monotonic()):
+                    findings = screen.screen_module(text, stub, frozenset(course.stubs), course.api) if screened else []
+            except screen.OutOfTime:
+                findings = [screen.Finding(1, f"the screen ran out of time ({seconds:g} s for a submission's "
+                                              "modules): make the module smaller and simpler")]
             refused = [f for f in findings if f.exercise is None]
             if refused:
                 graded.module_notes[name] = f"labs/{name}.py was not run: " + "; ".join(map(str, refused[:3]))
@@ -142,6 +162,7 @@ class Runner:
         read_end, write_end = os.pipe()
         trees = workdir / "trees"
         trees.mkdir(parents=True, exist_ok=True)
+        (workdir / "staged").mkdir(mode=0o700, exist_ok=True)  # every submission: never a child's to read
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": str(workdir),
                "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -155,6 +176,7 @@ class Runner:
         self.events = os.fdopen(read_end, "rb")
         self.stderr: list[bytes] = []
         self.sandboxed, self.sandbox_said = False, "the test runner did not say"
+        self.uid_said = "uid drop: the test runner did not say"
         self.dropped: list[str] = []   # event lines that were not JSON objects (none expected)
         threading.Thread(target=self._drain_stderr, daemon=True).start()
 
@@ -185,6 +207,7 @@ class Runner:
             if isinstance(event, dict):
                 if event.get("event") == "ready":
                     self.sandboxed, self.sandbox_said = bool(event.get("sandbox")), str(event.get("said"))
+                    self.uid_said = str(event.get("uid", "uid drop: no"))
                     continue
                 return event
             self.dropped.append(line[:200].decode(errors="replace"))
@@ -230,6 +253,19 @@ class Runner:
             self.proc.wait()
 
 
+def protections(runner, limits: Limits) -> str:
+    """Every protection in force in this run, in one line (grades.csv, instructor.md, the terminal),
+    from what the test runner said when it started (a stand-in runner says nothing of uids)."""
+    sandboxed, uid_said = bool(getattr(runner, "sandboxed", False)), getattr(runner, "uid_said", "uid drop: not known")
+    own = uid_said.startswith("uid drop: yes")
+    return (f"bubblewrap: {'yes' if sandboxed else 'no'}; {uid_said}; limits per child: "
+            f"{limits.nproc if own else 'the user' + chr(39) + 's'} processes, {limits.memory_mb} MB, "
+            f"{int(limits.timeout) + 1} s CPU per process, {limits.file_mb} MB files; per test {limits.test_timeout:g} s "
+            f"CPU ({limits.wall_factor:g}x that in wall time); per module {limits.timeout:g} s; per submission "
+            f"{limits.submission_timeout:g} s; a module stops after {limits.max_timeouts} exercises timed out in a row; "
+            f"screen {limits.screen_timeout:g} s")
+
+
 def tasks_for(graded: Graded, course: Course, staging: Path, limits: Limits, policy: dict,
               rng: random.Random | None = None) -> list[dict]:
     """One task per technique module to run. Its graded tests run under fresh names beside their
@@ -243,10 +279,12 @@ def tasks_for(graded: Graded, course: Course, staging: Path, limits: Limits, pol
             continue
         task_id = f"{graded.sub.student}/{module}"
         planned = decoys.plan([i["nodeid"] for i in course.items if i["exercise"] in ids], rng)
-        tasks.append({"id": task_id, "base": str(course.root), "labs": str(staging / "labs"),
+        tasks.append({"id": task_id, "submission": graded.sub.student, "base": str(course.root),
+                      "labs": str(staging / "labs"),
                       "tests": files, "hidden": [f for f in files if course.is_hidden(f)], "exercises": ids,
                       "policy": policy, "limits": vars(limits),
-                      "plan": [[p.source, p.nodeid, p.shift] for p in planned]})
+                      "plan": [[p.source, p.nodeid, p.shift] for p in planned],
+                      "exercise_of": {i["nodeid"]: i["exercise"] for i in course.items if i["exercise"] in ids}})
         graded.expected[task_id] = {p.nodeid for p in planned}
         graded.planned.update({p.nodeid: p for p in planned})
     graded.pending = {t["id"] for t in tasks}
@@ -356,6 +394,7 @@ def grade(paths: list[Path], out: Path, limits: Limits, jobs: int, single: bool 
                  f"{time.monotonic() - started:.1f} s; sandbox: {runner.sandbox_said}")
         if not runner.sandboxed:
             progress(_no_sandbox_banner(runner))
+        progress(f"protections: {protections(runner, limits)}")
         if id_notes:
             progress(f"note: {len(id_notes)} submission name(s) collided once cleaned: "
                      + "; ".join(id_notes.values())[:1000])
@@ -400,7 +439,8 @@ def _grade_all(named, out, limits, course, policy, runner, workdir, single, prog
         except Exception as err:  # noqa: BLE001 - the row is written whatever the reports do
             scores, status = [], f"error:the reports could not be written ({err})"
         rows[student] = (student, scores, status, {"tampered": "; ".join(graded.tampered),
-                                                   "id_note": id_notes.get(student, "")})
+                                                   "id_note": id_notes.get(student, ""),
+                                                   "protections": protections(runner, limits)})
         write_atomically(out / "grades.csv", grades_csv([rows[s] for s in by_student if s in rows], course,
                                                         runner.sandbox_column()))  # row by row: nothing lost
         total, top = sum(s.points for s in scores), sum(s.max_points for s in scores)
@@ -413,7 +453,7 @@ def _grade_all(named, out, limits, course, policy, runner, workdir, single, prog
             staging = workdir / "staged" / student
             try:
                 sub = by_student[student].sub = read_submission(path, student, list(course.stubs))
-                by_student[student] = prepare(sub, course, staging, student not in unscreened)
+                by_student[student] = prepare(sub, course, staging, student not in unscreened, limits.screen_timeout)
                 tasks += tasks_for(by_student[student], course, staging, limits, policy, rng)
             except Exception as err:  # noqa: BLE001 - one odd submission never stops the class
                 by_student[student].problems.append(f"could not be prepared for grading ({err!r})")
@@ -437,14 +477,16 @@ def _grade_all(named, out, limits, course, policy, runner, workdir, single, prog
                 finish(graded)
         ordered = [rows[s] for s in by_student]
         write_atomically(out / "grades.csv", grades_csv(ordered, course, runner.sandbox_column()))
-        write_atomically(out / "instructor.md", instructor_report(list(by_student.values()), runner.sandbox_column()))
+        write_atomically(out / "instructor.md", instructor_report(list(by_student.values()), runner.sandbox_column(),
+                                                                  protections(runner, limits)))
     return ordered
 
 
-def instructor_report(graded: list[Graded], sandbox: str) -> str:
+def instructor_report(graded: list[Graded], sandbox: str, protections: str = "") -> str:
     """For the instructor only: the run's protections, and each submission whose verdicts could not
     be trusted, with what gave it away (its student sees only that grading could not be trusted)."""
     lines = ["# Grading run: for the instructor", "", f"- sandbox: {sandbox}",
+             *([f"- protections: {protections}"] if protections else []),
              f"- decoy tests: {decoys.DECOYS_PER_TEST} per graded test (a blind flip of 3 or more tests is caught "
              f"with probability >= {decoys.guaranteed(3):.1%})", ""]
     flagged = [g for g in graded if g.tampered]
@@ -468,6 +510,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds for one test (default: %(default)s)")
     parser.add_argument("--memory-mb", type=int, default=Limits.memory_mb,
                         help="address-space limit of one child in MB (default: %(default)s)")
+    parser.add_argument("--submission-timeout", type=float, default=Limits.submission_timeout,
+                        help="wall-clock seconds for all the modules of one submission (default: %(default)s)")
+    parser.add_argument("--max-timeouts", type=int, default=Limits.max_timeouts,
+                        help="stop a module once the tests of this many of its exercises in a row ran out "
+                             "of time (default: %(default)s)")
     parser.add_argument("--gradescope-single", action="store_true",
                         help="one submission; write results.json straight into --out (Gradescope)")
     parser.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
@@ -480,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
     limits = Limits(timeout=args.timeout, test_timeout=min(args.test_timeout, args.timeout),
-                    memory_mb=args.memory_mb)
+                    memory_mb=args.memory_mb, submission_timeout=args.submission_timeout,
+                    max_timeouts=args.max_timeouts)
     if args.shard and args.gradescope_single:
         raise ValueError("--shard and --gradescope-single do not go together: Gradescope grades one "
                          "submission per container already")

@@ -177,7 +177,7 @@ def feedback_md(scores: list[ExerciseScore], graded: Graded) -> str:
     return "\n".join(lines) + "\n"
 
 
-NOTE_COLUMNS = ("tampered", "id_note")  # after sandbox: why verdicts were not trusted; how the id was made
+NOTE_COLUMNS = ("tampered", "id_note", "protections")  # after sandbox: why verdicts were not trusted; how the id was made
 
 
 def grades_csv(rows: list[tuple], course: Course, sandbox: str) -> str:

@@ -10,7 +10,12 @@ student code loads and runs pytest with a result plugin (labs/instructor/sandbox
    grading tree and the Python environment, read-only; a private /tmp; no /proc; its own PID
    namespace; no network; no privileges. Where bubblewrap cannot work here, the server says so
    once (the `ready` event) and the children run with the limits below only,
-3. resource limits (CPU seconds, address space, file size, processes, no core files),
+3. resource limits (CPU seconds, address space, file size, processes, no core files); where the
+   grader is root, the child runs under an unprivileged uid of its own (one per running child,
+   UID_BASE and up), with or without bubblewrap: its process limit counts its processes only, and
+   when it is gone every process of that uid is killed (wherever it moved) and its files in the
+   world-writable folders removed before the uid is given to the next child. Without bubblewrap
+   its tree is readable by it alone, and solutions/ and tests/hidden/ are closed to other users,
 4. a scrubbed environment (HOME and TMPDIR in its private tmp, offline, one thread),
 5. only the standard library, site-packages and its tree on sys.path, so neither an editable
    install nor the instructor's checkout can expose `solutions`,
@@ -27,7 +32,9 @@ tests fail with the reason, and the server carries on with the others. Results a
 only once their child is gone, so none can be withdrawn after the grader saw it.
 A child's stdout and stderr go to a third pipe and are only kept as text. If a child dies or a
 test ignores its timeout, that test fails with the reason and the rest run again in a new child,
-within the module's time budget. Tasks arrive as JSON lines on stdin; events leave on the
+within the module's time budget and its submission's. A module stops once tests of `max_timeouts`
+of its exercises in a row ran out of time (one looping exercise costs only itself); its other tests
+fail with that reason. Tasks arrive as JSON lines on stdin; events leave on the
 --events fd.
 """
 from __future__ import annotations
@@ -37,7 +44,9 @@ import importlib
 import importlib.util
 import json
 import os
+import pwd
 import selectors
+import stat
 import shutil
 import signal
 import sys
@@ -63,6 +72,9 @@ BOUNDARY = _load("boundary")
 OUTPUT_HEAD, OUTPUT_TAIL = 4_000, 12_000  # characters of a child's output kept (start and end)
 MAX_RESTARTS = 60                          # new children per task after crashes (each one costs a test)
 GRACE = 5.0                                # seconds a test may outlive its timeout before its child is killed
+UID_BASE = 64000                           # children of a root grader run as UID_BASE, UID_BASE + 1, ...: one
+                                           # per running child, so that process limits count per child
+SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")  # world-writable folders swept of a child uid's files after it
 PRELOAD = ("torch", "transformers", "transformers.models.llama.modeling_llama",
            "transformers.models.bert.modeling_bert", "transformers.models.gpt2.modeling_gpt2",
            "transformers.pytorch_utils", "peft", "safetensors.torch", "numpy", "pytest",
@@ -95,12 +107,16 @@ class Attempt:
     violation: str | None = None   # the result channel carried something the harness did not send
     status: int | None = None      # waitpid status once reaped
     open_fds: int = 2
+    uid: int | None = None         # the unprivileged uid it runs as (a root grader), else None
+    hung: bool = False             # killed because its test ignored its timeout
 
 
 class Server:
-    def __init__(self, events_fd: int, jobs: int, workdir: Path, sandbox=None):
+    def __init__(self, events_fd: int, jobs: int, workdir: Path, sandbox=None, uids: list[int] | None = None):
         self.events_fd, self.jobs, self.workdir = events_fd, max(1, jobs), workdir
         self.sandbox = sandbox     # a boundary.Sandbox, or None: limits only
+        self.free_uids = list(uids) if uids else None  # one per running child (a root grader), else None
+        self.spent: dict[str, float] = {}  # submission -> seconds its finished children ran
         self.queue: list[dict] = []
         self.running: dict[int, Attempt] = {}
         self.selector = selectors.DefaultSelector()
@@ -227,8 +243,39 @@ class Server:
                                      "error": str(event.get("error") or "")[:80] or None,
                                      "message": str(event.get("message", ""))[:300],
                                      "tampered": str(event.get("tampered") or "")[:300] or None})
+            if self.count_timeout(attempt, nodeid, event.get("error") == "TestTimeout"):
+                _kill_group(attempt.pid)
             return None
         return f"an unknown event {str(kind)[:40]!r}"
+
+    def count_timeout(self, attempt: Attempt, nodeid: str, timed_out: bool) -> bool:
+        """Keep the run of tests in a row that ran out of time, counted in exercises (a test, its
+        decoy copies and the other tests of its exercise count once: one endless loop costs only its
+        own exercise); True when it reaches the limit: the module stops, its other tests fail."""
+        task = attempt.task
+        if not timed_out:
+            task["_streak"] = []
+            return False
+        sources = task.setdefault("_sources", {n: s for s, n, _ in task.get("plan") or ()})
+        source = sources.get(nodeid, nodeid)
+        exercise = (task.get("exercise_of") or {}).get(source, source)
+        streak = task.setdefault("_streak", [])
+        if exercise not in streak:
+            streak.append(exercise)
+        limit = int(task["limits"].get("max_timeouts", 3))
+        if len(streak) < limit:
+            return False
+        attempt.killed = (f"was stopped: tests of {limit} exercises in a row ran out of time (endless loops?), "
+                          "so the rest of this module was not run")
+        attempt.out_of_time = True
+        return True
+
+    def submission_seconds(self, task: dict, now: float) -> float:
+        """Seconds spent so far on the submission this task belongs to: its finished children and
+        those still running."""
+        sub = task.get("submission")
+        running = sum(now - a.started for a in self.running.values() if a.task.get("submission") == sub)
+        return self.spent.get(sub, 0.0) + running if sub is not None else 0.0
 
     def violate(self, attempt: Attempt, reason: str) -> None:
         """End a child whose result channel was tampered with: no more of its results count."""
@@ -245,11 +292,16 @@ class Server:
             limits = attempt.task["limits"]
             if attempt.killed is not None or attempt.status is not None or attempt.violation:
                 continue
+            budget = float(limits.get("submission_timeout", float("inf")))
             if now > attempt.deadline:
                 attempt.killed = f"ran out of time ({limits['timeout']:g} s for this module)"
                 attempt.out_of_time = True
-            elif attempt.current and now > attempt.current_since + _hard_limit(float(limits["test_timeout"])):
+            elif self.submission_seconds(attempt.task, now) > budget:
+                attempt.killed = f"ran out of time ({budget:g} s for all the modules of this submission)"
+                attempt.out_of_time = True
+            elif attempt.current and now > attempt.current_since + _hard_limit(limits):
                 attempt.killed = f"was stopped: the test ran past {limits['test_timeout']:g} s and ignored its timeout"
+                attempt.hung = True
             else:
                 continue
             _kill_group(attempt.pid)
@@ -273,9 +325,16 @@ class Server:
 
     def start(self, task: dict) -> None:
         self.counter += 1
+        now = time.monotonic()
+        left = float(task["limits"].get("submission_timeout", float("inf"))) - self.submission_seconds(task, now)
+        if left <= 0:
+            return self.done(task, f"was not run: the time for this submission's modules "
+                                   f"({float(task['limits']['submission_timeout']):g} s) was spent")
+        uid = self.free_uids.pop(0) if self.free_uids else None
         try:
-            tree = build_tree(task, self.workdir / f"run-{self.counter}", self.sandbox)
+            tree = build_tree(task, self.workdir / f"run-{self.counter}", self.sandbox, uid)
         except (OSError, KeyError, TypeError) as err:
+            self.release(uid)
             return self.done(task, f"could not be prepared ({err})")
         results_r, results_w = os.pipe()
         output_r, output_w = os.pipe()
@@ -284,7 +343,7 @@ class Server:
         if pid == 0:
             self.running.clear()  # other children's state is none of this one's business
             CHILD.run_child(task, tree, {"results": results_w, "output": output_w, "key": key_r},
-                            self.clean_path, self.sandbox)
+                            self.clean_path, self.sandbox, uid)
         for fd in (results_w, output_w, key_r):
             os.close(fd)
         key = os.urandom(CHILD.KEY_BYTES)  # made after the fork: the child's memory never held it
@@ -292,7 +351,8 @@ class Server:
         os.close(key_w)
         now = time.monotonic()
         budget = float(task["limits"]["timeout"]) - task.get("_seconds", 0.0)  # --timeout covers all restarts
-        attempt = Attempt(task, pid, tree, results_r, output_r, CHILD.Channel(key), now + max(budget, 1.0), now)
+        attempt = Attempt(task, pid, tree, results_r, output_r, CHILD.Channel(key), now + max(min(budget, left), 1.0),
+                          now, uid=uid)
         del key
         self.selector.register(results_r, selectors.EVENT_READ, ("results", attempt))
         self.selector.register(output_r, selectors.EVENT_READ, ("output", attempt))
@@ -301,9 +361,12 @@ class Server:
     def finish(self, attempt: Attempt) -> None:
         """A child is gone: report what it left unfinished, or run the rest in a new child."""
         task, reason = attempt.task, attempt.violation or attempt.killed or _exit_reason(attempt.status)
+        self.release(attempt.uid)
         shutil.rmtree(attempt.tree, ignore_errors=True)
         task["_output"] = task.get("_output", "") + _output_text(attempt)
         task["_seconds"] = task.get("_seconds", 0.0) + time.monotonic() - attempt.started
+        if task.get("submission") is not None:
+            self.spent[task["submission"]] = self.spent.get(task["submission"], 0.0) + time.monotonic() - attempt.started
         remaining = [n for n in attempt.collected or () if n not in attempt.reported]
         if attempt.violation:  # not one of its results counts
             for nodeid in attempt.collected or ():
@@ -319,6 +382,8 @@ class Server:
             self.emit(task=task["id"], event="result", nodeid=attempt.current, outcome="failed", error="Crash",
                       message=f"this test's process {reason}")
             remaining.remove(attempt.current)
+            if attempt.hung and self.count_timeout(attempt, attempt.current, True):
+                reason = attempt.killed
         made_progress = attempt.current is not None or attempt.reported
         in_time = task["_seconds"] < float(task["limits"]["timeout"]) and not attempt.out_of_time
         if remaining and made_progress and in_time and task.get("restarts", 0) < MAX_RESTARTS:
@@ -335,14 +400,68 @@ class Server:
         self.emit(task=task["id"], event="done", reason=reason, output=task.get("_output", ""),
                   seconds=round(task.get("_seconds", 0.0), 3), attempts=task.get("restarts", 0) + 1)
 
+    def release(self, uid: int | None) -> None:
+        """A child's uid back to the pool, once nothing of it is left: its processes (a fork bomb's
+        too, whatever group or session they moved to) and its files in the world-writable folders."""
+        if uid is None:
+            return
+        sweep(uid)
+        self.free_uids.append(uid)
+
     def kill_all(self) -> None:
         for pid in list(self.running):
             _kill_group(pid)
 
 
-def _hard_limit(test_timeout: float) -> float:
-    """How long a test may run before its child is killed: its timeout, plus time to honour it."""
-    return test_timeout + min(GRACE, test_timeout)
+def _hard_limit(limits: dict) -> float:
+    """How long (wall clock) a test may run before its child is killed: its own wall-clock backstop
+    (the child counts a test's time in CPU seconds, see sandbox_child), plus time to honour it."""
+    test_timeout = float(limits["test_timeout"])
+    return float(limits.get("wall_factor", 1.0)) * test_timeout + min(GRACE, test_timeout)
+
+
+def child_uids(jobs: int) -> list[int]:
+    """One unprivileged uid per running child, none of them a user of this machine."""
+    found, uid = [], UID_BASE
+    while len(found) < jobs:
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            found.append(uid)
+        uid += 1
+    return found
+
+
+def sweep(uid: int) -> None:
+    """Kill every process of `uid` and remove its files from the world-writable folders. The kill
+    is kill(-1) sent as that uid (from a short-lived child that takes it): it reaches each of its
+    processes at once, wherever they moved, and nothing else."""
+    for _ in range(2):  # a second pass for any process forked while the first was sent
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
+                os.kill(-1, signal.SIGKILL)
+            except BaseException:  # noqa: BLE001 - nothing of that uid was left to signal
+                pass
+            os._exit(0)
+        os.waitpid(pid, 0)
+    for folder in SCRATCH:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
 
 
 def _kill_group(pid: int) -> None:
@@ -372,8 +491,10 @@ def _output_text(attempt: Attempt) -> str:
     return attempt.head + cut + attempt.tail
 
 
-def build_tree(task: dict, tree: Path, sandbox=None) -> Path:
-    """A fresh grading tree: instructor infrastructure and tests, the submission's technique modules."""
+def build_tree(task: dict, tree: Path, sandbox=None, uid: int | None = None) -> Path:
+    """A fresh grading tree: instructor infrastructure and tests, the submission's technique modules.
+    uid: the child's own uid, where it is not sandboxed: the tree is readable by it alone, and
+    only its tmp/ and tests/hidden/ (whose files it deletes once collected) are its own."""
     base, staged = Path(task["base"]), Path(task["labs"])
     (tree / "labs").mkdir(parents=True)
     for src in (base / "labs").glob("*.py"):  # top level only: labs/instructor/ never reaches a child
@@ -393,6 +514,13 @@ def build_tree(task: dict, tree: Path, sandbox=None) -> Path:
         if (base / "data").is_dir():
             (tree / "data").symlink_to(base / "data")
         (tree / "tmp").mkdir()
+        if uid is not None:
+            for folder in (tree / "tmp", tree / "tests" / "hidden"):
+                folder.mkdir(parents=True, exist_ok=True)
+                os.chown(folder, uid, uid)
+                os.chmod(folder, 0o700)
+            os.chown(tree, 0, uid)   # its group is the child's: it may read the tree, not change it
+            os.chmod(tree, 0o750)
     return tree
 
 
@@ -412,6 +540,65 @@ def clean_path() -> list[str]:
     return keep
 
 
+def protect_course(course: Path) -> list[str]:
+    """Without a sandbox, children see the host's files with their own uid's rights: close the
+    instructor's secrets (solutions/, tests/hidden/) to other users. Returns what was changed."""
+    changed = []
+    for folder in (course / "solutions", course / "tests" / "hidden"):
+        if folder.is_dir() and folder.stat().st_mode & 0o007:
+            os.chmod(folder, stat.S_IMODE(folder.stat().st_mode) & ~0o007)
+            changed.append(str(folder))
+    return changed
+
+
+def unreadable(paths: list[str], uid: int) -> list[str]:
+    """Which of `paths` a process of `uid` cannot list (checked in a child that takes the uid)."""
+    read_r, read_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_r)
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            bad = []
+            for path in paths:
+                try:
+                    os.listdir(path)
+                except OSError:
+                    bad.append(path)
+            os.write(read_w, json.dumps(bad).encode())
+        finally:
+            os._exit(0)
+    os.close(read_w)
+    with os.fdopen(read_r, "rb") as pipe:
+        said = pipe.read()
+    os.waitpid(pid, 0)
+    return json.loads(said) if said else list(paths)
+
+
+def choose_uids(jobs: int, sandbox, course: Path) -> tuple[list[int] | None, str, list[str]]:
+    """(the children's uids or None, what to tell the instructor, the folders of the Python
+    environment the children cannot read). A root grader runs each child under its own
+    unprivileged uid, with or without bubblewrap; other graders cannot."""
+    if os.geteuid() != 0:
+        return None, "uid drop: no (the grader is not root; children keep its uid)", []
+    if sandbox is not None and sandbox.flavour != "root":
+        return None, "uid drop: no", []
+    bad: list[str] = []
+    uids = child_uids(jobs)
+    said = f"uid drop: yes (uids {uids[0]}-{uids[-1]}, one per running child)"
+    if sandbox is None:
+        closed = protect_course(course)
+        if closed:
+            said += f"; made unreadable to other users: {', '.join(closed)}"
+        bad = unreadable([p for p in [*clean_path(), str(course / "data")] if os.path.isdir(p)], uids[0])
+        if bad:
+            said += (f"; {len(bad)} folder(s) of the Python environment or data/ unreadable to the children, "
+                     f"e.g. {bad[0]} (the standard library is loaded before they start)")
+    return uids, said, bad
+
+
 def choose_sandbox(mode: str, course: Path, workdir: Path):
     """(the boundary.Sandbox children will use or None, and what to tell the instructor)."""
     if mode == "off":
@@ -423,18 +610,47 @@ def choose_sandbox(mode: str, course: Path, workdir: Path):
     return sandbox, f"{BOUNDARY.version(sandbox.bwrap)} ({sandbox.flavour} flavour)"
 
 
-def _preload() -> None:
-    """Import the heavy libraries once, here, so every forked child starts with them loaded."""
+def _preload(stdlib: bool = False) -> None:
+    """Import the heavy libraries once, here, so every forked child starts with them loaded.
+    stdlib: the whole standard library too, for children whose uid cannot read it from disk."""
     sys.meta_path[:] = [f for f in sys.meta_path if not CHILD.is_editable(f)]
     for name in PRELOAD:
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - a missing optional library only costs time later
             pass
+    if stdlib:
+        _preload_stdlib()
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(1)
     gc.freeze()  # what is loaded now is permanent: children's collections skip it (and pages stay shared)
+
+
+STDLIB_SKIPPED = ("antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "ensurepip", "venv",
+                  "lib2to3", "pydoc_data", "test", "__main__", "__phello__", "xxlimited", "xxsubtype")
+
+
+def _preload_stdlib() -> None:
+    """Every module of the standard library, its packages' submodules too (a few seconds, once)."""
+    import pkgutil
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in sorted(sys.stdlib_module_names):
+            if name.split(".")[0] in STDLIB_SKIPPED:
+                continue
+            try:
+                module = importlib.import_module(name)
+                for info in pkgutil.walk_packages(getattr(module, "__path__", None) or [], f"{name}.",
+                                                  onerror=lambda _: None):
+                    if not any(part in STDLIB_SKIPPED or part == "tests" for part in info.name.split(".")):
+                        try:
+                            importlib.import_module(info.name)
+                        except BaseException:  # noqa: BLE001 - a platform's missing part
+                            pass
+            except BaseException:  # noqa: BLE001 - e.g. a module for another platform
+                pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -449,10 +665,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     BOUNDARY.make_undumpable()  # children of the same user cannot read this process's descriptors
-    _preload()
     sandbox, said = choose_sandbox(args.sandbox, args.course.resolve(), args.workdir)
-    server = Server(args.events, args.jobs, args.workdir, sandbox)
-    server.emit(event="ready", sandbox=sandbox is not None, said=said)
+    uids, uid_said, unreadable_here = choose_uids(args.jobs, sandbox, args.course.resolve())
+    _preload(stdlib=bool(unreadable_here))
+    if uids:  # the children reach their trees under a folder they may cross but not list
+        for folder in (args.workdir.parent, args.workdir):
+            os.chmod(folder, 0o711)
+    server = Server(args.events, args.jobs, args.workdir, sandbox, uids)
+    server.emit(event="ready", sandbox=sandbox is not None, said=said, uid=uid_said)
     try:
         server.serve()
     except BrokenPipeError:

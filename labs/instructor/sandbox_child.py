@@ -113,7 +113,8 @@ class ResultPlugin:
         self.evidence: dict[str, bytes] = {}  # nodeid -> the secret of the test whose call phase passed
         self.shifts: dict[str, int] = {}      # nodeid -> 0, or a decoy's secret shift of its expected value
         self.baseline: dict = {}
-        self.item_deadline = 0.0
+        self.item_deadline = 0.0   # the test's end, in CPU seconds of this process (time.process_time)
+        self.item_backstop = 0.0   # and its wall-clock backstop (time.monotonic), for a test that waits
         self.secret = b""
         self.config = None
         self.installed = (self.outcomes, self.evidence, self.shifts, channel, self.send)
@@ -173,7 +174,9 @@ class ResultPlugin:
 
     def pytest_runtest_logstart(self, nodeid, location):
         self.secret = os.urandom(16)  # fresh per test: an outcome recorded under another is not this test's
-        self.item_deadline = time.monotonic() + float(self.task["limits"]["test_timeout"])
+        limit = float(self.task["limits"]["test_timeout"])
+        self.item_deadline = time.process_time() + limit
+        self.item_backstop = time.monotonic() + float(self.task["limits"].get("wall_factor", 1.0)) * limit
         self.send(event="start", nodeid=nodeid)
 
     @pytest.hookimpl(wrapper=True)
@@ -193,17 +196,25 @@ class ResultPlugin:
         return (yield from self._timed())
 
     def _timed(self):
-        """One phase (setup, call, teardown) under an alarm: the three share the test's time limit."""
+        """One phase (setup, call, teardown) under two alarms; the three share the test's limits.
+        The limit counts CPU seconds of this process (ITIMER_PROF), so a test slowed down by
+        another child hogging the cores is not failed for it; a test that waits instead of
+        computing is stopped by the wall-clock backstop (limits["wall_factor"] times the limit)."""
         limit = float(self.task["limits"]["test_timeout"])
-        previous = signal.signal(signal.SIGALRM, _raise_timeout(limit))
-        signal.setitimer(signal.ITIMER_REAL, max(0.05, self.item_deadline - time.monotonic()))
+        wall = float(self.task["limits"].get("wall_factor", 1.0)) * limit
+        previous = (signal.signal(signal.SIGPROF, _raise_timeout(f"more than {limit:g} s of CPU time")),
+                    signal.signal(signal.SIGALRM, _raise_timeout(f"more than {wall:g} s")))
+        signal.setitimer(signal.ITIMER_PROF, max(0.05, self.item_deadline - time.process_time()))
+        signal.setitimer(signal.ITIMER_REAL, max(0.05, self.item_backstop - time.monotonic()))
         try:
             return (yield)
         except KeyboardInterrupt as err:  # nobody can press Ctrl-C in a detached child: it was raised
             raise Interrupted(f"the code raised KeyboardInterrupt {err}".strip()) from None
         finally:
+            signal.setitimer(signal.ITIMER_PROF, 0)
             signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
+            signal.signal(signal.SIGPROF, previous[0])
+            signal.signal(signal.SIGALRM, previous[1])
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_makereport(self, item, call):
@@ -273,9 +284,9 @@ def _exercise(item) -> tuple[str, float] | None:
     return (str(marker.args[0]), float(marker.kwargs.get("points", 1))) if marker and marker.args else None
 
 
-def _raise_timeout(limit: float):
+def _raise_timeout(what: str):
     def handler(signum, frame):
-        raise TestTimeout(f"the test ran for more than {limit:g} s (an endless loop?)")
+        raise TestTimeout(f"the test ran for {what} (an endless loop?)")
     return handler
 
 
@@ -366,21 +377,25 @@ def _watched_classes() -> list[type]:
 # ---------------------------------------------------------------------------------------------
 # Inside the child: isolation before pytest starts
 # ---------------------------------------------------------------------------------------------
-def run_child(task: dict, tree: Path, fds: dict[str, int], clean_path: list[str], sandbox=None) -> None:
+def run_child(task: dict, tree: Path, fds: dict[str, int], clean_path: list[str], sandbox=None,
+              uid: int | None = None) -> None:
     """Runs in the forked child; never returns. fds: "results" and "output" (write ends), "key"
     (read end of the pipe the server writes this child's channel key to). sandbox: a
-    boundary.Sandbox to move into first, or None where none can be built (limits only)."""
+    boundary.Sandbox to move into first, or None where none can be built (limits only). uid: the
+    unprivileged uid this child takes (a root grader gives each running child its own), or None."""
     code = 70
     try:
         os.setsid()
         _redirect(fds["output"], keep=(fds["results"], fds["key"]))
         if sandbox is not None:
-            sandbox.enter(tree, hidden_folders(tree))  # returns inside the sandbox, in a new process
+            sandbox.enter(tree, hidden_folders(tree), uid)  # returns inside the sandbox, in a new process
             tree, tmp = Path(sandbox.inside), Path("/tmp")
         else:
             tmp = tree / "tmp"
         channel = Channel(read_key(fds["key"]))
-        _apply_limits(task["limits"])
+        _apply_limits(task["limits"], own_uid=uid is not None)
+        if sandbox is None and uid is not None:
+            drop_to(uid)
         _scrub_environment(tmp)
         _isolate_imports(tree, task, clean_path)
         os.chdir(tree)
@@ -392,6 +407,21 @@ def run_child(task: dict, tree: Path, fds: dict[str, int], clean_path: list[str]
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def drop_to(uid: int) -> None:
+    """Become `uid` for good (a root grader without a sandbox): no groups, no capabilities, no way
+    back (no_new_privs: no set-uid program raises it again). Checked, not assumed."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+    except (OSError, AttributeError):
+        pass
+    if 0 in os.getresuid() or 0 in os.getresgid() or os.getgroups():
+        raise OSError(f"could not drop to uid {uid}: still {os.getresuid()} / {os.getresgid()}")
 
 
 def hidden_folders(tree: Path) -> list[Path]:
@@ -413,11 +443,17 @@ def _redirect(output_w: int, keep: tuple[int, ...]) -> None:
     os.closerange(low, top)
 
 
-def _apply_limits(limits: dict) -> None:
+SHARED_NPROC = 512  # RLIMIT_NPROC where the child keeps the grader's uid: all that user's processes count
+
+
+def _apply_limits(limits: dict, own_uid: bool = False) -> None:
+    """RLIMIT_NPROC counts the processes and threads of a uid: with a uid of its own (a root
+    grader) it is this child's limit (`nproc`); otherwise it is shared with the grader's user."""
     cpu = int(limits["timeout"]) + 1
     memory, files = int(limits["memory_mb"]) * 2**20, int(limits["file_mb"]) * 2**20
+    nproc = int(limits["nproc"]) if own_uid else max(int(limits["nproc"]), SHARED_NPROC)
     for name, soft, hard in (("RLIMIT_CPU", cpu, cpu + 5), ("RLIMIT_AS", memory, memory),
-                             ("RLIMIT_FSIZE", files, files), ("RLIMIT_NPROC", int(limits["nproc"]), int(limits["nproc"])),
+                             ("RLIMIT_FSIZE", files, files), ("RLIMIT_NPROC", nproc, nproc),
                              ("RLIMIT_CORE", 0, 0)):
         try:
             resource.setrlimit(getattr(resource, name), (soft, hard))

@@ -20,6 +20,9 @@ first of several walls (see labs/instructor/sandbox.py for the others). It reads
   such as __eq__ or __torch_function__, metaclasses, and assigning into imported modules or classes.
 - From scratch (the module runs, but that one exercise scores zero): an exercise whose code
   imports or calls peft or the reference solutions, directly or through a helper it calls.
+- Bounded cost: a module over MAX_SOURCE_BYTES or MAX_FUNCTIONS is refused unread; the
+  from-scratch analysis is linear in the module's size (one call graph, one worklist); and
+  `labs grade` screens each submission under a time limit (time_limit, SCREEN_SECONDS).
 
 The screen is a fence, not a proof: Python cannot be fully sandboxed by reading it, so the
 grader also isolates the process and watches for tampering while the tests run.
@@ -29,11 +32,18 @@ from __future__ import annotations
 import ast
 import math
 import re
+import signal
 import string
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Mapping
 
-MAX_SOURCE_BYTES = 400_000  # a technique module is a few hundred lines; more is not a submission
+# What one module may hold. The largest reference module is 18 KB with 23 functions; ten times
+# that and more is not a submission, and screening it would only cost the grader's time.
+MAX_SOURCE_BYTES = 200_000
+MAX_FUNCTIONS = 500       # def, async def and lambda, nested ones too
+SCREEN_SECONDS = 30.0     # the screen's time for all the modules of one submission (see time_limit)
 
 
 def _names(text: str) -> frozenset[str]:
@@ -253,12 +263,42 @@ def screen_module(source: str, reference: str, techniques: frozenset[str] | set[
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
         return [Finding(getattr(err, "lineno", None) or 1, f"does not parse: {getattr(err, 'msg', err)}")]
+    defined = sum(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) for n in ast.walk(tree))
+    if defined > MAX_FUNCTIONS:
+        return [Finding(1, f"file defines {defined:,} functions; the limit is {MAX_FUNCTIONS:,}")]
     api = MODULE_API if api is None else api
     visitor = _Screen(_protected_names(tree), _module_names(tree), frozenset(techniques), api, bindings(tree, api))
     visitor.chain_bases = _chain_bases(tree)
     for node in _untrusted(tree, ast.parse(reference)):
         visitor.visit(node)
     return visitor.findings + _imports_solutions(tree) + _from_scratch(tree, stub_exercises(reference))
+
+
+class OutOfTime(Exception):
+    """The screen took longer than its time limit (see time_limit)."""
+
+
+@contextmanager
+def time_limit(seconds: float):
+    """Raise OutOfTime inside the block once `seconds` have passed: the screen runs in the grader's
+    own process, so a module built to make it slow must not hold up the class. It uses SIGALRM, so
+    it holds in the main thread only; elsewhere the block runs without a limit."""
+    if seconds <= 0:
+        raise OutOfTime("no time was left")
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise OutOfTime(f"ran past {seconds:.3g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _imports_solutions(tree: ast.Module) -> list[Finding]:
@@ -690,22 +730,57 @@ def _is_self(node: ast.AST | None) -> bool:
 # From scratch: exercises must not lean on peft or the reference
 # ---------------------------------------------------------------------------------------------
 def _from_scratch(tree: ast.Module, exercises: dict[str, str]) -> list[Finding]:
-    """One finding per exercise whose function reaches peft or solutions (directly or via helpers)."""
+    """One finding per exercise whose function reaches peft or solutions (directly or via helpers).
+
+    Linear in the size of the module: the call graph is built once (one walk of each function),
+    then taint spreads backwards from each tainted helper to its callers (a worklist: each edge
+    is followed at most once). An exercise answers for itself: calling another exercise that
+    uses peft does not taint the caller."""
     tainted = _reference_names(tree)
     functions = _functions(tree)
-    uses = {name: _reach(node, tainted) for name, node in functions.items()}
-    changed = True
-    while changed:  # a helper that uses peft taints every function calling it
-        changed = False
-        carriers = {k: v for k, v in uses.items() if k not in exercises}  # an exercise answers for itself
-        for name, node in functions.items():
-            if uses[name] is None:
-                hit = _calls_tainted(node, name, carriers)
-                if hit is not None:
-                    uses[name], changed = hit, True
+    callers = call_graph(functions)
+    uses = {name: None for name in callers} | {name: _reach(node, tainted) for name, node in functions.items()}
+    root = {name: hit[1] for name, hit in uses.items() if hit}  # the direct use each taint goes back to
+    work = [name for name, hit in uses.items() if hit and name not in exercises]
+    while work:
+        callee = work.pop()
+        for caller, line in callers.get(callee, ()):
+            if uses.get(caller) is None:
+                uses[caller], root[caller] = (line, f"{callee}, which uses {root[callee]}"), root[callee]
+                if caller not in exercises:
+                    work.append(caller)
     return [Finding(uses[q][0], f"exercise {ex} ({q}) uses {uses[q][1]}: exercises are written from "
                                 f"scratch, without peft or the reference", exercise=ex)
             for q, ex in exercises.items() if uses.get(q)]
+
+
+def call_graph(functions: dict[str, ast.AST]) -> dict[str, list[tuple[str, int]]]:
+    """Callee -> [(caller, line)], over functions and the classes that hold them. A function uses
+    another it names (`helper`), a method it reaches as `self.name` / `cls.name`, or a class it
+    names (`Cls`, which uses each of its methods: one edge per method, not one per method and
+    caller). Each function is walked once and each name looked up in a dict: linear in the size."""
+    callers: dict[str, list[tuple[str, int]]] = {}
+    for name, function in functions.items():  # a class uses its methods (and an outer class its inner ones)
+        child = name
+        while "." in child:
+            parent = child.rsplit(".", 1)[0]
+            callers.setdefault(child, []).append((parent, function.lineno))
+            if parent in callers:
+                break  # the rest of this chain of classes is already linked
+            callers[parent] = []
+            child = parent
+    for qualname, function in functions.items():
+        cls = qualname.rsplit(".", 1)[0] + "." if "." in qualname else ""
+        first: dict[str, int] = {}  # each name mentioned, with the line of its first mention
+        for node in ast.walk(function):
+            if isinstance(node, ast.Name):
+                first.setdefault(node.id, node.lineno)
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+                first.setdefault(cls + node.attr, node.lineno)
+        for callee, line in first.items():
+            if callee != qualname and (callee in functions or callee in callers):
+                callers.setdefault(callee, []).append((qualname, line))
+    return callers
 
 
 def _reference_names(tree: ast.Module) -> set[str]:
@@ -731,20 +806,4 @@ def _reach(function: ast.AST, tainted: set[str]) -> tuple[int, str] | None:
             return node.lineno, "an import of " + ("peft" if "peft" in ast.dump(node) else "the reference solutions")
         if isinstance(node, ast.Name) and node.id in tainted:
             return node.lineno, f"{node.id} (imported from peft or the reference)"
-    return None
-
-
-def _calls_tainted(function: ast.AST, qualname: str, uses: dict) -> tuple[int, str] | None:
-    cls = qualname.rsplit(".", 1)[0] + "." if "." in qualname else ""
-    for node in ast.walk(function):
-        callee = None
-        if isinstance(node, ast.Name):
-            callee = node.id
-        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
-            callee = cls + node.attr
-        if not callee:
-            continue
-        for name in (callee, *(k for k in uses if k.startswith(callee + "."))):  # a class: its methods
-            if name != qualname and uses.get(name):
-                return node.lineno, f"{name}, which uses {uses[name][1]}"
     return None
