@@ -206,6 +206,38 @@ print(f"  at the end of training (not matched): full learned {end_full['gain']:.
       f"LoRA learned {end_lora['gain']:.3f} and forgot {end_lora['forgetting']:+.4f}: much of 'LoRA forgets less' "
       f"at the end is 'LoRA learned less'.")"""),
     ("md", r"""
+### What sets LoRA's forgetting here: its rank, its learning rate, or its seed?
+
+The verdict above is one LoRA setting against one full fine-tuning setting. Three more runs ask what
+moves LoRA's curve: the same LoRA with another seed (how much the seed alone moves it), rank 64
+(alpha 128, the same alpha / r = 2, so each rank-1 direction is scaled as at r = 8, but there are 8x more
+of them), and rank 8 at a 3x lower learning rate. Each pair is compared at the learning both reach."""),
+    ("code", r"""
+pairs = [("lora r=8 seed 1", "lora r=8", "the seed alone"),
+         ("lora r=64", "lora r=8", "rank 64 instead of 8, same rate"),
+         ("lora r=8 3e-4", "lora r=8", "rate 3e-4 instead of 1e-3, same rank"),
+         ("full 5e-5 seed 1", "full 5e-5", "the seed alone (full fine-tuning)")]
+moved = {}
+for a, b, what in pairs:
+    if a not in runs or b not in runs:
+        print(f"{what}: not recorded yet ({a})")
+        continue
+    r = compare_at(base, runs[a], runs[b], "english")
+    moved[a] = r
+    print(f"{what:<40} {verdict_line(a, b, r, 'english')}")
+seed = moved.get("lora r=8 seed 1")
+for a in ("lora r=64", "lora r=8 3e-4"):
+    if a in moved and seed is not None:
+        ratio = abs(moved[a]["difference"]) / max(abs(seed["difference"]) + 2 * seed["se"], 1e-9)
+        print(f"  {a}: moves LoRA's forgetting {ratio:.1f}x as far as the seed can (difference over seed difference + 2 SE)")
+if "lora r=8 3e-4" in runs:
+    slow = compare_at(base, runs["lora r=8 3e-4"], runs[reference], "english")
+    first = curve(base, runs[reference], "english")[1]
+    print(verdict_line("lora r=8 3e-4", reference, slow, "english"))
+    if slow["gain"] < first["gain"]:
+        print(f"  (read with care: {reference} reaches that gain before its first checkpoint, at step {first['step']} "
+              f"it had {first['gain']:.3f}; its forgetting there is interpolated from step 0)")"""),
+    ("md", r"""
 ## 5. Pitfall 1: forgetting depends on how it is measured
 
 Rank the runs by each instrument, at the learning all of them reach. If "forgetting" were one
