@@ -177,3 +177,55 @@ def read_record(run: str | Path) -> dict:
         raise FileNotFoundError(f"{path} does not exist: a run folder written by labs finetune holds {FILENAME} "
                                 "(runs from before the failure clinic do not)")
     return json.loads(path.read_text())
+
+
+def recorded_run(model: nn.Module, batches, *, method: str, lr: float, steps: int, tokenizer=None,
+                 task_kind: str = "generate", usual_lr: float | None = None, eval_batch: dict | None = None,
+                 optimizer=None, targets=None, inference_end: str | None = None,
+                 gradient_checkpointing: bool = False) -> dict:
+    """Train a prepared `model` on `batches` for `steps` steps with a Recorder watching; return the record,
+    with the loss on `eval_batch` before and after (notebook 14's runs: a few steps each).
+
+    optimizer  one built elsewhere (labs.train.train's own by default)
+    A loss that becomes nan ends the run early; the record keeps the steps before it.
+    """
+    from labs.train import TrainConfig, batch_loss, train
+
+    def held_out() -> float | None:
+        if eval_batch is None:
+            return None
+        was_training = model.training
+        with torch.no_grad():
+            loss = float(batch_loss(model.eval(), eval_batch))
+        model.train(was_training)
+        return loss
+
+    before = held_out()
+    recorder = Recorder(model, method=method, task_kind=task_kind, lr=lr, usual_lr=usual_lr, tokenizer=tokenizer,
+                        targets=targets, inference_end=inference_end, gradient_checkpointing=gradient_checkpointing)
+    try:
+        train(model, batches, TrainConfig(lr=lr, max_steps=steps, gradient_checkpointing=gradient_checkpointing),
+              progress=False, observe=recorder, optimizer=optimizer)
+    except ValueError as err:
+        if "the loss became" not in str(err):
+            raise
+    return recorder.finish(before, held_out())
+
+
+def table(records: dict[str, dict], keys: list[str]) -> str:
+    """Records side by side, one row per key: what notebook 14 prints as evidence."""
+    def shown(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, list) and value and isinstance(value[0], float):
+            return "[" + ", ".join(f"{v:.3g}" for v in value) + "]"
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            value = value[0]                                   # gradient norms: the first step's
+        if isinstance(value, dict):
+            return ", ".join(f"{k} {'none' if v is None else f'{v:.3g}'}" if not isinstance(v, str) else f"{k} {v!r}"
+                             for k, v in value.items())
+        return str(value)
+    width = max(len(k) for k in keys)
+    lines = [f"{'':{width}}  " + " | ".join(records)]
+    lines += [f"{key:{width}}  " + " | ".join(shown(r.get(key)) for r in records.values()) for key in keys]
+    return "\n".join(lines)
