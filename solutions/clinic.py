@@ -213,12 +213,15 @@ def loss_flat(record: dict) -> Diagnosis | None:
     drop = (before - after) / before
     if drop >= FLAT_DROP or drop < -FLAT_DROP:
         return None
-    usual = f"; this method's usual rate is {record['usual_lr']:g}" if record.get("usual_lr") else ""
+    usual = record.get("usual_lr")
+    low = usual is not None and record["lr"] < usual / 3
     return Diagnosis(
-        "the loss is flat: the learning rate is too low for this method",
-        f"held-out loss {before:.3f} -> {after:.3f} ({-drop:+.1%}) at lr {record['lr']:g}{usual}",
-        "raise the learning rate to the method's own (prompt tuning needs about 10x LoRA's, LoRA about "
-        "40x full fine-tuning's), or train longer")
+        "the loss is flat" + (": the learning rate is too low for this method" if low else ""),
+        f"held-out loss {before:.3f} -> {after:.3f} ({-drop:+.1%}) at lr {record['lr']:g}"
+        + (f"; this method's usual rate is {usual:g}" if usual else ""),
+        "raise the learning rate to the method's own (prompt tuning needs about 10x LoRA's, LoRA about 40x "
+        "full fine-tuning's)" if low else "the rate is the method's own: look for what keeps the weights from "
+        "moving (the other diagnoses), or train longer")
     # END SOLUTION
 
 
@@ -239,10 +242,13 @@ def loss_rising(record: dict) -> Diagnosis | None:
     worse = before is not None and after is not None and after > before * (1 + FLAT_DROP)
     if not (diverged or rising or worse):
         return None
-    held = f"; held-out loss {before:.3f} -> {after:.3f}" if worse else ""
+    signs = []
+    if diverged or rising:
+        signs.append(f"training loss {losses[0]:.3f} at the first step, {losses[-1]:.3f} at step {len(losses)}")
+    if worse:
+        signs.append(f"held-out loss {before:.3f} -> {after:.3f}")
     return Diagnosis(
         "the loss rises: the learning rate is too high for this method",
-        f"training loss {losses[0]:.3f} at the first step, {losses[-1]:.3f} at step {len(losses)} at lr "
-        f"{record['lr']:g}{held}",
+        f"{'; '.join(signs)} at lr {record['lr']:g}",
         "lower the learning rate to the method's own (full fine-tuning takes about 40x less than LoRA)")
     # END SOLUTION

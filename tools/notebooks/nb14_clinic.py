@@ -57,9 +57,9 @@ torch.manual_seed(0)
 clinic = technique("clinic")          # your labs/clinic.py (the reference with LABS_IMPL=solutions)
 task = get_task("define")
 _, tokenizer = load_model("smollm2-135m")
-train_batch = collate(load_examples("define", "train", n=8), tokenizer, task, 64)        # (B, T) = (8, <=64)
-held_batch = collate(load_examples("define", "validation", n=8), tokenizer, task, 64)
-STEPS = 5
+train_batch = collate(load_examples("define", "train", n=4), tokenizer, task, 48)        # (B, T) = (4, <=48)
+held_batch = collate(load_examples("define", "validation", n=4), tokenizer, task, 48)
+STEPS = 5                     # a healthy run's loss falls clearly by then; the first ones are recorded closely
 LORA_LR = get_method("lora").lr["quick"]
 
 
@@ -69,15 +69,16 @@ def fresh(method="lora", options=None):
     return prepare(method, model, task, options or {})
 
 
-def run(model, method="lora", lr=LORA_LR, batch=train_batch, steps=STEPS, **kwargs):
+def run(model, method="lora", lr=LORA_LR, batch=train_batch, steps=STEPS, held_out=True, **kwargs):
+    # A few recorded steps on one batch; held_out=False skips the held-out loss (sections that read the labels)
     return recorded_run(model, [batch], method=method, lr=lr, steps=steps, tokenizer=kwargs.pop("tok", tokenizer),
-                        usual_lr=get_method(method).lr["quick"], eval_batch=held_batch,
+                        usual_lr=get_method(method).lr["quick"], eval_batch=held_batch if held_out else None,
                         inference_end=kwargs.pop("inference_end", inference_prompt_end(tokenizer, task)), **kwargs)"""),
     ("md", r"""
 ## 0. The healthy run
 
-LoRA on the define task, five steps on one batch of eight rows, held-out loss measured before and
-after on eight other rows. Every section compares its broken run with this one (or with the fix
+LoRA on the define task, five steps on one batch of four rows, held-out loss measured before and
+after on four other rows. Every section compares its broken run with this one (or with the fix
 applied, when the fix is not simply "do what `labs` does")."""),
     ("code", r"""
 %%needs lora
@@ -100,7 +101,7 @@ evidence: what the optimizer holds against what requires grad.
 %%needs lora
 model, _ = load_model("smollm2-135m")
 stale = torch.optim.AdamW(model.parameters(), lr=LORA_LR)          # built first...
-stale_run = run(prepare("lora", model, task, {}), optimizer=stale)  # ...then the model is wrapped
+stale_run = run(prepare("lora", model, task, {}), optimizer=stale, steps=3)  # ...then the model is wrapped
 print(table({"optimizer first": stale_run, "healthy": healthy},
             ["trainable_params", "optimizer_params", "optimizer_trainable_params", "lora_b_norms", "eval_loss_after"]))"""),
     ("code", r"""check("14.1")"""),
@@ -127,16 +128,16 @@ silently get no gradient at all. The evidence: gradient norms per group at the f
 model = fresh()
 failures.checkpoint_reentrant(model)
 try:
-    run(model, steps=1)
+    run(model, steps=1, held_out=False)
 except RuntimeError as err:
     print("nothing trainable after the layers:", str(err).splitlines()[0])
 model.model.norm.weight.requires_grad_(True)                  # the final norm trains too: the run goes on
-checkpointed = run(model)
+checkpointed = run(model, steps=3, held_out=False)
 fixed = fresh()
 fixed.model.norm.weight.requires_grad_(True)
-non_reentrant = run(fixed, gradient_checkpointing=True)     # labs.train: use_reentrant=False
+non_reentrant = run(fixed, steps=3, held_out=False, gradient_checkpointing=True)     # labs.train: use_reentrant=False
 print(table({"reentrant": checkpointed, "use_reentrant=False": non_reentrant},
-            ["grads_missing", "grad_norms", "lora_b_norms", "eval_loss_after"]))"""),
+            ["grads_missing", "grad_norms", "lora_b_norms", "losses"]))"""),
     ("code", r"""check("14.2")"""),
     ("code", r"""
 %%needs 14.2
@@ -155,7 +156,7 @@ norm of B after each step.
 %%needs lora
 model = fresh()
 failures.zero_lora_a(model)
-zero_a = run(model)
+zero_a = run(model, steps=3, held_out=False)
 print(table({"A = 0 too": zero_a, "healthy": healthy}, ["lora_b_norms", "grad_norms", "losses"]))"""),
     ("code", r"""check("14.3")"""),
     ("code", r"""
@@ -178,7 +179,7 @@ try:
 except ValueError as err:
     print("only c_attn:", err)
 wrong = {"target_modules": ["q_proj", "c_attn"]}
-partly = run(fresh(options=wrong), targets=wrong["target_modules"], steps=2)
+partly = run(fresh(options=wrong), targets=wrong["target_modules"], steps=1, held_out=False)
 print(table({"q_proj + c_attn": partly, "default (q_proj, v_proj)": healthy}, ["targets", "linear_names", "trainable_params"]))"""),
     ("code", r"""check("14.4")"""),
     ("code", r"""
@@ -202,7 +203,7 @@ row = train_batch["labels"][0]
 print("labels of row 0 end:", repr(tokenizer.decode(row[row != -100][-4:])))
 row = masked["labels"][0]
 print("after masking pad ids:", repr(tokenizer.decode(row[row != -100][-4:])))
-no_eos = run(fresh(), batch=masked, steps=2)
+no_eos = run(fresh(), batch=masked, steps=1, held_out=False)
 print(table({"pad ids masked": no_eos, "healthy": healthy}, ["eos_token_id", "pad_token_id", "rows_with_eos_label"]))"""),
     ("code", r"""check("14.5")"""),
     ("code", r"""
@@ -210,8 +211,8 @@ print(table({"pad ids masked": no_eos, "healthy": healthy}, ["eos_token_id", "pa
 print(clinic.never_stops(no_eos))
 print("healthy:", clinic.never_stops(healthy))"""),
     ("md", r"""
-Two steps do not yet undo what the pretrained model knows about stopping; a longer run does. The
-labels show the cause before any text does, which is why the detector reads them.
+A step does not undo what the pretrained model knows about stopping; a longer run does. The labels
+show the cause before any text does, which is why the detector reads them.
 
 ## 6. The loss is computed on the prompt too
 
@@ -223,8 +224,8 @@ carry a label, near 100% where only the answers should.
     ("code", r"""
 %%needs lora
 everything = failures.label_everything(train_batch)
-on_prompt = run(fresh(), batch=everything, steps=2)
-print(table({"labels = input_ids": on_prompt, "healthy": healthy}, ["label_share", "losses"]))"""),
+on_prompt = run(fresh(), batch=everything, steps=1, held_out=False)
+print(table({"labels = input_ids": on_prompt, "healthy": healthy}, ["label_share"]))"""),
     ("code", r"""check("14.6")"""),
     ("code", r"""
 %%needs 14.6
@@ -241,8 +242,8 @@ teaches a format nobody will use. The evidence: how the prompts end, in training
     ("code", r"""
 %%needs lora
 plain = failures.without_chat_template(tokenizer)
-plain_batch = collate(load_examples("define", "train", n=8), plain, task, 64)
-plain_run = run(fresh(), batch=plain_batch, tok=plain, steps=2)
+plain_batch = collate(load_examples("define", "train", n=4), plain, task, 48)
+plain_run = run(fresh(), batch=plain_batch, tok=plain, steps=1, held_out=False)
 print("trained on:", repr(plain_run["prompt_end"]["train"][-30:]), "| inference:", repr(plain_run["prompt_end"]["inference"]))
 print("healthy:   ", repr(healthy["prompt_end"]["train"][-30:]))"""),
     ("code", r"""check("14.7")"""),
@@ -268,7 +269,7 @@ runs = {"prompt at LoRA's rate": run(fresh("prompt"), "prompt"),
 print(table(runs, ["lr", "usual_lr", "eval_loss_before", "eval_loss_after"]))
 for name, record in runs.items():
     plt.plot(range(1, len(record["losses"]) + 1), record["losses"], marker="o", label=name)
-plt.xlabel("step"); plt.ylabel("training loss"); plt.legend(); plt.title("one batch, five steps")
+plt.xlabel("step"); plt.ylabel("training loss on the batch it trains on"); plt.legend(); plt.title("one batch, five steps")
 plt.show()"""),
     ("code", r"""check("14.8")"""),
     ("code", r"""check("14.9")"""),
