@@ -113,3 +113,23 @@ def test_finetune_writes_the_record_and_warns_live(tmp_path, capsys):
     record = json.loads((tmp_path / "run" / "run_record.json").read_text())
     assert record["targets"] == ["q_proj", "c_attn"] and len(record["losses"]) == 6
     assert cli.main(["doctor", str(tmp_path / "run"), "--impl", "solutions"]) == 1
+
+
+def at_the_live_check(record: dict) -> dict:
+    """The record as the live check sees it: the first steps' losses, no held-out loss yet."""
+    from labs.run_record import RECORDED_STEPS
+    return {**record, "losses": record["losses"][:RECORDED_STEPS + 1], "eval_loss_before": None, "eval_loss_after": None}
+
+
+@pytest.mark.parametrize("detector", [d for d in DETECTORS if d.live], ids=lambda d: d.function)
+def test_live_check_warns_on_each_broken_run(detector):
+    lines = []
+    LiveDoctor("solutions", write=lines.append)(at_the_live_check(broken(detector.function)))
+    assert any(f"detector {detector.exercise})" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_live_check_is_silent_on_a_healthy_run_of_every_method(method):
+    lines = []
+    LiveDoctor("solutions", write=lines.append)(at_the_live_check(healthy(method)))
+    assert lines == []

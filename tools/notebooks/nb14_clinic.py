@@ -303,8 +303,9 @@ for name, record in {"optimizer first": stale_run, "healthy": healthy}.items():
 | learning rate too low | held-out loss over the run | flat | falls |
 | learning rate too high | training and held-out loss | rise | fall |
 
-Each detector was written to stay silent on healthy runs of every method: the tests run them over
-healthy runs of all seven methods and over the recorded comparison of notebook 12."""),
+Each detector must stay silent on healthy runs of every method: the course's tests run them over
+healthy runs of all seven methods on a tiny model, and the loss detectors over the recorded
+comparison of notebook 12 (every method on SmolLM2-135M)."""),
 ]
 
 
