@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "of notebook 14 over the run_record.json that labs finetune wrote.")
     parser.add_argument("run", help="a run folder written by labs finetune (or its run_record.json)")
     parser.add_argument("--impl", default=None, choices=("labs", "solutions"),
-                        help="whose detectors run: labs = your own labs/clinic.py, solutions = the reference "
-                             "(default: $LABS_IMPL, else labs)")
+                        help="whose detectors run: labs = your own labs/clinic.py, solutions = the reference where "
+                             "your edition has it (default: $LABS_IMPL, else labs)")
     args = parser.parse_args(argv)
     from labs.run_record import read_record
     record = read_record(args.run)
