@@ -6,6 +6,7 @@
     labs generate RUN --prompt "..."              talk to what you trained (--chat, --compare-base)
     labs generate --pair ADAPTER=PROMPT ...       many adapters, one batch (--pairs FILE.jsonl)
     labs export RUN --merged OUT [--gguf F.gguf]  a plain transformers folder, a GGUF file for llama.cpp
+    labs doctor RUN                               what went wrong in a run, by the detectors of notebook 14
     labs check [5 | 5.2]                          your exercises, pass or fail, with a hint
     labs grade ... / labs release ...             instructor tools (where this edition has them)
     labs merge-grades --out grades.csv DIR...     join the grades of `labs grade --shard i/n` runs
@@ -26,7 +27,7 @@ import sys
 # command -> the module whose main(argv) runs it ("module:function" for another function)
 DELEGATED = {"check": "labs.check", "grade": "labs.instructor.grade", "release": "labs.instructor.release",
              "merge-grades": "labs.instructor.grade:merge_main", "generate": "labs.generate",
-             "export": "labs.export"}
+             "export": "labs.export", "doctor": "labs.doctor"}
 USER_ERRORS = (ValueError, NotImplementedError, FileNotFoundError, ModuleNotFoundError)
 RUN_COMMANDS = ("finetune", "compare")
 
@@ -103,6 +104,7 @@ def build_parser(choices: dict | None = None) -> argparse.ArgumentParser:
     for name, text in (("generate", "answers from a run, an adapter or a model folder: labs generate RUN --prompt ...; "
                                     "many adapters in one batch: --pair ADAPTER=PROMPT (repeated) or --pairs FILE.jsonl"),
                        ("export", "merge a run into a plain transformers folder (--merged) or a GGUF file (--gguf)"),
+                       ("doctor", "diagnose a finished run with the detectors of notebook 14: labs doctor RUN"),
                        ("check", "run your exercise tests: labs check [5 | 5.2]"),
                        ("grade", "grade a folder of submissions (instructors)"),
                        ("release", "build the student edition (instructors)"),

@@ -3,6 +3,9 @@
     metrics = run_finetune("lora", "smollm2-135m", task="define", preset="quick")
 
 This is what `labs finetune` runs. It writes into `out/`:
+    run_record.json     what the failure clinic reads (labs/run_record.py): gradient norms per group at
+                        the first steps, what the optimizer holds, the labels' share, EOS and pad ids...;
+                        `labs doctor` diagnoses the run from it, and the live checks print warnings
     metrics.json        the run's numbers, written atomically: trainable/total parameters,
                         eval_before/eval_after ({"loss", "accuracy" | "perplexity"}),
                         learning (the paired gain on held-out examples and its standard error),
@@ -221,6 +224,7 @@ class Fit:
     peak_memory_bytes: int
     rss_before_train_bytes: int
     peak_memory_kind: str
+    recorder: object = None       # the labs.run_record.Recorder that watched the first steps
 
 
 def store_frozen_base(setup: Setup, preset):
@@ -238,10 +242,13 @@ def store_frozen_base(setup: Setup, preset):
     return (lambda: torch.autocast(setup.device.type, dtype=torch.bfloat16)), saved
 
 
-def fit(setup: Setup, method: str, preset, seed: int, progress: bool, forward_context=None) -> Fit:
-    """Train the prepared model with the preset; measure the peak memory of training.
+def fit(setup: Setup, method: str, preset, seed: int, progress: bool, forward_context=None,
+        options: dict | None = None, live=None) -> Fit:
+    """Train the prepared model with the preset; measure the peak memory of training; record what
+    the failure clinic reads (labs/run_record.py).
 
     forward_context  a factory of the context held evaluation forwards run in (store_frozen_base)
+    live             called with the record after the first steps (labs.doctor.LiveDoctor)
     """
     from labs.data import batches
     from labs.methods import get_method, learning_rate
@@ -252,10 +259,22 @@ def fit(setup: Setup, method: str, preset, seed: int, progress: bool, forward_co
     eval_fn = _held_out_loss(setup, preset, forward_context) if preset.eval_every else None
     stream = batches(setup.train_examples, setup.tokenizer, setup.task, preset.seq_len, preset.batch_size,
                      seed=seed, epochs=None)
+    recorder = _recorder(setup, method, preset, cfg, options, live)
     rss_before = current_rss_bytes()
     windowed = reset_peak(setup.device)
-    history = train(setup.model, stream, cfg, eval_fn=eval_fn, progress=progress)
-    return Fit(history, cfg, peak_memory_bytes(setup.device), rss_before, _peak_kind(setup.device, windowed))
+    history = train(setup.model, stream, cfg, eval_fn=eval_fn, progress=progress, observe=recorder)
+    return Fit(history, cfg, peak_memory_bytes(setup.device), rss_before, _peak_kind(setup.device, windowed),
+               recorder)
+
+
+def _recorder(setup: Setup, method: str, preset, cfg, options: dict | None, live):
+    from labs.methods import get_method
+    from labs.run_record import Recorder, inference_prompt_end
+    options = options or {}
+    return Recorder(setup.model, method=method, task_kind=setup.task.kind, lr=cfg.lr,
+                    usual_lr=get_method(method).lr.get(preset.name), tokenizer=setup.tokenizer,
+                    targets=options.get("target_modules"), inference_end=inference_prompt_end(setup.tokenizer, setup.task),
+                    gradient_checkpointing=cfg.gradient_checkpointing, live=live)
 
 
 def _peak_kind(device: torch.device, windowed: bool) -> str:
@@ -295,8 +314,10 @@ def run_finetune(method: str = "full", model: str = "smollm2-135m", task: str | 
     device   "cpu", "cuda", "mps" (default: the best available)
     impl     "labs" (your own modules) or "solutions" (the reference); default $LABS_IMPL
     """
+    from labs.doctor import LiveDoctor
     from labs.impl import current_impl
     from labs.methods import check_options, get_method, prepare, require_finished
+    from labs.run_record import FILENAME as RECORD_FILE
     from labs.surgery import count_parameters
     clock = PhaseClock()
     impl = impl or current_impl()
@@ -322,11 +343,15 @@ def run_finetune(method: str = "full", model: str = "smollm2-135m", task: str | 
     counts = count_parameters(setup.model)
     base = {**_base_weights(method, setup.model, counts),  # as stored for training
             "frozen_base_bf16": cast_saved > 0, "frozen_cast_saved_bytes": cast_saved}
-    trained = fit(setup, method, preset, seed, progress, forward_context)
+    doctor = LiveDoctor(impl) if main else None
+    trained = fit(setup, method, preset, seed, progress, forward_context, options, doctor)
     clock.lap("train")
     with forward_context():
         after = measure(setup, preset)
     clock.lap("measure_after")
+    record = trained.recorder.finish(before["eval"].get("loss"), after["eval"].get("loss"))
+    if doctor is not None:
+        doctor.after_run(record)
     saved_bytes, saved_files = save_trained(method, setup.model, out) if main else (0, [])
     clock.lap("save")
     metrics = {**_describe(method, model, setup, preset, options, seed, impl), **_costs(counts, trained), **base,
@@ -334,6 +359,7 @@ def run_finetune(method: str = "full", model: str = "smollm2-135m", task: str | 
                "measure_before_cached": before_cached, "wall_time_s": clock.total(), "phase_times_s": clock.laps}
     if main:
         write_json(out / "metrics.json", metrics)
+        write_json(out / RECORD_FILE, record)
         _plots(metrics, trained.history, out)
         print(summary(metrics, out))
     return metrics

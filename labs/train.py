@@ -274,7 +274,8 @@ def _forward_loss(model: nn.Module, batch: dict, autocast) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 def train(model: nn.Module, batches: Iterable[dict], cfg: TrainConfig, *,
           eval_fn: Callable[[nn.Module], dict] | None = None, progress: bool = True,
-          accelerator=None) -> History:
+          accelerator=None, observe: Callable | None = None,
+          optimizer: torch.optim.Optimizer | None = None) -> History:
     """Train `model` for cfg.max_steps optimizer steps on `batches`; return the History.
 
     `batches` yields dicts of tensors the model accepts (input_ids, attention_mask, labels);
@@ -282,13 +283,17 @@ def train(model: nn.Module, batches: Iterable[dict], cfg: TrainConfig, *,
     `eval_fn(model) -> dict` is called every cfg.eval_every steps and after the last step.
     `accelerator`: an `accelerate.Accelerator` to train through (default: one made from the
     launcher's settings under a launcher, else plain PyTorch in this process).
+    `observe(step, model, optimizer, batch, loss)` is called after each step's backward pass, while
+    the gradients are there (labs.run_record.Recorder reads them for the failure clinic).
+    `optimizer`: one built by the caller instead of make_optimizer's (notebook 14 shows what an
+    optimizer built before the model was wrapped does).
     """
     from tqdm.auto import tqdm
 
     acc = accelerator or distributed.accelerator_for(model)
     # One seed per process: dropout masks differ between processes, as their data does.
     torch.manual_seed(cfg.seed + acc.process_index)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = optimizer if optimizer is not None else make_optimizer(model, cfg)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     # DDP or FSDP wrap the model here (FSDP also swaps the optimizer's parameters for its own).
@@ -308,7 +313,8 @@ def train(model: nn.Module, batches: Iterable[dict], cfg: TrainConfig, *,
     try:
         for step in bar:
             with distributed.say_who_stopped(acc, step):
-                loss = _train_step(acc, wrapped, optimizer, stream, step, cfg, autocast, history)
+                loss = _train_step(acc, wrapped, optimizer, stream, step, cfg, autocast, history,
+                                   observe and (lambda *seen: observe(step, model, *seen)))
             if loss is None:  # the batch iterator ran dry (on some process)
                 break
             if step % cfg.log_every == 0 or step == cfg.max_steps:
@@ -328,7 +334,7 @@ def _eval_due(step: int, cfg: TrainConfig) -> bool:
     return step == cfg.max_steps or (cfg.eval_every > 0 and step % cfg.eval_every == 0)
 
 
-def _train_step(acc, model, optimizer, stream, step, cfg, autocast, history) -> float | None:
+def _train_step(acc, model, optimizer, stream, step, cfg, autocast, history, observe=None) -> float | None:
     """One optimizer step over cfg.grad_accum micro-batches; returns its mean loss (None: no data).
 
     The loss is the mean over micro-batches and over processes: what one process would see with
@@ -355,6 +361,8 @@ def _train_step(acc, model, optimizer, stream, step, cfg, autocast, history) -> 
             acc.backward(loss / cfg.grad_accum)
         total += loss.item() / cfg.grad_accum
     total = distributed.mean_across(acc, total)
+    if observe is not None:   # the gradients before clipping, the optimizer, the step's first batch
+        observe(optimizer, micro[0], total)
     if not math.isfinite(total):
         raise ValueError(f"the loss became {total} at step {step}; lower the learning rate "
                          f"(now {cfg.lr:g}) or check the data")

@@ -35,7 +35,7 @@ def test_finetune_help_lists_models_tasks_presets_and_methods():
 def test_top_level_help_names_every_command():
     proc = run_labs("--help")
     assert proc.returncode == 0, proc.stderr
-    for command in ("assets", "finetune", "compare", "check", "grade", "release"):
+    for command in ("assets", "finetune", "compare", "check", "doctor", "grade", "release"):
         assert command in proc.stdout
 
 
