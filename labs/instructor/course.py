@@ -63,13 +63,35 @@ class Course:
     def is_hidden(self, nodeid: str) -> bool:
         return nodeid.startswith("tests/hidden/")
 
+    @cached_property
+    def hidden_text(self) -> frozenset[str]:
+        """What a visible test's message must not quote: every QUOTE-character window of the hidden
+        tests' source and string constants (whitespace folded) that no public test file also holds.
+        The child imports the hidden tests beside the student's code, so code that gets past the
+        screen can read their constants and put them, whole or in part, in a visible message."""
+        return _windows(self.root.glob("tests/hidden/**/*.py")) - _windows(self.root.glob("tests/*.py"))
 
-def is_graded_test(path: Path) -> bool:
-    """A test file with at least one function or class decorated @pytest.mark.exercise(...)."""
-    try:
-        tree = ast.parse(path.read_text())
-    except SyntaxError:
-        return False
-    return any(isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "exercise"
-               for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef))
-               for d in node.decorator_list)
+    def quotes_hidden(self, message: str) -> bool:
+        return not _windows_of(str(message)).isdisjoint(self.hidden_text)
+
+
+QUOTE = 20  # characters: a window this long of a hidden test in a message is a quote, not chance
+
+
+def _windows_of(text: str) -> set[str]:
+    folded = " ".join(text.split())
+    return {folded[i:i + QUOTE] for i in range(max(0, len(folded) - QUOTE + 1))}
+
+
+def _windows(paths) -> frozenset[str]:
+    """The QUOTE-character windows of these files' source and of their string constants."""
+    found: set[str] = set()
+    for path in sorted(paths):
+        try:
+            text = path.read_text()
+            strings = [n.value for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for chunk in [text, *strings]:
+            found |= _windows_of(chunk)
+    return frozenset(found)

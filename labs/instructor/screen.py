@@ -695,7 +695,8 @@ class _Screen(ast.NodeVisitor):
             if isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
                 args = parent.args
                 params = [a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg] if a]
-                is_method = not isinstance(parent, ast.Lambda) and isinstance(self._parent(parent), ast.ClassDef)
+                is_method = not isinstance(parent, ast.Lambda) and isinstance(self._parent(parent), ast.ClassDef) \
+                    and not any(isinstance(d, ast.Name) and d.id == "staticmethod" for d in parent.decorator_list)
                 if name is None and is_method:
                     return parent
                 if name is not None and name in params:  # the innermost binding decides
