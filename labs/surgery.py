@@ -127,11 +127,11 @@ PLAIN_PART = re.compile(r"[A-Za-z0-9_]+")  # one step of a submodule path: "enco
 
 def check_submodule_path(name: str) -> str:
     """`name` if it is a dotted path of plain steps ("bert.pooler.dense", "h.0.attn"): letters,
-    digits and _, none starting with __. These helpers set attributes by name on modules a caller
-    hands in, so a dunder or mangled private name (__class__, _Printer__setup) is refused."""
-    if not isinstance(name, str) or not all(PLAIN_PART.fullmatch(p) and not p.startswith("__") for p in name.split(".")):
-        raise ValueError(f"{name!r} is not a submodule path: give dotted steps of letters, digits and _ "
-                         "(such as 'classifier' or 'transformer.h.0.attn'), none starting with __")
+    digits and _, no "__" in a step. These helpers set attributes by name on modules a caller hands
+    in, so a dunder or a mangled private name (__class__, _Printer__setup) is refused."""
+    if not isinstance(name, str) or not all(PLAIN_PART.fullmatch(p) and "__" not in p for p in name.split(".")):
+        raise ValueError(f"{name!r} is not a submodule path: give dotted steps of letters, digits and single "
+                         "underscores (such as 'classifier' or 'transformer.h.0.attn')")
     return name
 
 

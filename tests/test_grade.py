@@ -969,6 +969,112 @@ def test_from_scratch_policy_follows_helpers_but_not_other_exercises():
     assert {f.exercise for f in findings} == {"5.3"}, findings  # merge calls delta_weight: not tainted
 
 
+# Issue 22, point 2: each class the screen let through, refused (the honest forms stay allowed)
+@pytest.mark.parametrize("code, refused", [
+    # dataclasses helpers that read and write attributes by a Field's (changeable) name
+    ("def f(config):\n    return replace(config, r=1)", "dataclasses.replace in your own code"),
+    ("import dataclasses\nx = dataclasses.fields", "dataclasses.fields in your own code"),
+    ("from dataclasses import asdict as a\ng = a", "dataclasses.asdict in your own code"),
+    ("import dataclasses\nF = dataclasses.Field", "dataclasses.Field in your own code"),
+    ("from dataclasses import field\nf = field(default=1)", "dataclasses.field other than"),
+    # metaclass objects: type(C) builds classes, whatever name it goes by
+    ("class C:\n    pass\n\n\nM = type(C)\nV = M('V', (), {})", "type(x) used as a value"),
+    ("def meta(c):\n    return type(c)", "type(x) used as a value"),
+    ("t = type", "type used as a value"), ("ms = [type]", "type used as a value"),
+    ("def f(c, a):\n    return type(c)(*a)", "type(x) used as a value"),
+    ("def f(c):\n    return type(c)('V', (), {})", "type(x) used as a value"),
+    ("import enum", "import of enum"),
+    # private attributes: only self / cls of a method of a class this module defines
+    ("def f(self):\n    return self._Printer__setup", "private attribute ._Printer__setup"),
+    ("g = lambda self: self._x", "private attribute ._x"),
+    ("class A:\n    def m(self):\n        return (lambda self: self._x)(1)", "private attribute ._x"),
+    ("class A:\n    @staticmethod\n    def m(self):\n        return self._x", "private attribute ._x"),
+    ("class A:\n    def m(self, other):\n        return super(A, other)._x", "private attribute ._x"),
+    ("class A:\n    def m(self):\n        self = nn\n        return self", "assigns to self"),
+    ("class A:\n    def m(self):\n        for self in [1]:\n            pass", "assigns to self"),
+    ("class A:\n    def m(self):\n        try:\n            pass\n        except Exception as self:\n            pass",
+     "binds the name self"),
+    ("class A:\n    def m(self):\n        return self._x\n\n\ndef peek(obj):\n    return A.m(obj)",
+     "A.m taken through the class"),
+    ("class A:\n    def m(self):\n        return self._x\n\n\ndef peek(obj):\n    return type(A()).m(obj)",
+     "type(...).m taken through the class"),
+    ("x = copyright", "use of copyright")])
+def test_screen_refuses_each_class_issue_22_found(code, refused):
+    findings = screened(code)
+    assert any(refused in f.what and f.exercise is None for f in findings), [str(f) for f in findings]
+
+
+def test_screen_still_allows_the_honest_forms_of_those():
+    code = ("@dataclass\nclass Settings:\n    sizes: list = field(default_factory=list)\n\n\n"
+            "class Base(nn.Module):\n    def __init__(self):\n        super().__init__()\n        self._cache = None\n\n"
+            "    def step(self, x: type | None = None):\n        return self._cache, (lambda: self._cache)(), super()._apply\n\n\n"
+            "class Child(Base):\n    def step(self, x=None):\n        same = type(x) is type(self) and isinstance(x, type)\n"
+            "        return Base.step(self, x), type(self).__name__, same, type(self)(), super(Child, self)._cache\n\n"
+            "    @classmethod\n    def make(cls):\n        return cls._build()\n")
+    assert [str(f) for f in screened(code)] == []
+
+
+@pytest.mark.parametrize("where", [
+    "if True:\n    import peft as ref\n",
+    "try:\n    from peft import get_peft_model as ref\nexcept ImportError:\n    ref = None\n",
+    "for _ in range(1):\n    import peft as ref\n",
+    "with torch.no_grad():\n    import peft as ref\n",
+    "def load():\n    global ref\n    import peft as ref\n\n\nload()\n",
+    "class Holder:\n    import peft as ref\n\n\nref = Holder.ref\n",
+    "class Holder:\n    def __init__(self):\n        import peft\n        self.ref = peft.LoraConfig\n\n\nref = Holder()\n"])
+def test_peft_imported_anywhere_zeroes_the_exercise_that_uses_it(where):
+    """Issue 22: `import peft` inside if / try / with / loops / class bodies / functions was not seen
+    (exercise 0.3 scored 4/4 through peft.get_peft_model); now the exercise using it scores zero."""
+    stub = (ROOT / "labs" / "lora.py").read_text()
+    source = filled("lora").replace("        return (self.lora_B @ self.lora_A) * self.scaling",
+                                    "        return ref.LoraConfig")
+    findings = screen.screen_module(source + "\n" + where, stub, TECHNIQUES, API)
+    assert {f.exercise for f in findings} == {"5.3"}, [str(f) for f in findings]
+    assert "from scratch" in next(f.what for f in findings if f.exercise == "5.3")
+
+
+def test_license_credits_and_copyright_are_not_in_a_student_modules_builtins():
+    seen = sandbox_child.checked_builtins(Course.load(ROOT).policy())
+    assert not {"license", "credits", "copyright", "open", "eval"} & set(seen) and "print" in seen
+
+
+def test_course_helpers_that_set_attributes_by_name_check_their_arguments():
+    """labs.virtual_tokens.hook_in and labs.surgery's helpers set an attribute named by the caller on
+    an object the caller hands in: hook_in(SomeClass, "__eq__", m) made always-equal values. Each
+    now takes only an nn.Module and a plain name, and says what it accepts."""
+    from torch import nn
+
+    from labs import surgery, virtual_tokens
+
+    class Hooked(nn.Module):
+        def before_forward(self, module, args, kwargs):
+            return args, kwargs
+
+        def after_forward(self, module, args, kwargs, output):
+            return output
+
+    dunder = "_" * 2 + "eq" + "_" * 2  # built at run time, as an attack past the screen would
+    with pytest.raises(TypeError, match="model must be an nn.Module, got type"):
+        virtual_tokens.hook_in(nn.Linear, "soft_prompt", Hooked())
+    for name in (dunder, "_modules", "class", "a.b", 3):
+        with pytest.raises(ValueError, match="not a plain attribute name"):
+            virtual_tokens.hook_in(nn.Linear(2, 2), name, Hooked())
+    with pytest.raises(TypeError, match="module must be an nn.Module, got function"):
+        virtual_tokens.hook_in(nn.Linear(2, 2), "soft_prompt", lambda *a: None)
+    model = virtual_tokens.hook_in(nn.Sequential(nn.Linear(2, 2)), "soft_prompt", Hooked())
+    assert isinstance(model.soft_prompt, Hooked) and "__eq__" not in vars(nn.Linear)
+
+    model = nn.Sequential(nn.Linear(2, 2))
+    for path in (dunder, "0." + dunder, "_Printer__setup", "0.weight\x00"):
+        with pytest.raises(ValueError, match="not a submodule path"):
+            surgery.get_submodule_parent(model, path)
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        surgery.get_submodule_parent(object(), "x")
+    assert surgery.get_submodule_parent(model, "0") == (model, "0")
+    with pytest.raises(TypeError, match="replacement for '0' must be an nn.Module, got function"):
+        surgery.replace_modules(model, lambda n, m: True, lambda n, m: (lambda: 0))
+
+
 def test_zip_is_read_in_memory_with_caps(tmp_path):
     path = zipped(tmp_path, "z", {"../../escape.py": "x", "me/labs/lora.py": "x = 1\n", "me/labs/big.py": "y"})
     sub = submissions.read_submission(path, "me", ["lora", "scaling"])
