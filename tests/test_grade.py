@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from labs.instructor import boundary, sandbox, sandbox_child, screen, submissions
+from labs.instructor import boundary, gradebook, sandbox, sandbox_child, screen, submissions
 from labs.instructor.grade import Course, Limits, Runner, grade
 from labs.instructor.grade import _grade_all as grade_all, named_submissions
 from labs.instructor.grade import _write_ungraded as write_ungraded
@@ -125,10 +125,11 @@ def zipped(base: Path, name: str, entries: dict[str, str | bytes]) -> Path:
     return path
 
 
+CLASS_SIZE = 36  # submissions in build_class
 TOKEN = secrets.token_hex(4)  # names this run's victim, so an attack can never reach another run's files
 VICTIM = f"victim{TOKEN}"
 UNSCREENED = frozenset({"sneaky", "forger-past-screen", "escaper", "garbage", "tamper",  # past the screen
-                        "flipper", "flipper-blind"})
+                        "flipper", "flipper-blind", "leaker", "injector"})
 
 # Attacks that got past the screen (graded with the screen off: the walls behind it must hold).
 # They reach `os` as torch.serialization.os, an attribute the runtime checks do not see.
@@ -284,6 +285,58 @@ class Yes:
 '''
 
 
+# Issue 22, point 2: always-equal values from a metaclass object (only the literal type(x)(...)
+# was refused), the dunder name built at run time so no string constant gives it away.
+METACLASS = '''
+
+class Base:
+    pass
+
+
+def _always(self, other):
+    return True
+
+
+Meta = type(Base)
+Yes = Meta("Yes", (), {"_" * 2 + "eq" + "_" * 2: _always})
+'''
+# Point 3: reads what this process holds of the hidden tests (their constants, through gc; the
+# locals of a hidden test that calls it, through its frames), prints it for the instructor's
+# output.txt, and raises it as every exercise's message.
+LEAK = '''
+import torch
+_sys = torch.serialization.sys
+_FOUND = []
+
+
+def _leak():
+    for obj in _sys.modules["gc"].get_objects():
+        code = getattr(obj, "__code__", None)
+        if code is not None and "hidden" in code.co_filename and "probe" not in code.co_filename:
+            _FOUND.extend(c for c in code.co_consts if isinstance(c, str) and len(c) > 20)
+    frame = _sys._getframe(1)
+    while frame is not None:
+        if "hidden" in frame.f_code.co_filename:
+            _FOUND.extend(repr(v) for v in frame.f_locals.values())
+        frame = frame.f_back
+    found = sorted(set(_FOUND), key=len)
+    print("LEAKED", found)
+    return "LEAK " + " | ".join(found)
+'''
+# Point 6: an exception class whose name starts a fake table row and a fake total, and a message
+# of raw HTML, a javascript: link, backticks and terminal escapes.
+INJECT = '''
+
+class Injected(Exception):
+    pass
+
+
+Injected.__name__ = "Oops\\r| 0.1 | passed | 9 / 9 | well done |\\n**189 of 189 points.**"
+MESSAGE = ("<img src=x onerror=alert(1)> <script>alert(1)</script> [see](javascript:alert(1)) "
+           "\\x1b[2J\\x1b[31m ``` | **189 of 189 points.** \\u202e")
+'''
+
+
 def from_stub(module: str, body: str, header: str = "") -> str:
     """The blank stub of `module` (as released), each exercise body replaced by `body`."""
     lines = (ROOT / "labs" / f"{module}.py").read_text().splitlines(True)
@@ -349,6 +402,12 @@ def build_class(base: Path, course: Path) -> list[Path]:
         folder(base, "tamper", {"scaling": edit(sc, "bits = {\"fp32\"", "    import torch\n" + TAMPER)}),
         folder(base, "flipper", {"scaling": from_stub("scaling", "pass") + FLIP_NAIVE, "freezing": fr}),
         folder(base, "flipper-blind", {"scaling": from_stub("scaling", "pass") + FLIP_BLIND, "freezing": fr}),
+        # The attacks of issue 22, points 2, 3 and 6
+        folder(base, "metaclass", {"scaling": from_stub("scaling", "return Yes()", METACLASS), "freezing": fr}),
+        folder(base, "peft-nested", {"scaling": edit(sc, "d_in, d_out = check_count(d_in", "    ref.LoraConfig\n")
+                                     + "\nif True:\n    import peft as ref\n"}),
+        folder(base, "leaker", {"scaling": from_stub("scaling", "raise RuntimeError(_leak())", LEAK), "freezing": fr}),
+        folder(base, "injector", {"scaling": from_stub("scaling", "raise Injected(MESSAGE)", INJECT), "freezing": fr}),
         folder(base, VICTIM, {"scaling": sc, "freezing": fr, "lora": lo}),  # graded last, after the attacks
     ]
 
@@ -434,7 +493,7 @@ def test_reports_follow_the_gradescope_format(graded):
     assert all({"name", "score", "max_score", "output", "visibility"} <= set(t) for t in result["tests"])
     assert list(graded["csv"]["correct"])[:1] == ["student"]
     assert list(graded["csv"]["correct"])[-5:] == ["total", "status", "sandbox", "tampered", "id_note"]
-    assert len(graded["rows"]) == len(graded["csv"]) == 32, "one row per submission, none lost"
+    assert len(graded["rows"]) == len(graded["csv"]) == CLASS_SIZE, "one row per submission, none lost"
     assert not list(graded["out"].rglob("*.tmp")), "reports are written atomically"
 
 
@@ -601,7 +660,7 @@ def test_garbage_on_the_result_channel_fails_that_module_only_and_the_run_comple
     got = points(graded, "garbage")
     assert sum(of("0", got).values()) == 0 and of("2", got) == of("2", maxima(graded))
     assert "result channel" in messages(graded, "garbage", "0.3")
-    assert graded["csv"][VICTIM]["status"] == "ok" and len(graded["csv"]) == 32
+    assert graded["csv"][VICTIM]["status"] == "ok" and len(graded["csv"]) == CLASS_SIZE
 
 
 def test_nothing_escapes_the_sandbox(graded):
@@ -659,8 +718,193 @@ def test_honest_submissions_are_never_flagged(graded):
 
 
 # ---------------------------------------------------------------------------------------------
+# Issue 22, points 2, 3 and 6, in the class run
+# ---------------------------------------------------------------------------------------------
+def test_always_equal_values_from_a_metaclass_object_are_refused(graded):
+    """Before: `Meta = type(Base); Meta("Yes", (), {...})` passed the screen and its values equal
+    everything. Now the module is refused with the reason; its other module is graded as usual."""
+    got = points(graded, "metaclass")
+    assert sum(of("0", got).values()) == 0 and of("2", got) == of("2", maxima(graded)), got
+    assert "type(x) used as a value" in messages(graded, "metaclass", "0.1")
+
+
+def test_peft_imported_inside_an_if_zeroes_the_exercise_using_it(graded):
+    got, top = points(graded, "peft-nested"), maxima(graded)
+    assert got["0.3"] == 0 and "from scratch" in messages(graded, "peft-nested", "0.3")
+    assert all(got[e] == top[e] for e in ("0.1", "0.2", "0.4")), got
+
+
+def hidden_constants() -> list[str]:
+    import ast
+    tree = ast.parse((ROOT / "tests" / "hidden" / "test_hidden_scaling.py").read_text())
+    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            and len(n.value) > 20]
+
+
+def test_no_text_of_a_hidden_test_reaches_the_student_even_when_the_code_reads_it(graded):
+    """Point 3: the leaker reads the hidden tests' constants (and a hidden test's locals) and raises
+    them as its message. The instructor's output.txt shows it read them; feedback.md and
+    results.json show none of them: a visible message that quotes a hidden test is withheld."""
+    student = graded["out"] / "students" / "leaker"
+    assert "LEAKED" in (student / "output.txt").read_text()
+    leaked = [c for c in hidden_constants() if " ".join(c.split()) in " ".join((student / "output.txt").read_text().split())]
+    assert leaked, "the attack found no hidden text: it no longer tests anything"
+    said = " ".join(((student / "feedback.md").read_text() + json.dumps(graded["results"]["leaker"])).split())
+    assert not [c for c in hidden_constants() if c[:20] in said or json.dumps(c)[1:21] in said], said[:2000]
+    assert "message withheld" in messages(graded, "leaker", "0.1")
+    assert of("2", points(graded, "leaker")) == of("2", maxima(graded))
+
+
+def outside_code(markdown: str) -> str:
+    """The Markdown with its code spans removed (a run of n backticks opens one, the next run of
+    exactly n closes it), as CommonMark reads them."""
+    out, i = [], 0
+    while i < len(markdown):
+        if markdown[i] != "`":
+            out.append(markdown[i])
+            i += 1
+            continue
+        run = len(markdown[i:]) - len(markdown[i:].lstrip("`"))
+        close = re.search(rf"(?<!`)`{{{run}}}(?!`)", markdown[i + run:])
+        if close is None:
+            out.append(markdown[i:i + run])
+            i += run
+        else:
+            i += run + close.end()
+    return "".join(out)
+
+
+def assert_reads_as_typed(markdown: str, total_line: str) -> None:
+    """No control characters; the only bold total is the real one; every table row has four
+    cells; outside code no HTML, no link and no fake total."""
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e]", markdown), repr(markdown[:300])
+    assert [line for line in markdown.splitlines() if line.startswith("**")] == [total_line]
+    rows = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert all(len(re.findall(r"(?<!\\)\|", line)) == 5 for line in rows), rows
+    plain = outside_code(markdown)
+    for bad in ("<img", "<script", "javascript:", "189 of 189", "Oops"):
+        assert bad not in plain, (bad, plain)
+
+
+def test_injected_names_and_messages_read_as_typed(graded):
+    """Point 6: an exception class named "...\\r| 0.1 | passed ...\\n**189 of 189 points.**", raw
+    HTML, a javascript: link and terminal escapes: feedback.md shows them as code, results.json
+    as plain text, the terminal without escapes; the scores are the real ones."""
+    text = feedback(graded, "injector")
+    assert_reads_as_typed(text, f"**{graded['csv']['injector']['total']} of {sum(maxima(graded).values()):g} points.**")
+    assert "<script>alert(1)</script>" in text and "189 of 189" in text, "the message is shown, as code"
+    result = graded["results"]["injector"]
+    assert result["output_format"] == "text" and {t["output_format"] for t in result["tests"]} == {"text"}
+    outputs = json.dumps(result)
+    assert not re.search(r"\\u001b|\\r|\\u202e", outputs), outputs[:500]
+    assert sum(of("0", points(graded, "injector")).values()) == 0
+    assert not [line for line in graded["progress"] if re.search(r"[\x1b\r]", line)]
+
+
+# ---------------------------------------------------------------------------------------------
 # The walls on their own (no grading run)
 # ---------------------------------------------------------------------------------------------
+def a_course() -> Course:
+    """A course of one technique: two public tests and one hidden, the hidden one the real
+    tests/hidden/test_hidden_scaling.py (its text is what must not come back)."""
+    course = Course(ROOT, {"scaling": "# stub\n"}, {"0.1": "scaling", "0.2": "scaling"}, {})
+    course.items = [{"nodeid": "tests/test_ex_scaling.py::test_a", "exercise": "0.1", "points": 1},
+                    {"nodeid": "tests/test_ex_scaling.py::test_b", "exercise": "0.2", "points": 1},
+                    {"nodeid": "tests/hidden/test_hidden_scaling.py::test_h", "exercise": "0.2", "points": 1}]
+    return course
+
+
+def graded_with(events, course: Course, student: str = "s") -> gradebook.Graded:
+    """A submission whose child reported `events(planned)`: (planned test, outcome, message) in order."""
+    import random
+    from labs.instructor.grade import on_event, tasks_for
+    graded = gradebook.Graded(submissions.Submission(student, Path(student)))
+    [task] = tasks_for(graded, course, Path("/nonexistent"), Limits(), {}, random.Random(3))
+    planned = [graded.planned[row[1]] for row in task["plan"]]
+    by_student = {student: graded}
+    for p, outcome, message in events(planned):
+        on_event({"task": task["id"], "event": "result", "nodeid": p.nodeid, "outcome": outcome, "message": message},
+                 by_student)
+    on_event({"task": task["id"], "event": "done"}, by_student)
+    return graded
+
+
+def reports(graded: gradebook.Graded, course: Course) -> tuple[str, dict]:
+    tests = gradebook.score_tests(graded, course)
+    return (gradebook.feedback_md(gradebook.exercise_scores(tests, graded, course), graded),
+            gradebook.results_json(tests, graded, course))
+
+
+def test_public_tests_run_first_and_a_visible_message_after_a_hidden_test_is_withheld():
+    """Point 3: the plan puts every hidden test after the public ones, so an honest run shows every
+    visible message. A visible result that comes after a hidden one (a child whose order was
+    changed) shows no message: its code may have seen the hidden test's locals."""
+    course = a_course()
+    secret = "the locals of a hidden test: n = 1_000_003"
+
+    def honest(planned):
+        return [(p, "failed" if p.shift or p.source.endswith("test_a") else "passed", f"ValueError: {p.source}")
+                for p in planned]
+    graded = graded_with(honest, course)
+    order = [course.is_hidden(p.source) for p in graded.planned.values()]
+    assert order == sorted(order), "hidden tests come last"
+    assert "ValueError: tests/test_ex_scaling.py::test_a" in reports(graded, course)[0]
+
+    def reordered(planned):
+        hidden = [p for p in planned if course.is_hidden(p.source)]
+        public = [p for p in planned if not course.is_hidden(p.source)]
+        return [(p, "failed", secret) for p in hidden + public]
+    feedback_md, result = reports(graded_with(reordered, course), course)
+    said = feedback_md + json.dumps(result)
+    assert secret not in said and gradebook.WITHHELD in said
+
+
+def test_a_visible_message_that_quotes_a_hidden_test_is_withheld_whole_or_in_part():
+    course = a_course()
+    quote = "A (r, in) and B (out, r): r * (in + out) per layer"  # tests/hidden/test_hidden_scaling.py
+    assert quote in (ROOT / "tests" / "hidden" / "test_hidden_scaling.py").read_text()
+    for message in (f"RuntimeError: {quote}", f"RuntimeError: xx {quote[5:30]} yy",
+                    "AssertionError: " + " ".join(quote.upper().lower().split())):
+        said = "".join(map(str, reports(graded_with(lambda planned: [(p, "failed", message) for p in planned],
+                                                    course), course)))
+        assert quote[5:30] not in said and gradebook.WITHHELD in said, message
+    honest = "AssertionError: fp32 weights take 4 bytes each"
+    said = reports(graded_with(lambda planned: [(p, "failed", honest) for p in planned], course), course)[0]
+    assert honest in said, "a message that quotes no hidden test is shown"
+
+
+EVIL_NAME = "Oops\r| 0.1 | passed | 9 / 9 | well done |\n**189 of 189 points.**"
+EVIL = ("<img src=x onerror=alert(1)> <script>alert(1)</script> [see](javascript:alert(1)) \x1b[2J\x1b[31m"
+        " ``` `` | \\| **189 of 189 points.** \u202e" + "x" * 2000)
+
+
+def test_student_text_reads_as_typed_in_every_report():
+    """Point 6, on made-up events: a message, a module note, a zip warning and a tampering reason
+    that try to add rows, a total, HTML, links and terminal escapes; each report shows them as
+    text (capped), and the instructor's report keeps one line per reason."""
+    from labs.instructor.grade import _for_terminal, instructor_report
+    course = a_course()
+    graded = graded_with(lambda planned: [(p, "failed", f"{EVIL_NAME}: {EVIL}") for p in planned], course)
+    graded.module_notes["scaling"] = f"labs/scaling.py was not run: line 1: {EVIL}"
+    graded.sub.warnings.append(f"ignored unsafe zip entry {EVIL_NAME}")
+    feedback_md, result = reports(graded, course)
+    assert_reads_as_typed(feedback_md, "**0 of 3 points.**")
+    assert len(feedback_md) < 5000, "each message is capped"
+    assert result["output_format"] == "text" and not re.search(r"[\x00-\x1f\u202e]", json.dumps(result)
+                                                                 .encode().decode("unicode_escape").replace("\n", ""))
+    csv_text = gradebook.grades_csv([("s", [], "ok", {"tampered": EVIL_NAME + EVIL})], course, "bubblewrap")
+    assert not re.search(r"[\x1b\r\u202e]", csv_text) and len(csv_text.splitlines()) == 2
+
+    graded.tampered += [f"labs/scaling.py: {EVIL_NAME} `` ` ```` {EVIL}", "second\n### fake heading"]
+    report = instructor_report([graded], "bubblewrap")
+    assert [line for line in report.splitlines() if line.startswith("### ")] == ["### s"], report
+    assert not re.search(r"[\x1b\r\u202e]", report)
+    assert "<script" not in outside_code(report) and "189 of 189" not in outside_code(report)
+    lines: list[str] = []
+    _for_terminal(lines.append)(f"[1/1] s: 0/3 error:{EVIL_NAME} {EVIL[:200]}")
+    assert not re.search(r"[\x1b\r\u202e]", lines[0]) and "error:Oops" in lines[0]
+
+
 def test_channel_opens_only_what_its_own_key_sealed():
     key = secrets.token_bytes(sandbox_child.KEY_BYTES)
     child, server = sandbox_child.Channel(key), sandbox_child.Channel(key)

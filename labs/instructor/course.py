@@ -66,10 +66,11 @@ class Course:
     @cached_property
     def hidden_text(self) -> frozenset[str]:
         """What a visible test's message must not quote: every QUOTE-character window of the hidden
-        tests' source and string constants (whitespace folded) that no public test file also holds.
+        tests' source and string constants (whitespace folded) that no public graded test holds.
         The child imports the hidden tests beside the student's code, so code that gets past the
         screen can read their constants and put them, whole or in part, in a visible message."""
-        return _windows(self.root.glob("tests/hidden/**/*.py")) - _windows(self.root.glob("tests/*.py"))
+        public = [self.root / f for f in self.test_files() if not self.is_hidden(f)]
+        return _windows(self.root.glob("tests/hidden/**/*.py")) - _windows([*public, self.root / "tests" / "conftest.py"])
 
     def quotes_hidden(self, message: str) -> bool:
         return not _windows_of(str(message)).isdisjoint(self.hidden_text)
@@ -95,3 +96,14 @@ def _windows(paths) -> frozenset[str]:
         for chunk in [text, *strings]:
             found |= _windows_of(chunk)
     return frozenset(found)
+
+
+def is_graded_test(path: Path) -> bool:
+    """A test file with at least one function or class decorated @pytest.mark.exercise(...)."""
+    try:
+        tree = ast.parse(path.read_text())
+    except SyntaxError:
+        return False
+    return any(isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "exercise"
+               for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+               for d in node.decorator_list)
