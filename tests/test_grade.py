@@ -311,9 +311,8 @@ _FOUND = []
 
 def _leak():
     for obj in _sys.modules["gc"].get_objects():
-        code = getattr(obj, "__code__", None)
-        if code is not None and "hidden" in code.co_filename and "probe" not in code.co_filename:
-            _FOUND.extend(c for c in code.co_consts if isinstance(c, str) and len(c) > 20)
+        if type(obj).__name__ == "function" and "hidden" in obj.__code__.co_filename:
+            _FOUND.extend(c for c in obj.__code__.co_consts if isinstance(c, str) and len(c) > 20)
     frame = _sys._getframe(1)
     while frame is not None:
         if "hidden" in frame.f_code.co_filename:
@@ -1239,6 +1238,10 @@ def test_from_scratch_policy_follows_helpers_but_not_other_exercises():
     ("class A:\n    def m(self):\n        try:\n            pass\n        except Exception as self:\n            pass",
      "binds the name self"),
     ("class A:\n    def m(self):\n        return self._x\n\n\ndef peek(obj):\n    return A.m(obj)",
+     "A.m taken through the class"),
+    ("class A:\n    def m(self):\n        return self._x\n\n\nclass B(A):\n    pass\n\n\ndef peek(obj):\n    return B.m(obj)",
+     "B.m taken through the class"),
+    ("class A:\n    def m(self):\n        return self._x\n\n\ndef peek(obj):\n    return getattr(A, 'm')(obj)",
      "A.m taken through the class"),
     ("class A:\n    def m(self):\n        return self._x\n\n\ndef peek(obj):\n    return type(A()).m(obj)",
      "type(...).m taken through the class"),

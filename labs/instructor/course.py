@@ -66,11 +66,13 @@ class Course:
     @cached_property
     def hidden_text(self) -> frozenset[str]:
         """What a visible test's message must not quote: every QUOTE-character window of the hidden
-        tests' source and string constants (whitespace folded) that no public graded test holds.
-        The child imports the hidden tests beside the student's code, so code that gets past the
-        screen can read their constants and put them, whole or in part, in a visible message."""
+        tests' string constants (their assertion messages; whitespace folded) that neither a public
+        graded test nor the course's own code holds. The child imports the hidden tests beside the
+        student's code, so code that gets past the screen can read those constants (the files are
+        gone, their source is not in memory) and put them, whole or in part, in a visible message."""
         public = [self.root / f for f in self.test_files() if not self.is_hidden(f)]
-        return _windows(self.root.glob("tests/hidden/**/*.py")) - _windows([*public, self.root / "tests" / "conftest.py"])
+        known = [*public, self.root / "tests" / "conftest.py", *(self.root / "labs").rglob("*.py")]
+        return _windows(self.root.glob("tests/hidden/**/*.py"), strings_only=True) - _windows(known)
 
     def quotes_hidden(self, message: str) -> bool:
         return not _windows_of(str(message)).isdisjoint(self.hidden_text)
@@ -84,8 +86,8 @@ def _windows_of(text: str) -> set[str]:
     return {folded[i:i + QUOTE] for i in range(max(0, len(folded) - QUOTE + 1))}
 
 
-def _windows(paths) -> frozenset[str]:
-    """The QUOTE-character windows of these files' source and of their string constants."""
+def _windows(paths, strings_only: bool = False) -> frozenset[str]:
+    """The QUOTE-character windows of these files' string constants and (unless strings_only) source."""
     found: set[str] = set()
     for path in sorted(paths):
         try:
@@ -93,7 +95,7 @@ def _windows(paths) -> frozenset[str]:
             strings = [n.value for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
         except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
             continue
-        for chunk in [text, *strings]:
+        for chunk in strings if strings_only else [text, *strings]:
             found |= _windows_of(chunk)
     return frozenset(found)
 

@@ -270,12 +270,14 @@ def screen_module(source: str, reference: str, techniques: frozenset[str] | set[
 
 
 def _plain_methods(tree: ast.Module) -> dict[str, set[str]]:
-    """Class defined at the module's top level -> its methods that take an instance as `self`."""
+    """Class defined at the module's top level -> the methods that take an instance as `self`,
+    its own and those it inherits from classes defined above it in the module."""
     found: dict[str, set[str]] = {}
     for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
-        found[cls.name] = {f.name for f in cls.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-                           and not any(isinstance(d, ast.Name) and d.id in ("staticmethod", "classmethod")
-                                       for d in f.decorator_list)}
+        inherited = {m for b in cls.bases if isinstance(b, ast.Name) for m in found.get(b.id, ())}
+        found[cls.name] = inherited | {f.name for f in cls.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                                       and not any(isinstance(d, ast.Name) and d.id in ("staticmethod", "classmethod")
+                                                   for d in f.decorator_list)}
     return found
 
 
@@ -721,7 +723,8 @@ class _Screen(ast.NodeVisitor):
         it): only C.method(self, ...) is allowed, as a subclass calls its base."""
         through_type = isinstance(base, ast.Call) and isinstance(base.func, ast.Name) and base.func.id == "type"
         names_class = isinstance(base, ast.Name) and base.id in self.methods
-        if not (through_type or names_class) or not any(attr in m for m in self.methods.values()):
+        methods = set().union(*self.methods.values()) if through_type else self.methods.get(getattr(base, "id", None), set())
+        if not (through_type or names_class) or attr not in methods:
             return
         call = self._parent(node)
         if isinstance(call, ast.Call) and call.func is node and call.args and self._own_instance(call.args[0]):

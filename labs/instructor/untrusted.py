@@ -8,10 +8,10 @@ instructor.md, in grades.csv and on the instructor's terminal. Each such text is
 - cleaned (`clean`): control characters go (a "\\r" that starts a fake table row, ANSI escapes
   that clear or recolour a terminal, bidirectional overrides that reorder what is read), and the
   length is capped, saying how much was cut;
-- then quoted for where it goes: `code_span` and `code_block` put it in Markdown code whose
-  backtick fence is longer than any run of backticks inside, so the content cannot close it, and
-  Markdown and HTML inside are shown as typed (`**189 of 189 points.**`, `<script>`,
-  `[x](javascript:...)` stay text); results.json says "output_format": "text".
+- then quoted for where it goes: `code_span` puts it in Markdown code whose backtick fence is
+  longer than any run of backticks inside, so the content cannot close it, and Markdown and HTML
+  inside are shown as typed (`**189 of 189 points.**`, `<script>`, `[x](javascript:...)` stay
+  text); `markdown_text` escapes a name for a heading; results.json says "output_format": "text".
 """
 from __future__ import annotations
 
@@ -64,14 +64,8 @@ def code_span(text: object, limit: int = MAX_CHARS, in_table: bool = False) -> s
     return f"{fence}{pad}{body}{pad}{fence}"
 
 
-def code_block(text: object, limit: int = 4 * MAX_CHARS) -> str:
-    """A fenced Markdown code block holding `text` as typed (cleaned, newlines kept)."""
-    body = clean(text, limit, keep_newlines=True)
-    fence = _fence_for(body, 3)
-    return f"{fence}text\n{body}\n{fence}"
-
-
 def markdown_text(text: object, limit: int = MAX_CHARS) -> str:
-    """Plain Markdown text with every character that Markdown or HTML would read escaped: for the
-    few places (a heading) where a code span would read badly."""
-    return re.sub(r"([\\`*_{}\[\]()<>#+\-.!|~&\"'])", r"\\\1", one_line(text, limit))
+    """Plain Markdown text with every character that Markdown or HTML would read inside a line
+    escaped: for a heading's text, where a code span would read badly ("-" and "." matter only at
+    the start of a line, which a heading's text never is)."""
+    return re.sub(r"([\\`*_{}\[\]()<>#+!|~&\"'])", r"\\\1", one_line(text, limit))
