@@ -27,6 +27,10 @@ feedback.md), error:<reason> (nothing could be graded, e.g. a corrupt zip), tamp
 passed or the grading plugin was changed: scored 0; the student is told only to see the instructor).
 id_note: a name that collided with another once cleaned (exact names keep theirs).
 sandbox: "bubblewrap" when each child ran in its own sandbox, else "NONE: <why>" (limits only).
+What a submission wrote (messages, names, reasons) is shown as typed: cleaned of control characters
+and terminal escapes, capped, and quoted in Markdown code (labs/instructor/untrusted.py). A hidden
+test shows its name, points and pass/fail only; the public tests of a module run before its hidden
+ones, and a visible message that comes after a hidden test or quotes one is withheld.
 Every submission always gets a row, and grades.csv is always written, whatever a child does.
 
 A large class can be spread over machines: each runs `--shard i/n` on the same submissions and

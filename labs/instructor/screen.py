@@ -14,12 +14,18 @@ first of several walls (see labs/instructor/sandbox.py for the others). It reads
   file functions), `torch.utils.data.datapipes` or `torch.SymInt` are refused with the reason.
   A module may not be used as a value (passed, stored, returned), only as the start of a chain.
 - Refused (the whole module is not run; its exercises score zero with the reason): chains
-  outside the allowlist, exec/eval/open/globals and friends, dunder attributes and names,
-  private attributes of other objects, getattr/setattr with a name built by an expression (a
-  plain variable is allowed: its value is checked while the module runs), defining dunder methods
-  such as __eq__ or __torch_function__, metaclasses, and assigning into imported modules or classes.
+  outside the allowlist, exec/eval/open/globals/license and friends, dunder attributes and names,
+  private attributes except on `self`/`cls` inside a method of a class the module defines (and
+  binding `self`/`cls` to anything else, or running a method through its class on another object),
+  getattr/setattr with a name built by an expression (a plain variable is allowed: its value is
+  checked while the module runs), defining dunder methods such as __eq__ or __torch_function__,
+  metaclasses (a class keyword, or `type(x)` used as anything but a comparison, an attribute read
+  or a call of x's own class), helpers that read attributes by a name held in data (str.format
+  fields, dataclasses.fields/replace/asdict, a Field outside its class body), and assigning into
+  imported modules or classes.
 - From scratch (the module runs, but that one exercise scores zero): an exercise whose code
-  imports or calls peft or the reference solutions, directly or through a helper it calls.
+  uses peft or the reference solutions, directly or through a helper it calls, wherever the
+  module imports them (top level, if/try/with/loop, class body or function).
 
 The screen is a fence, not a proof: Python cannot be fully sandboxed by reading it, so the
 grader also isolates the process and watches for tampering while the tests run.
