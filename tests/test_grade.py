@@ -733,23 +733,21 @@ def test_peft_imported_inside_an_if_zeroes_the_exercise_using_it(graded):
     assert all(got[e] == top[e] for e in ("0.1", "0.2", "0.4")), got
 
 
-def hidden_constants() -> list[str]:
-    import ast
-    tree = ast.parse((ROOT / "tests" / "hidden" / "test_hidden_scaling.py").read_text())
-    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-            and len(n.value) > 20]
-
-
-def test_no_text_of_a_hidden_test_reaches_the_student_even_when_the_code_reads_it(graded):
+def test_no_text_of_a_hidden_test_reaches_the_student_even_when_the_code_reads_it(graded, course_root):
     """Point 3: the leaker reads the hidden tests' constants (and a hidden test's locals) and raises
     them as its message. The instructor's output.txt shows it read them; feedback.md and
-    results.json show none of them: a visible message that quotes a hidden test is withheld."""
+    results.json quote none of them: a visible message that quotes a hidden test is withheld."""
+    import ast
+    course = Course.load(course_root)
+    tree = ast.parse((course_root / "tests" / "hidden" / "test_hidden_scaling.py").read_text())
+    secrets_ = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                and course.quotes_hidden(n.value)]  # those that no public test or course file holds
     student = graded["out"] / "students" / "leaker"
-    assert "LEAKED" in (student / "output.txt").read_text()
-    leaked = [c for c in hidden_constants() if " ".join(c.split()) in " ".join((student / "output.txt").read_text().split())]
-    assert leaked, "the attack found no hidden text: it no longer tests anything"
-    said = " ".join(((student / "feedback.md").read_text() + json.dumps(graded["results"]["leaker"])).split())
-    assert not [c for c in hidden_constants() if c[:20] in said or json.dumps(c)[1:21] in said], said[:2000]
+    printed = " ".join((student / "output.txt").read_text().split())
+    assert [s for s in secrets_ if " ".join(s.split()) in printed], "the attack read no hidden text: it tests nothing"
+    result = graded["results"]["leaker"]
+    said = "\n".join([(student / "feedback.md").read_text(), result["output"], *(t["output"] for t in result["tests"])])
+    assert not course.quotes_hidden(said), said[:2000]
     assert "message withheld" in messages(graded, "leaker", "0.1")
     assert of("2", points(graded, "leaker")) == of("2", maxima(graded))
 
