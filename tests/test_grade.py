@@ -301,8 +301,7 @@ Meta = type(Base)
 Yes = Meta("Yes", (), {"_" * 2 + "eq" + "_" * 2: _always})
 '''
 # Point 3: reads what this process holds of the hidden tests (their constants, through gc; the
-# locals of a hidden test that calls it, through its frames), prints it for the instructor's
-# output.txt, and raises it as every exercise's message.
+# locals of a hidden test that calls it, through its frames) and raises it as every exercise's message.
 LEAK = '''
 import torch
 _sys = torch.serialization.sys
@@ -319,7 +318,6 @@ def _leak():
             _FOUND.extend(repr(v) for v in frame.f_locals.values())
         frame = frame.f_back
     found = sorted(set(_FOUND), key=len)
-    print("LEAKED", found)
     return "LEAK " + " | ".join(found)
 '''
 # Point 6: an exception class whose name starts a fake table row and a fake total, and a message
@@ -735,20 +733,20 @@ def test_peft_imported_inside_an_if_zeroes_the_exercise_using_it(graded):
 
 def test_no_text_of_a_hidden_test_reaches_the_student_even_when_the_code_reads_it(graded, course_root):
     """Point 3: the leaker reads the hidden tests' constants (and a hidden test's locals) and raises
-    them as its message. The instructor's output.txt shows it read them; feedback.md and
-    results.json quote none of them: a visible message that quotes a hidden test is withheld."""
+    them as its message. Its visible messages are withheld for quoting a hidden test (so it did
+    read them), and feedback.md and results.json quote none of them."""
     import ast
     course = Course.load(course_root)
     tree = ast.parse((course_root / "tests" / "hidden" / "test_hidden_scaling.py").read_text())
     secrets_ = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
                 and course.quotes_hidden(n.value)]  # those that no public test or course file holds
+    assert secrets_, "the hidden tests hold no secret text: this tests nothing"
     student = graded["out"] / "students" / "leaker"
-    printed = " ".join((student / "output.txt").read_text().split())
-    assert [s for s in secrets_ if " ".join(s.split()) in printed], "the attack read no hidden text: it tests nothing"
     result = graded["results"]["leaker"]
     said = "\n".join([(student / "feedback.md").read_text(), result["output"], *(t["output"] for t in result["tests"])])
     assert not course.quotes_hidden(said), said[:2000]
-    assert "message withheld" in messages(graded, "leaker", "0.1")
+    for exercise in ("0.1", "0.2", "0.3", "0.4"):  # public tests run first: withheld for what they quote
+        assert gradebook.WITHHELD_QUOTE in messages(graded, "leaker", exercise), messages(graded, "leaker", exercise)
     assert of("2", points(graded, "leaker")) == of("2", maxima(graded))
 
 
@@ -853,7 +851,7 @@ def test_public_tests_run_first_and_a_visible_message_after_a_hidden_test_is_wit
         return [(p, "failed", secret) for p in hidden + public]
     feedback_md, result = reports(graded_with(reordered, course), course)
     said = feedback_md + json.dumps(result)
-    assert secret not in said and gradebook.WITHHELD in said
+    assert secret not in said and gradebook.WITHHELD_AFTER in said
 
 
 def test_a_visible_message_that_quotes_a_hidden_test_is_withheld_whole_or_in_part():
@@ -864,7 +862,7 @@ def test_a_visible_message_that_quotes_a_hidden_test_is_withheld_whole_or_in_par
                     "AssertionError: " + " ".join(quote.upper().lower().split())):
         said = "".join(map(str, reports(graded_with(lambda planned: [(p, "failed", message) for p in planned],
                                                     course), course)))
-        assert quote[5:30] not in said and gradebook.WITHHELD in said, message
+        assert quote[5:30] not in said and gradebook.WITHHELD_QUOTE in said, message
     honest = "AssertionError: fp32 weights take 4 bytes each"
     said = reports(graded_with(lambda planned: [(p, "failed", honest) for p in planned], course), course)[0]
     assert honest in said, "a message that quotes no hidden test is shown"

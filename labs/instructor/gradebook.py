@@ -69,7 +69,8 @@ def score_tests(graded: Graded, course: Course) -> list[TestScore]:
 UNTRUSTED = "Grading could not be trusted for this submission: see your instructor."
 
 
-WITHHELD = "(message withheld: it came after a hidden test ran, or quotes one)"
+WITHHELD_AFTER = "(message withheld: it came after a hidden test ran)"
+WITHHELD_QUOTE = "(message withheld: it quotes a hidden test)"
 
 
 def _why_not(graded: Graded, module: str, ex: str, result: dict | None, course: Course) -> str:
@@ -86,9 +87,9 @@ def _why_not(graded: Graded, module: str, ex: str, result: dict | None, course: 
     if result is None:
         return "did not run: " + ("; ".join(graded.problems) or "no result was reported")
     message = result.get("message") or result["outcome"]
-    if result.get("after_hidden") or course.quotes_hidden(message):  # a hidden test's text stays hidden
-        return WITHHELD
-    return message
+    if result.get("after_hidden"):  # the code may have seen a hidden test's locals by then
+        return WITHHELD_AFTER
+    return WITHHELD_QUOTE if course.quotes_hidden(message) else message
 
 
 def status_of(graded: Graded) -> str:
@@ -172,7 +173,7 @@ def _notes(graded: Graded) -> list[str]:
     return notes + graded.problems + graded.sub.warnings
 
 
-GRADER_HINTS = ("see the note above", "well done", "a hidden test did not pass", WITHHELD)
+GRADER_HINTS = ("see the note above", "well done", "a hidden test did not pass", WITHHELD_AFTER, WITHHELD_QUOTE)
 
 
 def feedback_md(scores: list[ExerciseScore], graded: Graded) -> str:
