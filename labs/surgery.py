@@ -5,6 +5,8 @@ Nothing here knows about any one technique: a technique passes in *which* module
 """
 from __future__ import annotations
 
+import keyword
+import re
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -120,10 +122,40 @@ def linear_weight(module: nn.Module) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # Replacing modules
 # ---------------------------------------------------------------------------------------------
+PLAIN_PART = re.compile(r"[A-Za-z0-9_]+")  # one step of a submodule path: "encoder", "layer", "0"
+
+
+def check_submodule_path(name: str) -> str:
+    """`name` if it is a dotted path of plain steps ("bert.pooler.dense", "h.0.attn"): letters,
+    digits and _, no "__" in a step. These helpers set attributes by name on modules a caller hands
+    in, so a dunder or a mangled private name (__class__, _Printer__setup) is refused."""
+    if not isinstance(name, str) or not all(PLAIN_PART.fullmatch(p) and "__" not in p for p in name.split(".")):
+        raise ValueError(f"{name!r} is not a submodule path: give dotted steps of letters, digits and single "
+                         "underscores (such as 'classifier' or 'transformer.h.0.attn')")
+    return name
+
+
+def check_attribute_name(name: str) -> str:
+    """`name` if it is a plain public identifier ("soft_prompt"): no dunder, no _private, no keyword."""
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
+        raise ValueError(f"{name!r} is not a plain attribute name: use a Python identifier that does not "
+                         "start with _ (such as 'soft_prompt')")
+    return name
+
+
+def check_module(value, what: str) -> nn.Module:
+    """`value` if it is an nn.Module instance (not a class, not another object)."""
+    if not isinstance(value, nn.Module):
+        raise TypeError(f"{what} must be an nn.Module, got {type(value).__name__}")
+    return value
+
+
 def get_submodule_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    """The parent of submodule `name` and the attribute under which it hangs."""
-    parent_name, _, child = name.rpartition(".")
-    return (model.get_submodule(parent_name) if parent_name else model), child
+    """The parent of submodule `name` and the attribute under which it hangs (both checked: the
+    caller sets that attribute)."""
+    check_module(model, "model")
+    parent_name, _, child = check_submodule_path(name).rpartition(".")
+    return check_module(model.get_submodule(parent_name) if parent_name else model, f"the parent of {name!r}"), child
 
 
 def replace_modules(model: nn.Module,
@@ -135,6 +167,7 @@ def replace_modules(model: nn.Module,
     Returns the names replaced, in model order. Raises ValueError when nothing matches, naming
     a few of the module names that do exist, so a typo in a target list is caught at once.
     """
+    check_module(model, "model")
     matches = [(n, m) for n, m in model.named_modules() if n and predicate(n, m)]
     if not matches:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and is_linear(m)})
@@ -142,7 +175,7 @@ def replace_modules(model: nn.Module,
                          f"linear layers here are named: {', '.join(names) or '(none)'}")
     for name, module in matches:
         parent, child = get_submodule_parent(model, name)
-        setattr(parent, child, factory(name, module))
+        setattr(parent, child, check_module(factory(name, module), f"the factory's replacement for {name!r}"))
     return [n for n, _ in matches]
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from labs.peft_format import check_peft_type, load_tensors, modules_to_save, tensors_under, trained_tensors
+from labs.surgery import check_attribute_name, check_module
 
 INITS = ("random", "vocab", "text")  # where the virtual tokens start: noise, sampled words, a text
 COMMON_TOKENS = 5000  # "vocab" samples the first ids: Lester et al. drew from the 5,000 most common
@@ -48,8 +49,11 @@ def check_context(model_config, length: int) -> None:
 
 
 def hook_in(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    """Hang `module` on the model as `name` and run its before_forward / after_forward around every call."""
-    setattr(model, name, module)
+    """Hang `module` on the model as `name` and run its before_forward / after_forward around every call.
+    All three are checked: the attribute is set on whatever the caller hands in."""
+    check_module(model, "model")
+    check_module(module, "module")
+    setattr(model, check_attribute_name(name), module)
     model.register_forward_pre_hook(module.before_forward, with_kwargs=True)
     model.register_forward_hook(module.after_forward, with_kwargs=True)
     return model

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from labs.instructor import boundary, sandbox, sandbox_child, screen, submissions
+from labs.instructor import boundary, gradebook, sandbox, sandbox_child, screen, submissions
 from labs.instructor.grade import Course, Limits, Runner, grade
 from labs.instructor.grade import _grade_all as grade_all, named_submissions
 from labs.instructor.grade import _write_ungraded as write_ungraded
@@ -127,10 +127,11 @@ def zipped(base: Path, name: str, entries: dict[str, str | bytes]) -> Path:
     return path
 
 
+CLASS_SIZE = 36  # submissions in build_class
 TOKEN = secrets.token_hex(4)  # names this run's victim, so an attack can never reach another run's files
 VICTIM = f"victim{TOKEN}"
 UNSCREENED = frozenset({"sneaky", "forger-past-screen", "escaper", "garbage", "tamper",  # past the screen
-                        "flipper", "flipper-blind"})
+                        "flipper", "flipper-blind", "leaker", "injector"})
 
 # Attacks that got past the screen (graded with the screen off: the walls behind it must hold).
 # They reach `os` as torch.serialization.os, an attribute the runtime checks do not see.
@@ -286,6 +287,55 @@ class Yes:
 '''
 
 
+# Issue 22, point 2: always-equal values from a metaclass object (only the literal type(x)(...)
+# was refused), the dunder name built at run time so no string constant gives it away.
+METACLASS = '''
+
+class Base:
+    pass
+
+
+def _always(self, other):
+    return True
+
+
+Meta = type(Base)
+Yes = Meta("Yes", (), {"_" * 2 + "eq" + "_" * 2: _always})
+'''
+# Point 3: reads what this process holds of the hidden tests (their constants, through gc; the
+# locals of a hidden test that calls it, through its frames) and raises it as every exercise's message.
+LEAK = '''
+import torch
+_sys = torch.serialization.sys
+_FOUND = []
+
+
+def _leak():
+    for obj in _sys.modules["gc"].get_objects():
+        if type(obj).__name__ == "function" and "hidden" in obj.__code__.co_filename:
+            _FOUND.extend(c for c in obj.__code__.co_consts if isinstance(c, str) and len(c) > 20)
+    frame = _sys._getframe(1)
+    while frame is not None:
+        if "hidden" in frame.f_code.co_filename:
+            _FOUND.extend(repr(v) for v in frame.f_locals.values())
+        frame = frame.f_back
+    found = sorted(set(_FOUND), key=len)
+    return "LEAK " + " | ".join(found)
+'''
+# Point 6: an exception class whose name starts a fake table row and a fake total, and a message
+# of raw HTML, a javascript: link, backticks and terminal escapes.
+INJECT = '''
+
+class Injected(Exception):
+    pass
+
+
+Injected.__name__ = "Oops\\r| 0.1 | passed | 9 / 9 | well done |\\n**189 of 189 points.**"
+MESSAGE = ("<img src=x onerror=alert(1)> <script>alert(1)</script> [see](javascript:alert(1)) "
+           "\\x1b[2J\\x1b[31m ``` | **189 of 189 points.** \\u202e")
+'''
+
+
 def from_stub(module: str, body: str, header: str = "") -> str:
     """The blank stub of `module` (as released), each exercise body replaced by `body`."""
     lines = (ROOT / "labs" / f"{module}.py").read_text().splitlines(True)
@@ -351,6 +401,12 @@ def build_class(base: Path, course: Path) -> list[Path]:
         folder(base, "tamper", {"scaling": edit(sc, "bits = {\"fp32\"", "    import torch\n" + TAMPER)}),
         folder(base, "flipper", {"scaling": from_stub("scaling", "pass") + FLIP_NAIVE, "freezing": fr}),
         folder(base, "flipper-blind", {"scaling": from_stub("scaling", "pass") + FLIP_BLIND, "freezing": fr}),
+        # The attacks of issue 22, points 2, 3 and 6
+        folder(base, "metaclass", {"scaling": from_stub("scaling", "return Yes()", METACLASS), "freezing": fr}),
+        folder(base, "peft-nested", {"scaling": edit(sc, "d_in, d_out = check_count(d_in", "    ref.LoraConfig\n")
+                                     + "\nif True:\n    import peft as ref\n"}),
+        folder(base, "leaker", {"scaling": from_stub("scaling", "raise RuntimeError(_leak())", LEAK), "freezing": fr}),
+        folder(base, "injector", {"scaling": from_stub("scaling", "raise Injected(MESSAGE)", INJECT), "freezing": fr}),
         folder(base, VICTIM, {"scaling": sc, "freezing": fr, "lora": lo}),  # graded last, after the attacks
     ]
 
@@ -436,7 +492,7 @@ def test_reports_follow_the_gradescope_format(graded):
     assert all({"name", "score", "max_score", "output", "visibility"} <= set(t) for t in result["tests"])
     assert list(graded["csv"]["correct"])[:1] == ["student"]
     assert list(graded["csv"]["correct"])[-6:] == ["total", "status", "sandbox", "tampered", "id_note", "protections"]
-    assert len(graded["rows"]) == len(graded["csv"]) == 32, "one row per submission, none lost"
+    assert len(graded["rows"]) == len(graded["csv"]) == CLASS_SIZE, "one row per submission, none lost"
     assert not list(graded["out"].rglob("*.tmp")), "reports are written atomically"
 
 
@@ -603,7 +659,7 @@ def test_garbage_on_the_result_channel_fails_that_module_only_and_the_run_comple
     got = points(graded, "garbage")
     assert sum(of("0", got).values()) == 0 and of("2", got) == of("2", maxima(graded))
     assert "result channel" in messages(graded, "garbage", "0.3")
-    assert graded["csv"][VICTIM]["status"] == "ok" and len(graded["csv"]) == 32
+    assert graded["csv"][VICTIM]["status"] == "ok" and len(graded["csv"]) == CLASS_SIZE
 
 
 def test_nothing_escapes_the_sandbox(graded):
@@ -661,8 +717,191 @@ def test_honest_submissions_are_never_flagged(graded):
 
 
 # ---------------------------------------------------------------------------------------------
+# Issue 22, points 2, 3 and 6, in the class run
+# ---------------------------------------------------------------------------------------------
+def test_always_equal_values_from_a_metaclass_object_are_refused(graded):
+    """Before: `Meta = type(Base); Meta("Yes", (), {...})` passed the screen and its values equal
+    everything. Now the module is refused with the reason; its other module is graded as usual."""
+    got = points(graded, "metaclass")
+    assert sum(of("0", got).values()) == 0 and of("2", got) == of("2", maxima(graded)), got
+    assert "type(x) used as a value" in messages(graded, "metaclass", "0.1")
+
+
+def test_peft_imported_inside_an_if_zeroes_the_exercise_using_it(graded):
+    got, top = points(graded, "peft-nested"), maxima(graded)
+    assert got["0.3"] == 0 and "from scratch" in messages(graded, "peft-nested", "0.3")
+    assert all(got[e] == top[e] for e in ("0.1", "0.2", "0.4")), got
+
+
+def test_no_text_of_a_hidden_test_reaches_the_student_even_when_the_code_reads_it(graded, course_root):
+    """Point 3: the leaker reads the hidden tests' constants (and a hidden test's locals) and raises
+    them as its message. Its visible messages are withheld for quoting a hidden test (so it did
+    read them), and feedback.md and results.json quote none of them."""
+    import ast
+    course = Course.load(course_root)
+    tree = ast.parse((course_root / "tests" / "hidden" / "test_hidden_scaling.py").read_text())
+    secrets_ = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                and course.quotes_hidden(n.value)]  # those that no public test or course file holds
+    assert secrets_, "the hidden tests hold no secret text: this tests nothing"
+    student = graded["out"] / "students" / "leaker"
+    result = graded["results"]["leaker"]
+    said = "\n".join([(student / "feedback.md").read_text(), result["output"], *(t["output"] for t in result["tests"])])
+    assert not course.quotes_hidden(said), said[:2000]
+    for exercise in ("0.1", "0.2", "0.3", "0.4"):  # public tests run first: withheld for what they quote
+        assert gradebook.WITHHELD_QUOTE in messages(graded, "leaker", exercise), messages(graded, "leaker", exercise)
+    assert of("2", points(graded, "leaker")) == of("2", maxima(graded))
+
+
+def outside_code(markdown: str) -> str:
+    """The Markdown with its code spans removed (a run of n backticks opens one, the next run of
+    exactly n closes it), as CommonMark reads them."""
+    out, i = [], 0
+    while i < len(markdown):
+        if markdown[i] != "`":
+            out.append(markdown[i])
+            i += 1
+            continue
+        run = len(markdown[i:]) - len(markdown[i:].lstrip("`"))
+        close = re.search(rf"(?<!`)`{{{run}}}(?!`)", markdown[i + run:])
+        if close is None:
+            out.append(markdown[i:i + run])
+            i += run
+        else:
+            i += run + close.end()
+    return "".join(out)
+
+
+def assert_reads_as_typed(markdown: str, total_line: str) -> None:
+    """No control characters; the only bold total is the real one; every table row has four
+    cells; outside code no HTML, no link and no fake total."""
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e]", markdown), repr(markdown[:300])
+    assert [line for line in markdown.splitlines() if line.startswith("**")] == [total_line]
+    rows = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert all(len(re.findall(r"(?<!\\)\|", line)) == 5 for line in rows), rows
+    plain = outside_code(markdown)
+    for bad in ("<img", "<script", "javascript:", "189 of 189", "Oops"):
+        assert bad not in plain, (bad, plain)
+
+
+def test_injected_names_and_messages_read_as_typed(graded):
+    """Point 6: an exception class named "...\\r| 0.1 | passed ...\\n**189 of 189 points.**", raw
+    HTML, a javascript: link and terminal escapes: feedback.md shows them as code, results.json
+    as plain text, the terminal without escapes; the scores are the real ones."""
+    text = feedback(graded, "injector")
+    assert_reads_as_typed(text, f"**{graded['csv']['injector']['total']} of {sum(maxima(graded).values()):g} points.**")
+    assert "<script>alert(1)</script>" in text and "189 of 189" in text, "the message is shown, as code"
+    result = graded["results"]["injector"]
+    assert result["output_format"] == "text" and {t["output_format"] for t in result["tests"]} == {"text"}
+    outputs = json.dumps(result)
+    assert not re.search(r"\\u001b|\\r|\\u202e", outputs), outputs[:500]
+    assert sum(of("0", points(graded, "injector")).values()) == 0
+    assert not [line for line in graded["progress"] if re.search(r"[\x1b\r]", line)]
+
+
+# ---------------------------------------------------------------------------------------------
 # The walls on their own (no grading run)
 # ---------------------------------------------------------------------------------------------
+def a_course() -> Course:
+    """A course of one technique: two public tests and one hidden, the hidden one the real
+    tests/hidden/test_hidden_scaling.py (its text is what must not come back)."""
+    course = Course(ROOT, {"scaling": "# stub\n"}, {"0.1": "scaling", "0.2": "scaling"}, {})
+    course.items = [{"nodeid": "tests/test_ex_scaling.py::test_a", "exercise": "0.1", "points": 1},
+                    {"nodeid": "tests/test_ex_scaling.py::test_b", "exercise": "0.2", "points": 1},
+                    {"nodeid": "tests/hidden/test_hidden_scaling.py::test_h", "exercise": "0.2", "points": 1}]
+    return course
+
+
+def graded_with(events, course: Course, student: str = "s") -> gradebook.Graded:
+    """A submission whose child reported `events(planned)`: (planned test, outcome, message) in order."""
+    import random
+    from labs.instructor.grade import on_event, tasks_for
+    graded = gradebook.Graded(submissions.Submission(student, Path(student)))
+    [task] = tasks_for(graded, course, Path("/nonexistent"), Limits(), {}, random.Random(3))
+    planned = [graded.planned[row[1]] for row in task["plan"]]
+    by_student = {student: graded}
+    for p, outcome, message in events(planned):
+        on_event({"task": task["id"], "event": "result", "nodeid": p.nodeid, "outcome": outcome, "message": message},
+                 by_student)
+    on_event({"task": task["id"], "event": "done"}, by_student)
+    return graded
+
+
+def reports(graded: gradebook.Graded, course: Course) -> tuple[str, dict]:
+    tests = gradebook.score_tests(graded, course)
+    return (gradebook.feedback_md(gradebook.exercise_scores(tests, graded, course), graded),
+            gradebook.results_json(tests, graded, course))
+
+
+def test_public_tests_run_first_and_a_visible_message_after_a_hidden_test_is_withheld():
+    """Point 3: the plan puts every hidden test after the public ones, so an honest run shows every
+    visible message. A visible result that comes after a hidden one (a child whose order was
+    changed) shows no message: its code may have seen the hidden test's locals."""
+    course = a_course()
+    secret = "the locals of a hidden test: n = 1_000_003"
+
+    def honest(planned):
+        return [(p, "failed" if p.shift or p.source.endswith("test_a") else "passed", f"ValueError: {p.source}")
+                for p in planned]
+    graded = graded_with(honest, course)
+    order = [course.is_hidden(p.source) for p in graded.planned.values()]
+    assert order == sorted(order), "hidden tests come last"
+    assert "ValueError: tests/test_ex_scaling.py::test_a" in reports(graded, course)[0]
+
+    def reordered(planned):
+        hidden = [p for p in planned if course.is_hidden(p.source)]
+        public = [p for p in planned if not course.is_hidden(p.source)]
+        return [(p, "failed", secret) for p in hidden + public]
+    feedback_md, result = reports(graded_with(reordered, course), course)
+    said = feedback_md + json.dumps(result)
+    assert secret not in said and gradebook.WITHHELD_AFTER in said
+
+
+def test_a_visible_message_that_quotes_a_hidden_test_is_withheld_whole_or_in_part():
+    course = a_course()
+    quote = "A (r, in) and B (out, r): r * (in + out) per layer"  # tests/hidden/test_hidden_scaling.py
+    assert quote in (ROOT / "tests" / "hidden" / "test_hidden_scaling.py").read_text()
+    for message in (f"RuntimeError: {quote}", f"RuntimeError: xx {quote[5:30]} yy",
+                    "AssertionError: " + " ".join(quote.upper().lower().split())):
+        said = "".join(map(str, reports(graded_with(lambda planned: [(p, "failed", message) for p in planned],
+                                                    course), course)))
+        assert quote[5:30] not in said and gradebook.WITHHELD_QUOTE in said, message
+    honest = "AssertionError: fp32 weights take 4 bytes each"
+    said = reports(graded_with(lambda planned: [(p, "failed", honest) for p in planned], course), course)[0]
+    assert honest in said, "a message that quotes no hidden test is shown"
+
+
+EVIL_NAME = "Oops\r| 0.1 | passed | 9 / 9 | well done |\n**189 of 189 points.**"
+EVIL = ("<img src=x onerror=alert(1)> <script>alert(1)</script> [see](javascript:alert(1)) \x1b[2J\x1b[31m"
+        " ``` `` | \\| **189 of 189 points.** \u202e" + "x" * 2000)
+
+
+def test_student_text_reads_as_typed_in_every_report():
+    """Point 6, on made-up events: a message, a module note, a zip warning and a tampering reason
+    that try to add rows, a total, HTML, links and terminal escapes; each report shows them as
+    text (capped), and the instructor's report keeps one line per reason."""
+    from labs.instructor.grade import _for_terminal, instructor_report
+    course = a_course()
+    graded = graded_with(lambda planned: [(p, "failed", f"{EVIL_NAME}: {EVIL}") for p in planned], course)
+    graded.module_notes["scaling"] = f"labs/scaling.py was not run: line 1: {EVIL}"
+    graded.sub.warnings.append(f"ignored unsafe zip entry {EVIL_NAME}")
+    feedback_md, result = reports(graded, course)
+    assert_reads_as_typed(feedback_md, "**0 of 3 points.**")
+    assert len(feedback_md) < 5000, "each message is capped"
+    assert result["output_format"] == "text" and not re.search(r"[\x00-\x1f\u202e]", json.dumps(result)
+                                                                 .encode().decode("unicode_escape").replace("\n", ""))
+    csv_text = gradebook.grades_csv([("s", [], "ok", {"tampered": EVIL_NAME + EVIL})], course, "bubblewrap")
+    assert not re.search(r"[\x1b\r\u202e]", csv_text) and len(csv_text.splitlines()) == 2
+
+    graded.tampered += [f"labs/scaling.py: {EVIL_NAME} `` ` ```` {EVIL}", "second\n### fake heading"]
+    report = instructor_report([graded], "bubblewrap")
+    assert [line for line in report.splitlines() if line.startswith("### ")] == ["### s"], report
+    assert not re.search(r"[\x1b\r\u202e]", report)
+    assert "<script" not in outside_code(report) and "189 of 189" not in outside_code(report)
+    lines: list[str] = []
+    _for_terminal(lines.append)(f"[1/1] s: 0/3 error:{EVIL_NAME} {EVIL[:200]}")
+    assert not re.search(r"[\x1b\r\u202e]", lines[0]) and "error:Oops" in lines[0]
+
+
 def test_channel_opens_only_what_its_own_key_sealed():
     key = secrets.token_bytes(sandbox_child.KEY_BYTES)
     child, server = sandbox_child.Channel(key), sandbox_child.Channel(key)
@@ -969,6 +1208,116 @@ def test_from_scratch_policy_follows_helpers_but_not_other_exercises():
     source += "\nimport peft\n\ndef helper(layer):\n    return peft.LoraConfig\n"
     findings = screen.screen_module(source, stub, TECHNIQUES, API)
     assert {f.exercise for f in findings} == {"5.3"}, findings  # merge calls delta_weight: not tainted
+
+
+# Issue 22, point 2: each class the screen let through, refused (the honest forms stay allowed)
+@pytest.mark.parametrize("code, refused", [
+    # dataclasses helpers that read and write attributes by a Field's (changeable) name
+    ("def f(config):\n    return replace(config, r=1)", "dataclasses.replace in your own code"),
+    ("import dataclasses\nx = dataclasses.fields", "dataclasses.fields in your own code"),
+    ("from dataclasses import asdict as a\ng = a", "dataclasses.asdict in your own code"),
+    ("import dataclasses\nF = dataclasses.Field", "dataclasses.Field in your own code"),
+    ("from dataclasses import field\nf = field(default=1)", "dataclasses.field other than"),
+    # metaclass objects: type(C) builds classes, whatever name it goes by
+    ("class C:\n    pass\n\n\nM = type(C)\nV = M('V', (), {})", "type(x) used as a value"),
+    ("def meta(c):\n    return type(c)", "type(x) used as a value"),
+    ("t = type", "type used as a value"), ("ms = [type]", "type used as a value"),
+    ("def f(c, a):\n    return type(c)(*a)", "type(x) used as a value"),
+    ("def f(c):\n    return type(c)('V', (), {})", "type(x) used as a value"),
+    ("import enum", "import of enum"),
+    # private attributes: only self / cls of a method of a class this module defines
+    ("def f(self):\n    return self._Printer__setup", "private attribute ._Printer__setup"),
+    ("g = lambda self: self._x", "private attribute ._x"),
+    ("class A:\n    def m(self):\n        return (lambda self: self._x)(1)", "private attribute ._x"),
+    ("class A:\n    @staticmethod\n    def m(self):\n        return self._x", "private attribute ._x"),
+    ("class A:\n    def m(self, other):\n        return super(A, other)._x", "private attribute ._x"),
+    ("class A:\n    def m(self):\n        self = nn\n        return self", "assigns to self"),
+    ("class A:\n    def m(self):\n        for self in [1]:\n            pass", "assigns to self"),
+    ("class A:\n    def m(self):\n        try:\n            pass\n        except Exception as self:\n            pass",
+     "binds the name self"),
+    ("class A:\n    def m(self):\n        return self._x\n\n\ndef peek(obj):\n    return A.m(obj)",
+     "A.m taken through the class"),
+    ("class A:\n    def m(self):\n        return self._x\n\n\nclass B(A):\n    pass\n\n\ndef peek(obj):\n    return B.m(obj)",
+     "B.m taken through the class"),
+    ("class A:\n    def m(self):\n        return self._x\n\n\ndef peek(obj):\n    return getattr(A, 'm')(obj)",
+     "A.m taken through the class"),
+    ("class A:\n    def m(self):\n        return self._x\n\n\ndef peek(obj):\n    return type(A()).m(obj)",
+     "type(...).m taken through the class"),
+    ("x = copyright", "use of copyright")])
+def test_screen_refuses_each_class_issue_22_found(code, refused):
+    findings = screened(code)
+    assert any(refused in f.what and f.exercise is None for f in findings), [str(f) for f in findings]
+
+
+def test_screen_still_allows_the_honest_forms_of_those():
+    code = ("@dataclass\nclass Settings:\n    sizes: list = field(default_factory=list)\n\n\n"
+            "class Base(nn.Module):\n    def __init__(self):\n        super().__init__()\n        self._cache = None\n\n"
+            "    def step(self, x: type | None = None):\n        return self._cache, (lambda: self._cache)(), super()._apply\n\n\n"
+            "class Child(Base):\n    def step(self, x=None):\n        same = type(x) is type(self) and isinstance(x, type)\n"
+            "        return Base.step(self, x), type(self).__name__, same, type(self)(), super(Child, self)._cache\n\n"
+            "    @classmethod\n    def make(cls):\n        return cls._build()\n")
+    assert [str(f) for f in screened(code)] == []
+
+
+@pytest.mark.parametrize("where", [
+    "if True:\n    import peft as ref\n",
+    "try:\n    from peft import get_peft_model as ref\nexcept ImportError:\n    ref = None\n",
+    "for _ in range(1):\n    import peft as ref\n",
+    "with torch.no_grad():\n    import peft as ref\n",
+    "def load():\n    global ref\n    import peft as ref\n\n\nload()\n",
+    "class Holder:\n    import peft as ref\n\n\nref = Holder.ref\n",
+    "class Holder:\n    def __init__(self):\n        import peft\n        self.ref = peft.LoraConfig\n\n\nref = Holder()\n"])
+def test_peft_imported_anywhere_zeroes_the_exercise_that_uses_it(where):
+    """Issue 22: `import peft` inside if / try / with / loops / class bodies / functions was not seen
+    (exercise 0.3 scored 4/4 through peft.get_peft_model); now the exercise using it scores zero."""
+    stub = (ROOT / "labs" / "lora.py").read_text()
+    source = filled("lora").replace("        return (self.lora_B @ self.lora_A) * self.scaling",
+                                    "        return ref.LoraConfig")
+    findings = screen.screen_module(source + "\n" + where, stub, TECHNIQUES, API)
+    assert {f.exercise for f in findings} == {"5.3"}, [str(f) for f in findings]
+    assert "from scratch" in next(f.what for f in findings if f.exercise == "5.3")
+
+
+def test_license_credits_and_copyright_are_not_in_a_student_modules_builtins():
+    seen = sandbox_child.checked_builtins(Course.load(ROOT).policy())
+    assert not {"license", "credits", "copyright", "open", "eval"} & set(seen) and "print" in seen
+
+
+def test_course_helpers_that_set_attributes_by_name_check_their_arguments():
+    """labs.virtual_tokens.hook_in and labs.surgery's helpers set an attribute named by the caller on
+    an object the caller hands in: hook_in(SomeClass, "__eq__", m) made always-equal values. Each
+    now takes only an nn.Module and a plain name, and says what it accepts."""
+    from torch import nn
+
+    from labs import surgery, virtual_tokens
+
+    class Hooked(nn.Module):
+        def before_forward(self, module, args, kwargs):
+            return args, kwargs
+
+        def after_forward(self, module, args, kwargs, output):
+            return output
+
+    dunder = "_" * 2 + "eq" + "_" * 2  # built at run time, as an attack past the screen would
+    with pytest.raises(TypeError, match="model must be an nn.Module, got type"):
+        virtual_tokens.hook_in(nn.Linear, "soft_prompt", Hooked())
+    for name in (dunder, "_modules", "class", "a.b", 3):
+        with pytest.raises(ValueError, match="not a plain attribute name"):
+            virtual_tokens.hook_in(nn.Linear(2, 2), name, Hooked())
+    with pytest.raises(TypeError, match="module must be an nn.Module, got function"):
+        virtual_tokens.hook_in(nn.Linear(2, 2), "soft_prompt", lambda *a: None)
+    model = virtual_tokens.hook_in(nn.Sequential(nn.Linear(2, 2)), "soft_prompt", Hooked())
+    assert isinstance(model.soft_prompt, Hooked) and "__eq__" not in vars(nn.Linear)
+
+    model = nn.Sequential(nn.Linear(2, 2))
+    for path in (dunder, "0." + dunder, "_Printer__setup", "0.weight\x00"):
+        with pytest.raises(ValueError, match="not a submodule path"):
+            surgery.get_submodule_parent(model, path)
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        surgery.get_submodule_parent(object(), "x")
+    assert surgery.get_submodule_parent(model, "0") == (model, "0")
+    with pytest.raises(TypeError, match="replacement for '0' must be an nn.Module, got function"):
+        surgery.replace_modules(model, lambda n, m: True, lambda n, m: (lambda: 0))
 
 
 def test_zip_is_read_in_memory_with_caps(tmp_path):

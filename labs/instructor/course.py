@@ -63,6 +63,42 @@ class Course:
     def is_hidden(self, nodeid: str) -> bool:
         return nodeid.startswith("tests/hidden/")
 
+    @cached_property
+    def hidden_text(self) -> frozenset[str]:
+        """What a visible test's message must not quote: every QUOTE-character window of the hidden
+        tests' string constants (their assertion messages; whitespace folded) that neither a public
+        graded test nor the course's own code holds. The child imports the hidden tests beside the
+        student's code, so code that gets past the screen can read those constants (the files are
+        gone, their source is not in memory) and put them, whole or in part, in a visible message."""
+        public = [self.root / f for f in self.test_files() if not self.is_hidden(f)]
+        known = [*public, self.root / "tests" / "conftest.py", *(self.root / "labs").rglob("*.py")]
+        return _windows(self.root.glob("tests/hidden/**/*.py"), strings_only=True) - _windows(known)
+
+    def quotes_hidden(self, message: str) -> bool:
+        return not _windows_of(str(message)).isdisjoint(self.hidden_text)
+
+
+QUOTE = 20  # characters: a window this long of a hidden test in a message is a quote, not chance
+
+
+def _windows_of(text: str) -> set[str]:
+    folded = " ".join(text.split())
+    return {folded[i:i + QUOTE] for i in range(max(0, len(folded) - QUOTE + 1))}
+
+
+def _windows(paths, strings_only: bool = False) -> frozenset[str]:
+    """The QUOTE-character windows of these files' string constants and (unless strings_only) source."""
+    found: set[str] = set()
+    for path in sorted(paths):
+        try:
+            text = path.read_text()
+            strings = [n.value for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for chunk in strings if strings_only else [text, *strings]:
+            found |= _windows_of(chunk)
+    return frozenset(found)
+
 
 def is_graded_test(path: Path) -> bool:
     """A test file with at least one function or class decorated @pytest.mark.exercise(...)."""

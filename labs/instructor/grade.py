@@ -34,6 +34,10 @@ Cost is bounded: the screen has 30 s per submission (Limits.screen_timeout); a t
 --test-timeout seconds of CPU time (and a wall-clock backstop); a module --timeout, a submission
 --submission-timeout seconds of wall-clock time; a module stops after --max-timeouts of its tests
 in a row ran out of time, counted in exercises (the rest fail with that reason).
+What a submission wrote (messages, names, reasons) is shown as typed: cleaned of control characters
+and terminal escapes, capped, and quoted in Markdown code (labs/instructor/untrusted.py). A hidden
+test shows its name, points and pass/fail only; the public tests of a module run before its hidden
+ones, and a visible message that comes after a hidden test or quotes one is withheld.
 Every submission always gets a row, and grades.csv is always written, whatever a child does.
 
 A large class can be spread over machines: each runs `--shard i/n` on the same submissions and
@@ -57,7 +61,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from labs.instructor import decoys, screen
+from labs.instructor import decoys, screen, untrusted
 from labs.instructor.course import Course
 from labs.files import write_atomically
 from labs.instructor.gradebook import (ExerciseScore, Graded, grades_csv, merge_shards, shard_record,
@@ -278,7 +282,10 @@ def tasks_for(graded: Graded, course: Course, staging: Path, limits: Limits, pol
         if not files:
             continue
         task_id = f"{graded.sub.student}/{module}"
-        planned = decoys.plan([i["nodeid"] for i in course.items if i["exercise"] in ids], rng)
+        # public tests first: no visible test runs after a hidden one, so nothing the code under test
+        # saw of a hidden test can reach a visible message (on_event withholds any that comes later)
+        nodeids = sorted((i["nodeid"] for i in course.items if i["exercise"] in ids), key=course.is_hidden)
+        planned = decoys.plan(nodeids, rng)
         tasks.append({"id": task_id, "submission": graded.sub.student, "base": str(course.root),
                       "labs": str(staging / "labs"),
                       "tests": files, "hidden": [f for f in files if course.is_hidden(f)], "exercises": ids,
@@ -287,6 +294,7 @@ def tasks_for(graded: Graded, course: Course, staging: Path, limits: Limits, pol
                       "exercise_of": {i["nodeid"]: i["exercise"] for i in course.items if i["exercise"] in ids}})
         graded.expected[task_id] = {p.nodeid for p in planned}
         graded.planned.update({p.nodeid: p for p in planned})
+        graded.hidden_ids.update(p.nodeid for p in planned if course.is_hidden(p.source))
     graded.pending = {t["id"] for t in tasks}
     return tasks
 
@@ -305,6 +313,9 @@ def on_event(event: dict, by_student: dict[str, Graded]) -> Graded | None:
             return None
         graded.seen.add(nodeid)
         planned, outcome = graded.planned.get(nodeid), str(event.get("outcome"))
+        after_hidden = task in graded.hidden_ran
+        if nodeid in graded.hidden_ids:
+            graded.hidden_ran.add(task)
         if event.get("tampered"):
             graded.tampered.append(f"labs/{module}.py: {event['tampered']}")
         if planned is not None and planned.shift:  # a decoy: it must fail
@@ -318,7 +329,8 @@ def on_event(event: dict, by_student: dict[str, Graded]) -> Graded | None:
             return None
         real = planned.source if planned is not None else nodeid
         if real not in graded.results:
-            graded.results[real] = {"outcome": outcome, "message": str(event.get("message") or "")}
+            graded.results[real] = {"outcome": outcome, "message": str(event.get("message") or ""),
+                                    "after_hidden": after_hidden and nodeid not in graded.hidden_ids}
     elif event.get("event") == "done":
         graded.pending.discard(task)
         try:
@@ -374,6 +386,7 @@ def grade(paths: list[Path], out: Path, limits: Limits, jobs: int, single: bool 
     unscreened: student ids whose modules skip the static screen (tests use it to check the walls
     behind the screen on their own). sandbox: "auto" (bubblewrap where it works) or "off".
     shard: (i, n) grades only slice i of n (see named_submissions) and writes out/shard.json."""
+    progress = _for_terminal(progress)
     id_notes: dict[str, str] = {}
     named = named_submissions(paths, shard, id_notes)
     if shard is not None:  # written first: it says what this machine was given, whatever happens next
@@ -409,6 +422,14 @@ def grade(paths: list[Path], out: Path, limits: Limits, jobs: int, single: bool 
     finally:
         runner.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _for_terminal(progress):
+    """Progress lines carry submission names and reasons from submissions: printed without
+    terminal escapes or control characters (a "\r" would overwrite the line before it)."""
+    def say(line: str) -> None:
+        progress(untrusted.clean(line, 4000, keep_newlines=True))
+    return say
 
 
 def _no_sandbox_banner(runner: Runner) -> str:
@@ -491,9 +512,10 @@ def instructor_report(graded: list[Graded], sandbox: str, protections: str = "")
              f"with probability >= {decoys.guaranteed(3):.1%})", ""]
     flagged = [g for g in graded if g.tampered]
     lines += [f"## Tampered ({len(flagged)})", ""]
-    for g in flagged:
-        lines += [f"### {g.sub.student}", "", f"- decoy tests reported passed: {g.decoys_passed}",
-                  *(f"- `{' '.join(t.split())[:400]}`" for t in g.tampered[:20]), ""]
+    for g in flagged:  # the reasons come from the child, so from the student's code: quoted, as typed
+        lines += [f"### {untrusted.markdown_text(g.sub.student, 100)}", "",
+                  f"- decoy tests reported passed: {g.decoys_passed}",
+                  *(f"- {untrusted.code_span(t, 400)}" for t in g.tampered[:20]), ""]
     return "\n".join(lines if flagged else lines + ["none"]) + "\n"
 
 

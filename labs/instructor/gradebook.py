@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labs.files import write_atomically
+from labs.instructor import untrusted
 from labs.instructor.course import Course
 from labs.instructor.submissions import Submission
 
@@ -35,6 +36,8 @@ class Graded:
     planned: dict[str, object] = field(default_factory=dict)       # node id run -> decoys.Planned
     seen: set[str] = field(default_factory=set)                    # node ids whose result came in
     tampered: list[str] = field(default_factory=list)              # why its verdicts cannot be trusted
+    hidden_ids: set[str] = field(default_factory=set)              # node ids run for hidden tests (decoys too)
+    hidden_ran: set[str] = field(default_factory=set)              # task ids that reported a hidden test
     decoys_passed: int = 0                                         # decoy tests reported passed (must be 0)
     seconds: float = 0.0
 
@@ -56,7 +59,7 @@ def score_tests(graded: Graded, course: Course) -> list[TestScore]:
         module = course.exercises[ex]
         result = graded.results.get(nodeid)
         passed = result is not None and result["outcome"] == "passed"
-        message = _why_not(graded, module, ex, result)
+        message = _why_not(graded, module, ex, result, course)
         earned = points if passed and ex not in graded.exercise_notes and not graded.sub.error else 0.0
         earned = 0.0 if graded.tampered else earned
         out.append(TestScore(nodeid, ex, points, earned, course.is_hidden(nodeid), "" if earned else message))
@@ -66,7 +69,11 @@ def score_tests(graded: Graded, course: Course) -> list[TestScore]:
 UNTRUSTED = "Grading could not be trusted for this submission: see your instructor."
 
 
-def _why_not(graded: Graded, module: str, ex: str, result: dict | None) -> str:
+WITHHELD_AFTER = "(message withheld: it came after a hidden test ran)"
+WITHHELD_QUOTE = "(message withheld: it quotes a hidden test)"
+
+
+def _why_not(graded: Graded, module: str, ex: str, result: dict | None, course: Course) -> str:
     if graded.tampered:
         return UNTRUSTED
     if graded.sub.error:
@@ -79,7 +86,10 @@ def _why_not(graded: Graded, module: str, ex: str, result: dict | None) -> str:
         return f"NotImplementedError: exercise {ex} is not done yet"
     if result is None:
         return "did not run: " + ("; ".join(graded.problems) or "no result was reported")
-    return result.get("message") or result["outcome"]
+    message = result.get("message") or result["outcome"]
+    if result.get("after_hidden"):  # the code may have seen a hidden test's locals by then
+        return WITHHELD_AFTER
+    return WITHHELD_QUOTE if course.quotes_hidden(message) else message
 
 
 def status_of(graded: Graded) -> str:
@@ -134,21 +144,26 @@ def _id_key(ex: str) -> tuple[int, ...]:
     return tuple(int(p) for p in ex.split("."))
 
 
+# Gradescope shows every text of results.json as plain text: nothing a submission wrote is read
+# as Markdown, HTML or ANSI colour (its own default for "output" is "simple_format").
+TEXT_ONLY = {"output_format": "text", "test_output_format": "text", "test_name_format": "text"}
+
+
 def results_json(tests: list[TestScore], graded: Graded, course: Course) -> dict:
     total = sum(t.score for t in tests)
     entries = [{"name": f"Exercise {t.exercise}: {t.nodeid.split('::', 1)[-1]}", "number": t.exercise,
                 "score": t.score, "max_score": t.max_score, "status": "passed" if t.score else "failed",
-                "output": "" if t.hidden else t.message,  # a hidden test: name, points, pass/fail only
-                "visibility": "after_published" if t.hidden else "visible"}
+                "output": "" if t.hidden else untrusted.one_line(t.message),  # hidden: name, points, pass/fail only
+                "output_format": "text", "visibility": "after_published" if t.hidden else "visible"}
                for t in tests]
-    notes = _notes(graded)
+    notes = [untrusted.one_line(n) for n in _notes(graded)]
     if graded.tampered:  # the student learns that, and nothing of what was found
         entries = [{**e, "output": ""} for e in entries]
         return {"score": 0.0, "execution_time": round(graded.seconds, 2), "tests": entries,
-                "output": UNTRUSTED, "stdout_visibility": "hidden"}
+                "output": UNTRUSTED, **TEXT_ONLY, "stdout_visibility": "hidden"}
     return {"score": total, "execution_time": round(graded.seconds, 2), "tests": entries,
             "output": (f"{total:g} of {sum(t.max_score for t in tests):g} points."
-                       + ("\n" + "\n".join(notes) if notes else "")), "stdout_visibility": "hidden"}
+                       + ("\n" + "\n".join(notes) if notes else "")), **TEXT_ONLY, "stdout_visibility": "hidden"}
 
 
 def _notes(graded: Graded) -> list[str]:
@@ -158,21 +173,29 @@ def _notes(graded: Graded) -> list[str]:
     return notes + graded.problems + graded.sub.warnings
 
 
+GRADER_HINTS = ("see the note above", "well done", "a hidden test did not pass", WITHHELD_AFTER, WITHHELD_QUOTE)
+
+
 def feedback_md(scores: list[ExerciseScore], graded: Graded) -> str:
+    """The student's report. Every text that a submission could have shaped (messages, notes, its
+    own name) sits in a code span or is escaped, so it reads as typed: no fake rows or totals."""
     total, top = sum(s.points for s in scores), sum(s.max_points for s in scores)
-    lines = [f"# Feedback for {graded.sub.student}", "", f"**{total:g} of {top:g} points.**", ""]
+    lines = [f"# Feedback for {untrusted.markdown_text(graded.sub.student, 100)}", "",
+             f"**{total:g} of {top:g} points.**", ""]
     if graded.tampered:
         return "\n".join(lines + [UNTRUSTED]) + "\n"
     notes = _notes(graded)
     if notes:
-        lines += ["Before the table, what stopped part of the grading:", ""] + [f"- {n}" for n in notes] + [""]
+        lines += ["Before the table, what stopped part of the grading:", ""]
+        lines += [f"- {untrusted.code_span(n)}" for n in notes] + [""]
     lines += ["| exercise | status | points | hint |", "|---|---|---|---|"]
     said = set(notes)
     for s in scores:
         hint = s.hint.removeprefix("scored zero: ")
         hint = "see the note above" if hint in said or f"exercise {s.exercise}: {hint}" in said else hint
-        hint = hint.replace("|", "\\|").replace("\n", " ") or ("well done" if s.status == "passed" else "")
-        lines.append(f"| {s.exercise} | {s.status} | {s.points:g} / {s.max_points:g} | {hint} |")
+        hint = hint or ("well done" if s.status == "passed" else "")
+        cell = hint if hint in GRADER_HINTS else untrusted.code_span(hint, in_table=True)
+        lines.append(f"| {s.exercise} | {s.status} | {s.points:g} / {s.max_points:g} | {cell} |")
     lines += ["", "Hints come from the first failing visible test; run `labs check N.k` to see it yourself."]
     return "\n".join(lines) + "\n"
 
@@ -196,8 +219,9 @@ def grades_csv(rows: list[tuple], course: Course, sandbox: str) -> str:
 
 
 def _cell(text: str) -> str:
-    """One line, no leading character a spreadsheet reads as a formula."""
-    text = " ".join(str(text).split())[:500]
+    """One line without control characters or terminal escapes, no leading character a
+    spreadsheet reads as a formula."""
+    text = untrusted.one_line(text)
     return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 
@@ -206,7 +230,7 @@ def write_reports(graded: Graded, course: Course, folder: Path) -> tuple[list[Ex
     scores = exercise_scores(tests, graded, course)
     write_atomically(folder / "results.json", json.dumps(results_json(tests, graded, course), indent=1))
     write_atomically(folder / "feedback.md", feedback_md(scores, graded))
-    write_atomically(folder / "output.txt", "".join(graded.output))
+    write_atomically(folder / "output.txt", untrusted.clean("".join(graded.output), 2**20, keep_newlines=True))
     return scores, status_of(graded)
 
 

@@ -14,12 +14,18 @@ first of several walls (see labs/instructor/sandbox.py for the others). It reads
   file functions), `torch.utils.data.datapipes` or `torch.SymInt` are refused with the reason.
   A module may not be used as a value (passed, stored, returned), only as the start of a chain.
 - Refused (the whole module is not run; its exercises score zero with the reason): chains
-  outside the allowlist, exec/eval/open/globals and friends, dunder attributes and names,
-  private attributes of other objects, getattr/setattr with a name built by an expression (a
-  plain variable is allowed: its value is checked while the module runs), defining dunder methods
-  such as __eq__ or __torch_function__, metaclasses, and assigning into imported modules or classes.
+  outside the allowlist, exec/eval/open/globals/license and friends, dunder attributes and names,
+  private attributes except on `self`/`cls` inside a method of a class the module defines (and
+  binding `self`/`cls` to anything else, or running a method through its class on another object),
+  getattr/setattr with a name built by an expression (a plain variable is allowed: its value is
+  checked while the module runs), defining dunder methods such as __eq__ or __torch_function__,
+  metaclasses (a class keyword, or `type(x)` used as anything but a comparison, an attribute read
+  or a call of x's own class), helpers that read attributes by a name held in data (str.format
+  fields, dataclasses.fields/replace/asdict, a Field outside its class body), and assigning into
+  imported modules or classes.
 - From scratch (the module runs, but that one exercise scores zero): an exercise whose code
-  imports or calls peft or the reference solutions, directly or through a helper it calls.
+  uses peft or the reference solutions, directly or through a helper it calls, wherever the
+  module imports them (top level, if/try/with/loop, class body or function).
 - Bounded cost: a module over MAX_SOURCE_BYTES or MAX_FUNCTIONS is refused unread; the
   from-scratch analysis is linear in the module's size (one call graph, one worklist); and
   `labs grade` screens each submission under a time limit (time_limit, SCREEN_SECONDS).
@@ -119,7 +125,6 @@ MODULE_API: dict[str, frozenset[str]] = {
     "re": _names("""
         compile search match fullmatch sub subn split findall finditer escape IGNORECASE I
         MULTILINE M DOTALL S VERBOSE X ASCII A Pattern Match error"""),
-    "enum": _names("Enum IntEnum Flag IntFlag StrEnum auto unique"),
     "abc": _names("ABC abstractmethod"),
     "numbers": _names("Number Complex Real Rational Integral"),
     "transformers": _names("""
@@ -139,6 +144,12 @@ MODULE_API: dict[str, frozenset[str]] = {
 # write files (data, models, peft_format), start processes (check, memory) or import by name (impl).
 LABS_INFRA = frozenset({"surgery", "presets"})
 REFERENCE = frozenset({"peft", "solutions"})  # what the from-scratch policy keeps out of exercises
+# Helpers that read or write attributes by a name held in data (a dataclass Field's name, which
+# code can change): the stubs use them on their own configs; a student's code does not need them.
+# (enum is not on the allowlist at all: Enum("E", {"__eq__": f}) builds a class from a dict.)
+BY_FIELD_NAME = frozenset({"dataclasses.fields", "dataclasses.replace", "dataclasses.asdict",
+                           "dataclasses.astuple", "dataclasses.Field"})
+SELF_NAMES = ("self", "cls")
 REFUSED_NAMES = frozenset({"exec", "eval", "compile", "open", "globals", "locals", "vars",
                            "breakpoint", "input", "exit", "quit", "help", "memoryview",
                            "license", "credits", "copyright"})  # site's printers read files
@@ -269,6 +280,9 @@ def screen_module(source: str, reference: str, techniques: frozenset[str] | set[
     api = MODULE_API if api is None else api
     visitor = _Screen(_protected_names(tree), _module_names(tree), frozenset(techniques), api, bindings(tree, api))
     visitor.chain_bases = _chain_bases(tree)
+    visitor.parents = {id(child): node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    visitor.methods = _plain_methods(tree)
+    visitor.annotations = {id(n) for a in _annotations(tree) for n in ast.walk(a)}
     for node in _untrusted(tree, ast.parse(reference)):
         visitor.visit(node)
     return visitor.findings + _imports_solutions(tree) + _from_scratch(tree, stub_exercises(reference))
@@ -299,6 +313,30 @@ def time_limit(seconds: float):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def _plain_methods(tree: ast.Module) -> dict[str, set[str]]:
+    """Class defined at the module's top level -> the methods that take an instance as `self`,
+    its own and those it inherits from classes defined above it in the module."""
+    found: dict[str, set[str]] = {}
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        inherited = {m for b in cls.bases if isinstance(b, ast.Name) for m in found.get(b.id, ())}
+        found[cls.name] = inherited | {f.name for f in cls.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                                       and not any(isinstance(d, ast.Name) and d.id in ("staticmethod", "classmethod")
+                                                   for d in f.decorator_list)}
+    return found
+
+
+def _annotations(tree: ast.Module) -> list[ast.AST]:
+    found: list[ast.AST] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arg) and node.annotation is not None:
+            found.append(node.annotation)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns is not None:
+            found.append(node.returns)
+        elif isinstance(node, ast.AnnAssign):
+            found.append(node.annotation)
+    return found
 
 
 def _imports_solutions(tree: ast.Module) -> list[Finding]:
@@ -504,6 +542,9 @@ class _Screen(ast.NodeVisitor):
         self.api, self.bound = api, bound
         self.chain_bases: set[int] = set()
         self.format_calls: set[int] = set()   # .format attributes that are called (their template checked)
+        self.parents: dict[int, ast.AST] = {}  # id(node) -> its parent, over the whole student module
+        self.methods: dict[str, set[str]] = {}  # the module's classes -> their instance methods
+        self.annotations: set[int] = set()     # ids of nodes inside annotations
         self.findings: list[Finding] = []
 
     def refuse(self, node: ast.AST, what: str) -> None:
@@ -519,10 +560,13 @@ class _Screen(ast.NodeVisitor):
     # imports -------------------------------------------------------------------------------
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
+            self.visit_alias(alias)
             self._check_import(node, alias.name, level=0)
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         self._check_import(node, node.module or "", node.level, [a.name for a in node.names])
+        for alias in node.names:
+            self.visit_alias(alias)
         if node.level or (node.module or "").split(".")[0] == "solutions":
             for alias in node.names:  # absolute imports: the allowlist already vouched for each name
                 self._check_attr_name(node, alias.name)
@@ -564,6 +608,15 @@ class _Screen(ast.NodeVisitor):
         if node.id in self.bound and self.bound[node.id] in self.api and id(node) not in self.chain_bases \
                 and isinstance(node.ctx, ast.Load):
             self.refuse(node, f"uses the module {node.id} as a value (only `{node.id}.name` is allowed)")
+        if self.bound.get(node.id) in BY_FIELD_NAME:
+            self.refuse(node, f"{self.bound[node.id]} in your own code (it reads and writes attributes by a "
+                              "field name that code can change; exercises do not need it)")
+        elif self.bound.get(node.id) == "dataclasses.field":
+            self._check_field(node)
+        if node.id in SELF_NAMES and isinstance(node.ctx, (ast.Store, ast.Del)):
+            self.refuse(node, f"assigns to {node.id} (self and cls name the instance or class of a method)")
+        if node.id == "type" and isinstance(node.ctx, ast.Load):
+            self._check_type(node)
         if node.id in REFUSED_NAMES:
             self.refuse(node, f"use of {node.id}")
         elif node.id in ATTR_BUILTINS:
@@ -575,6 +628,13 @@ class _Screen(ast.NodeVisitor):
         if node.attr == "format" and id(node) not in self.format_calls:
             self.refuse(node, ".format taken without calling it on a literal template")
         path = _path(node, self.bound)
+        dotted = ".".join(path or ())
+        if dotted in BY_FIELD_NAME:
+            self.refuse(node, f"{dotted} in your own code (it reads and writes attributes by a field name "
+                              "that code can change; exercises do not need it)")
+        elif dotted == "dataclasses.field":
+            self._check_field(node)
+        self._check_method_through_class(node, node.value, node.attr)
         if isinstance(node.ctx, (ast.Store, ast.Del)) and _root_name(node.value) in self.protected:
             self.refuse(node, f"assigns into {_root_name(node.value)} (.{node.attr}): imported modules and "
                               "classes are shared with the tests and must not be changed")
@@ -591,8 +651,9 @@ class _Screen(ast.NodeVisitor):
         if DUNDER.match(attr):
             if attr not in ALLOWED_DUNDERS:
                 self.refuse(node, f"dunder attribute .{attr}")
-        elif attr.startswith("_") and not _is_self(base):
-            self.refuse(node, f"private attribute .{attr} (only self._name is allowed)")
+        elif attr.startswith("_") and not self._own_instance(base):
+            self.refuse(node, f"private attribute .{attr} (only self._name and cls._name, inside the methods "
+                              "of a class this module defines)")
         elif attr in MODULE_ATTRS or attr in DANGEROUS_ATTRS or attr.startswith("register_module_"):
             self.refuse(node, f"attribute .{attr}")
 
@@ -621,9 +682,6 @@ class _Screen(ast.NodeVisitor):
             return
         if isinstance(func, ast.Name) and func.id == "type" and len(node.args) + len(node.keywords) != 1:
             self.refuse(node, "type(...) with more than one argument (it builds classes)")
-        if isinstance(func, ast.Call) and isinstance(func.func, ast.Name) and func.func.id == "type" \
-                and len(node.args) >= 3:
-            self.refuse(node, "calls a metaclass (type(x)(name, bases, namespace))")
         if isinstance(func, ast.Attribute) and func.attr == "format":
             self._check_format(node, func.value)
             self.format_calls.add(id(func))
@@ -634,6 +692,92 @@ class _Screen(ast.NodeVisitor):
                 self.refuse(node, f"keyword argument {keyword.arg}=")
         self._check_module_arguments(node)
         self.generic_visit(node)
+
+    def _parent(self, node: ast.AST) -> ast.AST | None:
+        return self.parents.get(id(node))
+
+    def _check_type(self, node: ast.Name) -> None:
+        """`type` may be called on one value, and what it returns only compared, asked for an
+        attribute, or called like the class of the value (at most 2 arguments): for a class,
+        type(C) is its metaclass, and M(name, bases, namespace) builds a class with any methods."""
+        parent = self._parent(node)
+        if isinstance(parent, ast.Call) and parent.func is node:
+            if len(parent.args) + len(parent.keywords) == 1 and not self._type_result_ok(parent):
+                self.refuse(node, "type(x) used as a value (assigned, passed, returned or called with 3 "
+                                  "arguments): for a class it is the metaclass, which builds classes; compare "
+                                  "it, read its attributes, or call it as x's class with at most 2 arguments")
+            return
+        while isinstance(parent, ast.Tuple):
+            parent = self._parent(parent)
+        if id(node) in self.annotations or (isinstance(parent, ast.Call) and isinstance(parent.func, ast.Name)
+                                            and parent.func.id in ("isinstance", "issubclass")):
+            return
+        self.refuse(node, "type used as a value (it builds classes): call type(x) directly")
+
+    def _type_result_ok(self, call: ast.Call) -> bool:
+        parent = self._parent(call)
+        if isinstance(parent, (ast.Attribute, ast.Compare, ast.FormattedValue)):
+            return True
+        if isinstance(parent, ast.Call) and parent.func is call:  # type(self)(config): the value's own class
+            return len(parent.args) <= 2 and not any(isinstance(a, ast.Starred) for a in parent.args) \
+                and all(k.arg is not None for k in parent.keywords)
+        return isinstance(parent, ast.Call) and isinstance(parent.func, ast.Name) \
+            and parent.func.id in ("isinstance", "issubclass")
+
+    def _check_field(self, node: ast.AST) -> None:
+        """dataclasses.field(...) only as `name: type = field(...)` in a class body: a Field kept in a
+        variable can have its name changed after the class is built."""
+        call, where = self._parent(node), None
+        if isinstance(call, ast.Call) and call.func is node:
+            assign = self._parent(call)
+            if isinstance(assign, ast.AnnAssign) and assign.value is call:
+                where = self._parent(assign)
+        if not isinstance(where, ast.ClassDef):
+            self.refuse(node, "dataclasses.field other than as `name: type = field(...)` in a class body")
+
+    def _enclosing_method(self, node: ast.AST, name: str | None = None) -> ast.AST | None:
+        """The method (a def directly in a class body) that binds `name` as its first parameter and
+        encloses `node`, or, name None, the nearest enclosing method; None if there is none."""
+        parent = self._parent(node)
+        while parent is not None and not isinstance(parent, ast.ClassDef):
+            if isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                args = parent.args
+                params = [a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg] if a]
+                is_method = not isinstance(parent, ast.Lambda) and isinstance(self._parent(parent), ast.ClassDef) \
+                    and not any(isinstance(d, ast.Name) and d.id == "staticmethod" for d in parent.decorator_list)
+                if name is None and is_method:
+                    return parent
+                if name is not None and name in params:  # the innermost binding decides
+                    first = [*args.posonlyargs, *args.args][:1]
+                    return parent if is_method and first and first[0].arg == name else None
+            parent = self._parent(parent)
+        return None
+
+    def _own_instance(self, base: ast.AST | None) -> bool:
+        """`self` / `cls` as the first parameter of a method of a class this module defines, or
+        super() (super(C, self)) inside one: the only bases a private attribute may hang from."""
+        if isinstance(base, ast.Name):
+            return base.id in SELF_NAMES and self._enclosing_method(base, base.id) is not None
+        if isinstance(base, ast.Call) and isinstance(base.func, ast.Name) and base.func.id == "super":
+            if not base.args and not base.keywords:
+                return self._enclosing_method(base) is not None
+            return len(base.args) == 2 and not base.keywords and self._own_instance(base.args[1])
+        return False
+
+    def _check_method_through_class(self, node: ast.AST, base: ast.AST, attr: str) -> None:
+        """C.method(x) runs C's method with any object as self (and so its self._private reads on
+        it): only C.method(self, ...) is allowed, as a subclass calls its base."""
+        through_type = isinstance(base, ast.Call) and isinstance(base.func, ast.Name) and base.func.id == "type"
+        names_class = isinstance(base, ast.Name) and base.id in self.methods
+        methods = set().union(*self.methods.values()) if through_type else self.methods.get(getattr(base, "id", None), set())
+        if not (through_type or names_class) or attr not in methods:
+            return
+        call = self._parent(node)
+        if isinstance(call, ast.Call) and call.func is node and call.args and self._own_instance(call.args[0]):
+            return
+        owner = base.id if names_class else "type(...)"
+        self.refuse(node, f"{owner}.{attr} taken through the class: call it on an instance, or as "
+                          f"{owner}.{attr}(self, ...) from a method")
 
     def _check_format(self, node: ast.Call, template: ast.AST) -> None:
         """str.format reads attributes and items of its arguments ("{0.__traceback__}", "{0[k]}"):
@@ -668,6 +812,7 @@ class _Screen(ast.NodeVisitor):
             return
         if isinstance(attr, ast.Constant) and isinstance(attr.value, str):
             self._check_attr_name(node, attr.value, base=node.args[0])
+            self._check_method_through_class(node, node.args[0], attr.value)
         elif not isinstance(attr, ast.Name):
             self.refuse(node, f"{name} with a computed attribute name (write obj.name, or pass a variable)")
             return
@@ -682,6 +827,7 @@ class _Screen(ast.NodeVisitor):
 
     # definitions ---------------------------------------------------------------------------
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        self._check_binding(node, node.name)
         if DUNDER.match(node.name) and node.name not in DEFINABLE_DUNDERS:
             self.refuse(node, f"defines {node.name} (allowed: {', '.join(sorted(DEFINABLE_DUNDERS))})")
         self._check_annotations(node)
@@ -689,7 +835,32 @@ class _Screen(ast.NodeVisitor):
 
     visit_AsyncFunctionDef = visit_FunctionDef
 
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
+        self._check_binding(node, node.name)
+        self.generic_visit(node)
+
+    def visit_alias(self, node: ast.alias) -> None:
+        self._check_binding(node, (node.asname or node.name).split(".")[0])
+
+    def visit_Global(self, node: ast.Global) -> None:
+        for name in node.names:
+            self._check_binding(node, name)
+
+    visit_Nonlocal = visit_Global
+
+    def visit_MatchAs(self, node) -> None:
+        self._check_binding(node, node.name)
+        self.generic_visit(node)
+
+    def visit_MatchStar(self, node) -> None:
+        self._check_binding(node, node.name)
+
+    def _check_binding(self, node: ast.AST, name: str | None) -> None:
+        if name in SELF_NAMES:
+            self.refuse(node, f"binds the name {name} (self and cls name the instance or class of a method)")
+
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self._check_binding(node, node.name)
         for keyword in node.keywords:
             self.refuse(node, f"class {node.name} takes keyword {keyword.arg!r} (metaclasses are not allowed)")
         self.generic_visit(node)
@@ -718,12 +889,6 @@ class _Screen(ast.NodeVisitor):
         for part in ast.walk(annotation):
             if isinstance(part, ast.Constant) and isinstance(part.value, str) and not SAFE_ANNOTATION.match(part.value):
                 self.refuse(part, f"annotation string {part.value[:40]!r} is not a plain type name")
-
-
-def _is_self(node: ast.AST | None) -> bool:
-    if isinstance(node, ast.Name):
-        return node.id in ("self", "cls")
-    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "super"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -784,14 +949,55 @@ def call_graph(functions: dict[str, ast.AST]) -> dict[str, list[tuple[str, int]]
 
 
 def _reference_names(tree: ast.Module) -> set[str]:
-    """Module-level names bound to peft / solutions (by import or by assignment from them)."""
+    """Names bound to peft / solutions anywhere in the module (an import inside an if, try, with,
+    loop, class body or function binds them as much as one at the top), and names and attributes
+    assigned from them, followed through every assignment: `self.g = peft.get_peft_model` in one
+    method taints `.g` wherever it is read."""
     names: set[str] = set()
-    for node in tree.body:
+    feeds: dict[str, list[ast.AST]] = {}  # name -> the assignment targets its value flows into
+    for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)) and _imports_reference(node):
             names.update((a.asname or a.name).split(".")[0] for a in node.names)
-        elif isinstance(node, ast.Assign) and any(isinstance(n, ast.Name) and n.id in names for n in ast.walk(node.value)):
-            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        targets, value = _assignment(node)
+        for name in {_read_name(n) for n in ast.walk(value)} - {None} if value is not None else ():
+            feeds.setdefault(name, []).extend(targets)
+    work = list(names)
+    while work:  # a worklist: each name is followed once
+        for target in feeds.get(work.pop(), ()):
+            for bound in _bound_names(target):
+                if bound not in names:
+                    names.add(bound)
+                    work.append(bound)
     return names
+
+
+def _assignment(node: ast.AST) -> tuple[list[ast.AST], ast.AST | None]:
+    """(targets, value) of a statement or expression that binds names from a value."""
+    if isinstance(node, ast.Assign):
+        return node.targets, node.value
+    if isinstance(node, (ast.AnnAssign, ast.AugAssign, ast.NamedExpr)) and node.value is not None:
+        return [node.target], node.value
+    if isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)):
+        return [node.target], node.iter
+    if isinstance(node, ast.withitem) and node.optional_vars is not None:
+        return [node.optional_vars], node.context_expr
+    return [], None
+
+
+def _bound_names(target: ast.AST) -> list[str]:
+    """What an assignment target binds: x, obj.x (the attribute x), d[k] (d), a, *b (a and b)."""
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [n for t in target.elts for n in _bound_names(t)]
+    if isinstance(target, ast.Starred):
+        return _bound_names(target.value)
+    if isinstance(target, ast.Subscript):
+        return _bound_names(target.value)
+    return [n for n in [_read_name(target)] if n]
+
+
+def _read_name(node: ast.AST) -> str | None:
+    """The name a Name node reads or binds, or the attribute name of an Attribute node."""
+    return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
 
 
 def _imports_reference(node: ast.AST) -> bool:
@@ -804,6 +1010,6 @@ def _reach(function: ast.AST, tainted: set[str]) -> tuple[int, str] | None:
     for node in ast.walk(function):
         if _imports_reference(node):
             return node.lineno, "an import of " + ("peft" if "peft" in ast.dump(node) else "the reference solutions")
-        if isinstance(node, ast.Name) and node.id in tainted:
-            return node.lineno, f"{node.id} (imported from peft or the reference)"
+        if _read_name(node) in tainted:
+            return node.lineno, f"{_read_name(node)} (imported from peft or the reference)"
     return None
