@@ -285,5 +285,7 @@ def apply(model: nn.Module, config: lora.LoRAConfig) -> nn.Module:
     if config.loraplus_ratio != 1.0:
         mark_loraplus(model, config.loraplus_ratio)
     # the record says what was applied: lora.to_peft writes use_dora and init_lora_weights from it
-    model.labs_adapter = AdapterRecord(model.labs_adapter.method, config, model.labs_adapter.module)
+    record = model.labs_adapter   # lora.apply resolved the default targets: keep them
+    model.labs_adapter = AdapterRecord(record.method, replace(config, target_modules=record.config.target_modules),
+                                       record.module)
     return model

@@ -485,3 +485,74 @@ def test_variant_on_smollm2_loads_in_peft_with_the_same_logits(impl, peft, tmp_p
     theirs = peft.PeftModel.from_pretrained(load_model("smollm2-135m")[0], tmp_path).eval()
     with torch.no_grad():
         assert max_diff(theirs(prompt).logits, ours) <= 1e-4   # 30 layers of float32 on logits of order 10
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line: labs finetune --option ..., labs compare --methods lora:...
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    return conftest.save_tiny_llama_folder(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def tiny_preset(**overrides):
+    from labs.presets import get_preset
+    return get_preset("quick", **{**dict(max_steps=2, batch_size=4, n_train=16, n_eval=8, n_probe=4, seq_len=32),
+                                  **overrides})
+
+
+@pytest.mark.parametrize("option, config_key, value", [("use_dora", "use_dora", True),
+                                                       ("init", "init_lora_weights", "pissa")])
+def test_finetune_saves_a_variant_adapter_that_peft_loads(impl, peft, tiny_model_dir, tmp_path, option, config_key, value):
+    impl("lora")
+    from labs.cli import parse_options
+    from labs.finetune import run_finetune
+    from labs.models import load_model
+    from labs.peft_format import load_adapter, read_adapter
+    options = parse_options([f"{option}={str(value).lower()}", "target_modules=q_proj,v_proj"])
+    run_finetune("lora", str(tiny_model_dir), task="define", preset=tiny_preset(), out=tmp_path,
+                 options=options, progress=False, impl="solutions")
+    config, _ = read_adapter(tmp_path / "adapter")
+    assert config[config_key] == value
+    prompt = ids(1, 6) % 20                                             # the tiny vocabulary has 27 words
+    ours = load_adapter(load_model(str(tiny_model_dir))[0].eval(), tmp_path / "adapter")
+    theirs = peft.PeftModel.from_pretrained(load_model(str(tiny_model_dir))[0].eval(), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        assert max_diff(ours(prompt).logits, theirs(prompt).logits) <= PARITY_ATOL
+
+
+def test_finetune_refuses_a_bad_variant_value_by_name(impl, tiny_model_dir, tmp_path):
+    impl("lora")
+    from labs.finetune import run_finetune
+    with pytest.raises(ValueError, match=r"init='olora' is not valid; use 'default', 'pissa'"):
+        run_finetune("lora", str(tiny_model_dir), task="define", preset=tiny_preset(), out=tmp_path,
+                     options={"init": "olora"}, progress=False, impl="solutions")
+
+
+def test_compare_takes_lora_variants_as_entries(impl, tiny_model_dir, tmp_path, monkeypatch):
+    impl("lora")
+    from labs import compare
+    from labs.finetune import run_finetune
+    from labs.peft_format import read_adapter
+    commands = []
+
+    def launch(command, log):  # compare's child process, run here
+        commands.append(command)
+        options = dict(command[i + 1].split("=", 1) for i, arg in enumerate(command) if arg == "--option")
+        run_finetune(command[command.index("--method") + 1], str(tiny_model_dir), task="define",
+                     preset=tiny_preset(), out=command[command.index("--out") + 1], options=options,
+                     progress=False, impl="solutions")
+        return 0
+
+    monkeypatch.setattr(compare, "_launch", launch)
+    entries = ["lora", "lora:use_dora=true", "lora:loraplus_ratio=16:r=4"]
+    rows = compare.run_compare(entries, str(tiny_model_dir), task="define", out=tmp_path, progress=False,
+                               impl="solutions")
+    assert [r["method"] for r in rows] == entries and all(r["status"] == "ok" for r in rows)
+    assert read_adapter(tmp_path / "lora+use_dora=true" / "adapter")[0]["use_dora"] is True
+    assert commands[2][-4:] == ["--option", "loraplus_ratio=16", "--option", "r=4"]
+    assert compare.read_comparison(tmp_path)[2].keys() == set(entries)
+    with pytest.raises(ValueError, match="not KEY=VALUE"):
+        compare.run_compare(["lora:use_dora"], str(tiny_model_dir), out=tmp_path)
+    with pytest.raises(ValueError, match="has no option 'dora'"):
+        compare.run_compare(["lora:dora=true"], str(tiny_model_dir), out=tmp_path)
