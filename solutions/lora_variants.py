@@ -224,29 +224,19 @@ class DoRALinear(lora.LoRALinear):
         # END SOLUTION
 
     def delta_weight(self) -> torch.Tensor:
-        """What merging adds to W: m * (W + s B A) / ||W + s B A|| - W, shape (out, in)."""
+        """What merging adds to W: m * (W + s B A) / ||W + s B A|| - W, shape (out, in).
+
+        While merged, W holds the update and no longer gives the norm back, so the value last
+        computed before merging is returned: LoRALinear's unmerge then subtracts exactly what its
+        merge added.
+        """
+        if self.merged:
+            return self.unmerged_delta
         weight = linear_weight(self.base_layer).to(self.lora_A.dtype)
         adapted = weight + self.scaling * (self.lora_B @ self.lora_A)
-        return (self.lora_magnitude_vector / self.weight_norm()).unsqueeze(1) * adapted - weight
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Add delta_weight() into W; it is kept, since after merging W no longer gives the norm back."""
-        if self.merged:
-            return
-        self.merged_delta = self.delta_weight()
-        weight = linear_weight(self.base_layer)
-        weight += self.merged_delta.to(weight.dtype)
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if not self.merged:
-            return
-        weight = linear_weight(self.base_layer)
-        weight -= self.merged_delta.to(weight.dtype)
-        del self.merged_delta
-        self.merged = False
+        delta = (self.lora_magnitude_vector / self.weight_norm()).unsqueeze(1) * adapted - weight
+        self.unmerged_delta = delta.detach()
+        return delta
 
 
 # ---------------------------------------------------------------------------------------------
