@@ -70,7 +70,7 @@ def run_compare(methods, model: str = "smollm2-135m", task: str | None = None, p
     for method, options in entries.values():  # unknown names, options and open exercises fail before any run
         get_method(method)
         check_options(method, options, impl)
-        require_finished(method, impl)
+        require_finished(method, impl, options)
     task = task or default_task(model)
     preset_name = preset if isinstance(preset, str) else preset.name
     out = Path(out) if out is not None else default_out("compare", model, task)

@@ -338,6 +338,13 @@ def from_peft(model: nn.Module, config_dict: dict, state_dict: dict[str, torch.T
 # ---------------------------------------------------------------------------------------------
 # What `labs finetune --method lora` calls
 # ---------------------------------------------------------------------------------------------
+def modules_for_options(options: dict) -> tuple[str, ...]:
+    """The other technique modules these options run: lora_variants for DoRA, PiSSA or LoRA+ (their
+    values are checked here, before any model loads)."""
+    config = config_from_options(LoRAConfig, options)
+    return ("lora_variants",) if config.use_dora or config.init != "default" or config.loraplus_ratio != 1.0 else ()
+
+
 def prepare_for_finetune(model: nn.Module, task, options: dict | None = None) -> nn.Module:
     """LoRA with r=8, alpha=16 on the family's usual targets; `options` override LoRAConfig fields.
 

@@ -556,3 +556,17 @@ def test_compare_takes_lora_variants_as_entries(impl, tiny_model_dir, tmp_path, 
         compare.run_compare(["lora:use_dora"], str(tiny_model_dir), out=tmp_path)
     with pytest.raises(ValueError, match="has no option 'dora'"):
         compare.run_compare(["lora:dora=true"], str(tiny_model_dir), out=tmp_path)
+
+
+def test_variant_options_name_their_open_exercises_before_loading(tmp_path):
+    from labs.finetune import run_finetune
+    from labs.methods import open_exercises
+    assert open_exercises("lora", "labs", {"use_dora": "true"})[-6:] == [f"15.{k}" for k in range(1, 7)]
+    assert open_exercises("lora", "solutions", {"init": "pissa"}) == []
+    assert not [ex for ex in open_exercises("lora", "labs", {"r": "4"}) if ex.startswith("15.")]
+    with pytest.raises(NotImplementedError, match=r"labs/lora\.py, labs/lora_variants\.py"):
+        run_finetune("lora", str(tmp_path / "no-such-model"), task="define", preset=tiny_preset(), out=tmp_path,
+                     options={"use_dora": "true"}, progress=False, impl="labs")
+    with pytest.raises(ValueError, match="loraplus_ratio=-1"):   # a bad value, before loading
+        run_finetune("lora", str(tmp_path / "no-such-model"), task="define", preset=tiny_preset(), out=tmp_path,
+                     options={"loraplus_ratio": "-1"}, progress=False, impl="solutions")
