@@ -53,7 +53,8 @@ prerequisites({"every experiment (your LoRA from notebook 05)": ["lora"],
 lora, variants = technique("lora"), technique("lora_variants")   # your modules (or the reference)
 preset = get_preset()
 quick = preset.name == "quick"
-setup = make_setup("smollm2-135m", "define", preset, n_eval=32 if quick else None)
+# quick: 8 steps of 4 rows per run and 32 held-out definitions, so that the ten runs fit a live session
+setup = make_setup("smollm2-135m", "define", preset, n_eval=32 if quick else None, steps=8 if quick else None)
 R, ALPHA = 16, 16     # the reference run: LoRA r=16 on q, v with alpha 16 (s = 1)
 print(f"preset {preset.name}: each run {setup.steps} steps of {setup.batch_size} rows x {preset.seq_len} tokens, "
       f"scored on {len(setup.eval_examples)} held-out definitions")"""),
@@ -260,7 +261,7 @@ def step(m):
     m(**batch).loss.backward()
     m.zero_grad(set_to_none=True)
 
-step_times = interleaved_medians({name: (lambda m=m: step(m)) for name, m in models.items()}, repeats=5)
+step_times = interleaved_medians({name: (lambda m=m: step(m)) for name, m in models.items()}, repeats=3 if quick else 7)
 print("forward + backward: " + ", ".join(f"{n} {1e3 * t:.0f} ms" for n, t in step_times.items())
       + f" -> DoRA {step_times['DoRA'] / step_times['LoRA']:.2f}x LoRA")
 del models"""),
@@ -287,7 +288,9 @@ The table closes the notebook: the lines of your own implementation (`labs/lora_
 lines of the functions the variant adds), the cost measured here against the reference LoRA run and
 the gain against it (mean held-out loss, paired over the same examples, ± SE; positive: better than
 LoRA), beside what the variant's paper reports. One seed, a short run on a CPU: a verdict of "cannot
-be told apart" means this budget cannot tell, not that the variant does nothing."""),
+be told apart" means this budget cannot tell, not that the variant does nothing; and a gap that is
+many standard errors wide can still be small (the SE of a paired difference shrinks when two runs
+move together), so read its size as well as its sign."""),
     ("code", r"""
 %%needs lora 15.1-15.6
 def code_lines(*functions):
@@ -313,12 +316,12 @@ LINES = {"rsLoRA r=64": code_lines(variants.rslora_scaling),
 cost = {"DoRA": f"step {step_times['DoRA'] / step_times['LoRA']:.2f}x"
                 + (f", peak {dora.peak_bytes / ref.peak_bytes:.2f}x" if ref.peak_bytes and dora.peak_bytes else ""),
         "all-linear": f"{every.trainable / ref.trainable:.2f}x the trained numbers"}
-print(f"{'variant':<13}{'lines':>6}  {'cost here':<26}{'gain vs LoRA here':<34}paper claims")
+print(f"{'variant':<13}{'lines':>6}  {'cost here':<26}{'gain vs LoRA here':<42}paper claims")
 for name, claim in CLAIMS.items():
     diff, se, said = verdict(runs[name], ref if name != "rsLoRA r=64" else runs["LoRA r=64"])
     against = "" if name != "rsLoRA r=64" else " (vs LoRA r=64)"
     told = "n.s." if abs(diff) <= 2 * se else ("better" if diff < 0 else "worse")
-    print(f"{name:<13}{LINES[name]:>6}  {cost.get(name, 'none'):<26}{f'{-diff:+.3f} ± {se:.3f} {told}{against}':<34}{claim}")"""),
+    print(f"{name:<13}{LINES[name]:>6}  {cost.get(name, 'none'):<26}{f'{-diff:+.3f} ± {se:.3f} {told}{against}':<42}{claim}")"""),
     ("md", r"""
 **Reading the table.** "n.s." is the honest answer wherever the paired gap is within two standard
 errors: at this budget the variant and LoRA cannot be told apart. The costs are real whatever the
