@@ -327,9 +327,17 @@ for name, claim in CLAIMS.items():
 errors: at this budget the variant and LoRA cannot be told apart. The costs are real whatever the
 budget: DoRA recomputes a norm of an out × in matrix per adapted layer per step, which shows in the
 step time and the peak memory; LoRA+, rsLoRA and PiSSA cost nothing at training time (PiSSA one SVD
-per layer at the start, and a rank-$2r$ file to share it). For the longer runs (ranks 4 to 256, more
-steps, more held-out examples) see `benchmarks/lora_variants.py` and its recorded table.
+per layer at the start, and a rank-$2r$ file to share it). The recording below ran the same
+comparisons longer (ranks 4 to 256, 12 steps per run, 64 held-out definitions, one thread):
+`python benchmarks/lora_variants.py --preset quick --ranks 4,16,64,256 --out notebooks/recorded/lora-variants-quick`;
+`--preset laptop` runs them longer still.
+"""),
+    ("code", r"""
+from pathlib import Path
 
+recorded = Path("recorded/lora-variants-quick/lora_variants.md")
+print(recorded.read_text() if recorded.is_file() else f"{recorded} is not recorded yet (see the command above)")"""),
+    ("md", r"""
 Everything here is also on the command line: `labs finetune --method lora --option use_dora=true`,
 `--option init=pissa`, `--option use_rslora=true`, `--option loraplus_ratio=16`; the adapters load in
 peft as they are (a PiSSA adapter with `init_lora_weights="pissa"`, or converted with `save_as_lora`)."""),
