@@ -47,6 +47,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def file_stem(name: str) -> str:
+    """A plain-ASCII file name for a run: "LoRA+ λ=4" -> "LoRAplus_lambda4"."""
+    return name.replace("+", "plus").replace(" ", "_").replace("λ=", "lambda").replace("=", "")
+
+
 def plan(ranks: list[int], r_all: int) -> dict[str, dict]:
     """Run name -> run_variant keyword arguments."""
     from labs.lora_experiments import ALL_LINEAR, QV
@@ -103,7 +108,7 @@ def main(argv=None) -> int:
     command = "python benchmarks/lora_variants.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results = {}
     for name, kwargs in plan(ranks, equal_budget_rank(setup.base, ALL_LINEAR, QV, R)).items():
-        path = out / "runs" / f"{name.replace(' ', '_')}.json"
+        path = out / "runs" / f"{file_stem(name)}.json"
         if path.is_file():
             results[name] = json.loads(path.read_text())
             print(f"{name}: reused {path}", flush=True)
