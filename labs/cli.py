@@ -98,7 +98,8 @@ def build_parser(choices: dict | None = None) -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="run several methods on one task: table and Pareto plot",
                          description="Run several methods on one task, each in its own process; writes "
                                      "compare.md, compare.csv and pareto.png to --out.")
-    cmp.add_argument("--methods", default=None, help="comma-separated methods" + methods + " (default: all)")
+    cmp.add_argument("--methods", default=None, help="comma-separated methods" + methods + " (default: all); a method may "
+                     "carry options joined by ':', e.g. lora,lora:use_dora=true,lora:init=pissa")
     _run_arguments(cmp, choices)
 
     for name, text in (("generate", "answers from a run, an adapter or a model folder: labs generate RUN --prompt ...; "
@@ -203,8 +204,8 @@ def cmd_finetune(args, choices: dict) -> int:
 
 def cmd_compare(args, choices: dict) -> int:
     methods = [m.strip() for m in (args.methods or ",".join(choices["method"])).split(",") if m.strip()]
-    for method in methods:
-        _check_choice("method", method, choices)
+    for method in methods:  # a method may carry options: lora:use_dora=true
+        _check_choice("method", method.partition(":")[0].strip(), choices)
     _check_model(args.model, choices)
     _check_task(args.task, choices)
     _check_choice("preset", args.preset, choices)

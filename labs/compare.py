@@ -10,6 +10,10 @@ compare.json (the same rows and the settings), compare.md (rounded, for reading)
 pareto.png (quality vs trainable share), pareto_memory.png (quality vs peak memory) and
 learning_forgetting.png.
 
+A method may carry options, joined to its name by ':' (no commas): `lora:use_dora=true`,
+`lora:init=pissa:r=16`. Each such entry is its own row, labelled as written, run in the folder of
+that label with ':' turned into '+' (lora+use_dora=true), so LoRA and its variants compare side by side.
+
 Resuming: a method whose folder holds a finished run of the same command and the same code (a
 hash of labs/ and solutions/) is not run again, so an interrupted comparison picks up where it
 stopped. A method whose run fails gets a row with status "failed: <reason>"; `run_compare` then
@@ -57,13 +61,16 @@ def run_compare(methods, model: str = "smollm2-135m", task: str | None = None, p
     from labs.finetune import default_out, default_task
     from labs.impl import current_impl
     from labs.methods import get_method, require_finished
+    from labs.methods import check_options
     methods = list(methods)
     if len(set(methods)) < len(methods):
         raise ValueError(f"a method is listed twice in {methods}; each gets its own folder")
     impl = impl or current_impl()
-    for method in methods:  # unknown names and unfinished exercises fail before any run starts
+    entries = {entry: parse_entry(entry) for entry in methods}
+    for method, options in entries.values():  # unknown names, options and open exercises fail before any run
         get_method(method)
-        require_finished(method, impl)
+        check_options(method, options, impl)
+        require_finished(method, impl, options)
     task = task or default_task(model)
     preset_name = preset if isinstance(preset, str) else preset.name
     out = Path(out) if out is not None else default_out("compare", model, task)
@@ -76,15 +83,17 @@ def run_compare(methods, model: str = "smollm2-135m", task: str | None = None, p
     say = print if progress else (lambda *a, **k: None)
     rows = [{"method": m, "status": NOT_RUN} for m in methods]
     clock, ran = time.perf_counter(), 0
-    for i, method in enumerate(methods):
-        folder, label = out / method, f"[{i + 1}/{len(methods)}] {method}"
-        command = ["finetune", "--method", method, "--out", str(folder), "--no-progress", *extra]
-        rows[i] = finished_row(folder, command)
+    for i, entry in enumerate(methods):
+        method, options = entries[entry]
+        folder, label = out / entry.replace(":", "+"), f"[{i + 1}/{len(methods)}] {entry}"
+        command = ["finetune", "--method", method, "--out", str(folder), "--no-progress", *extra,
+                   *[arg for key, value in options.items() for arg in ("--option", f"{key}={value}")]]
+        rows[i] = finished_row(folder, command, entry)
         if rows[i] is not None:
             say(f"{label}: reused the finished run in {folder}", flush=True)
         else:
             say(f"{label}: fine-tuning{_time_left(clock, ran, len(methods) - i)}", flush=True)
-            rows[i] = _run_one(method, folder, command)
+            rows[i] = _run_one(entry, folder, command)
             ran += 1
             say(f"{label}: {_outcome(rows[i])}", flush=True)
         write_table(rows, out, settings)
@@ -118,7 +127,20 @@ def _code_version() -> str:
     return code_fingerprint()
 
 
-def finished_row(folder: Path, command: list[str]) -> dict | None:
+def parse_entry(entry: str) -> tuple[str, dict[str, str]]:
+    """"lora:use_dora=true:r=16" -> ("lora", {"use_dora": "true", "r": "16"}): a method and its options."""
+    method, *pairs = entry.split(":")
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"method entry {entry!r}: {pair!r} is not KEY=VALUE; give a method its options "
+                             "joined by ':', e.g. lora:use_dora=true or lora:init=pissa:r=16")
+        options[key.strip().replace("-", "_")] = value.strip()
+    return method.strip(), options
+
+
+def finished_row(folder: Path, command: list[str], label: str | None = None) -> dict | None:
     """The row of a run in `folder` finished with the same command and code, else None (run it)."""
     record, metrics = folder / RUN_RECORD, folder / "metrics.json"
     if not (record.is_file() and metrics.is_file()):
@@ -126,7 +148,7 @@ def finished_row(folder: Path, command: list[str]) -> dict | None:
     try:
         if json.loads(record.read_text()) != {"command": command, "code": _code_version()}:
             return None
-        return compare_row(json.loads(metrics.read_text()))
+        return {**compare_row(json.loads(metrics.read_text())), **({"method": label} if label else {})}
     except (ValueError, KeyError):
         return None  # a record from another version of the table: run again
 
@@ -140,7 +162,7 @@ def _run_one(method: str, folder: Path, command: list[str]) -> dict:
     if code != 0:
         lines = log.read_text(errors="replace").strip().splitlines() or [f"exit code {code}"]
         return {"method": method, "status": "failed: " + lines[-1][:200] + f" (see {log})"}
-    row = compare_row(json.loads((folder / "metrics.json").read_text()))
+    row = {**compare_row(json.loads((folder / "metrics.json").read_text())), "method": method}
     write_json(folder / RUN_RECORD, {"command": command, "code": _code_version()})
     return row
 
@@ -190,7 +212,7 @@ def read_comparison(out: str | Path) -> tuple[dict, list[dict], dict[str, dict]]
     if not table.is_file():
         raise FileNotFoundError(f"{table} is missing: run `labs compare --out {out}` first")
     written = json.loads(table.read_text())
-    runs = {r["method"]: json.loads((out / r["method"] / "metrics.json").read_text())
+    runs = {r["method"]: json.loads((out / r["method"].replace(":", "+") / "metrics.json").read_text())
             for r in written["rows"] if r["status"] == "ok"}
     return written["settings"], written["rows"], runs
 

@@ -323,7 +323,7 @@ def run_finetune(method: str = "full", model: str = "smollm2-135m", task: str | 
     impl = impl or current_impl()
     distributed.refuse_fsdp("labs finetune")
     check_options(method, options, impl)  # fail on a typo, or an unfinished exercise, before loading anything
-    require_finished(method, impl)
+    require_finished(method, impl, options)   # the options' own modules too (LoRA's variants), values checked
     preset, task = _resolve_preset(preset), task or default_task(model)
     # Under a launcher (accelerate launch, torchrun) every process trains; only the main one writes.
     main = distributed.is_main_process()

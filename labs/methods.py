@@ -143,23 +143,37 @@ def check_options(method: str, options: dict | None, impl: str | None = None) ->
         raise ValueError(f"method {method!r} has no option {', '.join(map(repr, unknown))}; {takes}")
 
 
-def open_exercises(method: str, impl: str | None = None) -> list[str]:
-    """Exercise ids still raising the stub's NotImplementedError in the method's modules, in course order."""
+def option_modules(method: str, options: dict | None, impl: str | None = None) -> tuple[str, ...]:
+    """Other technique modules that these options of the method run (LoRA's use_dora: lora_variants).
+
+    A technique module says so with `modules_for_options(options)`, which also checks the values.
+    """
+    spec = get_method(method)
+    if spec.infrastructure or not options:
+        return ()
+    ask = getattr(spec.technique(impl), "modules_for_options", None)
+    return tuple(ask(options)) if ask else ()
+
+
+def open_exercises(method: str, impl: str | None = None, options: dict | None = None) -> list[str]:
+    """Exercise ids still raising the stub's NotImplementedError in the method's modules (and those its
+    options run), in course order."""
     from labs.prerequisites import missing
-    return missing([get_method(method).name], impl)
+    return missing([get_method(method).name, *option_modules(method, options, impl)], impl)
 
 
-def require_finished(method: str, impl: str | None = None) -> None:
+def require_finished(method: str, impl: str | None = None, options: dict | None = None) -> None:
     """A clear NotImplementedError, before any model loads, when the method's exercises are open."""
     from labs.impl import current_impl, has_reference
     from labs.prerequisites import describe
     impl = impl or current_impl()
-    todo = open_exercises(method, impl)
+    todo = open_exercises(method, impl, options)
     if todo:
         spec = get_method(method)
+        modules = (spec.module, *spec.uses, *option_modules(method, options, impl))
         other = ", or run the reference with --impl solutions (or LABS_IMPL=solutions)" if has_reference() else ""
         raise NotImplementedError(
-            f"--method {method} runs your own {', '.join(f'labs/{m}.py' for m in (spec.module, *spec.uses))}, where "
+            f"--method {method} runs your own {', '.join(f'labs/{m}.py' for m in modules)}, where "
             f"{describe(todo, impl)} {'is' if len(todo) == 1 else 'are'} still open; finish {'it' if len(todo) == 1 else 'them'}{other}")
 
 

@@ -44,7 +44,11 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
     always has complete weights beside it.
     """
     record = adapter_record(model)  # ValueError when the model carries no adapter
-    config_dict, state = importlib.import_module(record.module).to_peft(model)
+    return write_adapter(path, *importlib.import_module(record.module).to_peft(model))
+
+
+def write_adapter(path: str | os.PathLike, config_dict: dict, state: dict[str, torch.Tensor]) -> Path:
+    """Write an adapter_config dict and its tensors into folder `path`, weights first; return the folder."""
     # safetensors wants plain, contiguous CPU tensors that share no memory with one another
     tensors = {key: t.detach().to("cpu").contiguous().clone() for key, t in state.items()}
     folder = Path(path)

@@ -140,10 +140,15 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if not params:
         raise ValueError("no trainable parameters: every parameter has requires_grad=False; "
                          "apply a technique or unfreeze something before training")
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": g, "weight_decay": wd} for g, wd in
-              ((decay, cfg.weight_decay), (no_decay, 0.0)) if g]
+    # A technique may ask for a learning-rate multiplier per parameter (attribute `lr_scale`, e.g.
+    # LoRA+ trains B faster than A): one group per multiplier, kept through the schedule.
+    groups = []
+    for scale in sorted({getattr(p, "lr_scale", 1.0) for p in params}):
+        scaled = [p for p in params if getattr(p, "lr_scale", 1.0) == scale]
+        decay = [p for p in scaled if p.dim() >= 2]
+        no_decay = [p for p in scaled if p.dim() < 2]
+        groups += [{"params": g, "weight_decay": wd, "lr_scale": scale} for g, wd in
+                   ((decay, cfg.weight_decay), (no_decay, 0.0)) if g]
     if cfg.optimizer == "sgd":  # plain SGD keeps no per-parameter state: the memory floor
         return torch.optim.SGD(groups, lr=cfg.lr)
     if cfg.optimizer == "adamw8bit":
@@ -345,7 +350,7 @@ def _train_step(acc, model, optimizer, stream, step, cfg, autocast, history, obs
     start = time.perf_counter()
     lr = lr_at(step, cfg)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     micro = list(islice(stream, cfg.grad_accum))
     if not distributed.all_agree(acc, len(micro) == cfg.grad_accum):  # every process stops together
         optimizer.zero_grad(set_to_none=True)

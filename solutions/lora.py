@@ -16,6 +16,7 @@ Hugging Face peft and theirs load here.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 
 import torch
@@ -28,6 +29,7 @@ from labs.surgery import (freeze, get_submodule_parent, is_linear, linear_dims, 
                           match_names, refuse_second_adapter, replace_modules, unfreeze)
 
 NOTEBOOK = "notebooks/05_lora.ipynb"
+PISSA_INIT = re.compile(r"^pissa(_niter_[1-9][0-9]*)?$")  # peft's names for PiSSA's start
 
 # The usual targets per model family: attention query and value projections, as in the paper.
 DEFAULT_TARGETS = {"q_proj": ("q_proj", "v_proj"),   # Llama, Mistral, Qwen, Gemma, ...
@@ -44,6 +46,10 @@ class LoRAConfig:
     use_rslora: bool = False          # rank-stabilised LoRA: scale by alpha / sqrt(r) instead of alpha / r
     bias: str = "none"                # which biases train: only "none" (biases stay frozen, as in peft's default)
     modules_to_save: tuple[str, ...] = ()  # whole modules trained and saved too, e.g. a new "classifier" head
+    # The variants of notebook 15 (lora_variants.py); the defaults are plain LoRA:
+    use_dora: bool = False            # DoRA: a trained length per output row times the direction of W + B A
+    init: str = "default"             # "default" (B = 0) or PiSSA: "pissa" / "pissa_niter_K" (W's top-r SVD)
+    loraplus_ratio: float = 1.0       # LoRA+: B learns with the learning rate times this ratio (A with 1x)
 
     def __post_init__(self):
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
@@ -60,6 +66,13 @@ class LoRAConfig:
                 value = tuple(t.strip() for t in value.split(",") if t.strip())
             if value is not None:
                 object.__setattr__(self, name, tuple(value))
+        if self.init != "default" and not PISSA_INIT.match(str(self.init)):
+            raise ValueError(f"init={self.init!r} is not valid; use 'default', 'pissa' or 'pissa_niter_K' (K >= 1)")
+        if self.use_dora and self.init != "default":
+            raise ValueError(f"use_dora=True with init={self.init!r} is not supported here; choose DoRA or PiSSA")
+        if isinstance(self.loraplus_ratio, bool) or not self.loraplus_ratio > 0:
+            raise ValueError(f"loraplus_ratio={self.loraplus_ratio!r} is not valid; use a positive number "
+                             "(1 = plain LoRA, LoRA+ suggests 4 to 16)")
         if self.target_modules is not None and not self.target_modules:
             raise ValueError(f"target_modules={self.target_modules!r} is empty; name at least one layer, "
                              "e.g. ('q_proj', 'v_proj'), or 'all-linear'")
@@ -190,6 +203,9 @@ def apply(model: nn.Module, config: LoRAConfig) -> nn.Module:
     message must contain 'already' (refuse_second_adapter, once mark_adapted has run).
     """
     refuse_second_adapter(model, __name__)  # before touching the model
+    if config.use_dora or config.init != "default" or config.loraplus_ratio != 1.0:
+        from . import lora_variants  # notebook 15: it calls this function, then changes what it asks
+        return lora_variants.apply(model, config)
     if config.target_modules is None:
         config = replace(config, target_modules=default_targets(model))
     # BEGIN SOLUTION 5.6
@@ -250,10 +266,11 @@ def to_peft(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
                                else list(config.target_modules)), "use_rslora": config.use_rslora,
             "bias": config.bias, "modules_to_save": modules_to_save(state),
             "fan_in_fan_out": conv1d,  # peft's flag for weights stored (in, out), as in GPT-2's Conv1D
-            "init_lora_weights": True, "use_dora": False}, state
+            "init_lora_weights": True if config.init == "default" else config.init,
+            "use_dora": config.use_dora}, state
 
 
-UNSUPPORTED = {"use_dora": False, "rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
+UNSUPPORTED = {"rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
                "target_parameters": None, "lora_bias": False, "layer_replication": None}
 
 
@@ -264,9 +281,14 @@ def config_from_peft(config_dict: dict, tensors: dict[str, torch.Tensor], model:
         if config_dict.get(key, plain) not in (plain, None):
             raise ValueError(f"adapter_config has {key}={config_dict[key]!r}; only plain LoRA "
                              f"({key}={plain!r}) is supported here")
-    odd = [n for n in tensors if ".lora_" in n and not n.endswith((".lora_A", ".lora_B"))]
+    odd = [n for n in tensors if ".lora_" in n and not n.endswith((".lora_A", ".lora_B", ".lora_magnitude_vector"))]
     if odd:
-        raise ValueError(f"adapter tensor {odd[0]!r} is not a plain LoRA factor (lora_A / lora_B of a linear layer)")
+        raise ValueError(f"adapter tensor {odd[0]!r} is not a LoRA factor (lora_A / lora_B of a linear layer, "
+                         "or DoRA's lora_magnitude_vector)")
+    init = config_dict.get("init_lora_weights", True)
+    if init not in (True, False, "gaussian") and not PISSA_INIT.match(str(init)):
+        raise ValueError(f"adapter_config has init_lora_weights={init!r}; this course reads adapters started "
+                         "as plain LoRA (true, false, 'gaussian') or with PiSSA ('pissa', 'pissa_niter_K')")
     adapted = sorted({n.rsplit(".lora_", 1)[0] for n in tensors if ".lora_" in n})
     # The tensors say exactly which layers were adapted; keep the file's short names if they agree.
     targets = config_dict.get("target_modules")
@@ -276,6 +298,8 @@ def config_from_peft(config_dict: dict, tensors: dict[str, torch.Tensor], model:
     return LoRAConfig(r=config_dict.get("r", 8), alpha=config_dict.get("lora_alpha", 8),  # peft's defaults
                       dropout=config_dict.get("lora_dropout") or 0.0, target_modules=tuple(targets),
                       use_rslora=bool(config_dict.get("use_rslora")), bias=config_dict.get("bias", "none"),
+                      use_dora=bool(config_dict.get("use_dora")), init=init if isinstance(init, str)
+                      and init.startswith("pissa") else "default",
                       modules_to_save=tuple(sorted({n.rsplit(".", 1)[0] for n in tensors if ".lora_" not in n})))
 
 
@@ -286,7 +310,7 @@ def check_shapes(model: nn.Module, tensors: dict[str, torch.Tensor], r: int) -> 
         try:
             if lora:
                 in_features, out_features = linear_dims(model.get_submodule(layer))
-                want = (r, in_features) if factor == "A" else (out_features, r)
+                want = {"A": (r, in_features), "B": (out_features, r)}.get(factor, (out_features,))
             else:
                 want = tuple(model.get_parameter(name).shape)
         except (AttributeError, TypeError) as err:
@@ -314,6 +338,13 @@ def from_peft(model: nn.Module, config_dict: dict, state_dict: dict[str, torch.T
 # ---------------------------------------------------------------------------------------------
 # What `labs finetune --method lora` calls
 # ---------------------------------------------------------------------------------------------
+def modules_for_options(options: dict) -> tuple[str, ...]:
+    """The other technique modules these options run: lora_variants for DoRA, PiSSA or LoRA+ (their
+    values are checked here, before any model loads)."""
+    config = config_from_options(LoRAConfig, options)
+    return ("lora_variants",) if config.use_dora or config.init != "default" or config.loraplus_ratio != 1.0 else ()
+
+
 def prepare_for_finetune(model: nn.Module, task, options: dict | None = None) -> nn.Module:
     """LoRA with r=8, alpha=16 on the family's usual targets; `options` override LoRAConfig fields.
 

@@ -40,6 +40,9 @@ class QLoRAConfig(lora.LoRAConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.use_dora or self.init != "default":  # both read or rewrite W, which is 4-bit codes here
+            raise ValueError(f"use_dora={self.use_dora!r}, init={self.init!r}: DoRA and PiSSA are not "
+                             "supported with qlora; use --method lora for them")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend={self.backend!r} is not valid; use one of {', '.join(BACKENDS)}")
         if self.compute_dtype not in DTYPES:

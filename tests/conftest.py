@@ -127,11 +127,13 @@ def exercise_of(item) -> tuple[str, float] | None:
 
 
 # The longest notebooks, longest first (seconds on 2 cores, quick preset, from a run's --durations:
-# 05 445, 07 400, 03 308, 01 242, 06 239, 04 180). The test workers take tests in collection order,
-# one at a time, so a long notebook collected last would run alone at the end while the other
-# worker waits; run first, the hundreds of short tests even the two workers out behind them.
-LONGEST_NOTEBOOKS = ("05_lora", "07_prompt_tuning", "03_bitfit", "01_full_finetuning", "06_prefix_tuning",
-                     "04_adapters", "08_qlora", "11_forgetting", "09_memory")
+# 05 445, 07 400, 03 308, 01 242, 06 239, 04 180; 15 about 250 s of CPU on one thread). The test
+# workers take tests in collection order, one at a time, so a long notebook collected last would
+# run alone at the end while the other worker waits; run first, the hundreds of short tests even
+# the two workers out behind them.
+LONGEST_NOTEBOOKS = ("05_lora", "07_prompt_tuning", "03_bitfit", "15_lora_deeper", "01_full_finetuning",
+                     "06_prefix_tuning", "04_adapters", "08_qlora", "11_forgetting", "14_when_finetuning_goes_wrong",
+                     "13_your_own_finetune", "09_memory")
 
 
 def _run_order(item) -> tuple[int, int]:

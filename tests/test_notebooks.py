@@ -110,7 +110,7 @@ def text_of(cell) -> str:
 
 # The notebooks that run earlier notebooks' exercises, run on the untouched stubs as a learner who
 # has done none of them: the top names what is open, each waiting cell says so, nothing fails.
-WAITING = [p for p in NOTEBOOKS if p.name[:2] in ("08", "09", "10", "11", "12", "14")]
+WAITING = [p for p in NOTEBOOKS if p.name[:2] in ("08", "09", "10", "11", "12", "14", "15")]
 # Notebooks that wait in code of their own rather than in %%needs cells: what they print instead
 # (11 runs its live experiment with full fine-tuning alone; 12 shows its recording, LIVE = False).
 OWN_WAIT = {"11": "LoRA skipped: finish exercises 5.1", "12": ""}

@@ -129,7 +129,15 @@ def test_loading_into_an_adapted_model_is_refused(adapted, saved):
 
 def test_unsupported_lora_variant_is_refused(saved):
     config = json.loads((saved / CONFIG_NAME).read_text())
-    config["use_dora"] = True
+    config["rank_pattern"] = {"q_proj": 2}
     (saved / CONFIG_NAME).write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="use_dora"):
+    with pytest.raises(ValueError, match="rank_pattern"):
+        load_adapter(tiny_llama(), saved)
+
+
+def test_dora_config_without_its_magnitudes_is_refused(saved):
+    config = json.loads((saved / CONFIG_NAME).read_text())
+    config["use_dora"] = True   # DoRA is read (notebook 15), but this file lacks its magnitude vectors
+    (saved / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="lora_magnitude_vector"):
         load_adapter(tiny_llama(), saved)
