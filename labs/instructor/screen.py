@@ -84,7 +84,7 @@ MODULE_API: dict[str, frozenset[str]] = {
         sort argsort topk kthvalue median quantile nanquantile unique bucketize searchsorted
         histc norm dist cdist numel is_tensor is_floating_point is_complex
         no_grad enable_grad inference_mode set_grad_enabled is_grad_enabled
-        promote_types result_type get_default_dtype"""),
+        promote_types result_type get_default_dtype svd_lowrank"""),
     "torch.nn": _names("""
         functional init utils Module Parameter Buffer Linear Bilinear Identity Embedding
         EmbeddingBag LayerNorm RMSNorm GroupNorm BatchNorm1d Dropout GELU ReLU SiLU Tanh Sigmoid
