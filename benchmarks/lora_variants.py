@@ -1,9 +1,10 @@
 """Notebook 15's measurements, longer: rsLoRA, LoRA+, PiSSA, DoRA and all-linear against LoRA.
 
-    python benchmarks/lora_variants.py --preset laptop --out notebooks/recorded/lora-variants-laptop
-    python benchmarks/lora_variants.py --preset quick --ranks 4,64 --out /tmp/lora-variants   # a smoke run
+    LABS_IMPL=solutions python benchmarks/lora_variants.py --preset laptop --out notebooks/recorded/lora-variants-laptop
+    LABS_IMPL=solutions python benchmarks/lora_variants.py --preset quick --ranks 4,64 --out /tmp/lora-variants   # a smoke run
 
-Every run is labs.lora_experiments.run_variant on the reference implementation: a fresh copy of
+Every run is labs.lora_experiments.run_variant on the implementation LABS_IMPL selects (solutions:
+the reference; otherwise your own labs/ modules): a fresh copy of
 SmolLM2-135M, the same batches in the same order, the same held-out definitions, so every pair of
 runs is compared example by example (paired standard error). The runs:
 
@@ -33,7 +34,6 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-os.environ.setdefault("LABS_IMPL", "solutions")  # the reference implementation (LABS_IMPL=labs: your own)
 R, ALPHA = 16, 16
 
 

@@ -231,6 +231,7 @@ def test_make_setup_in_the_edition(edition):
     assert run(["make", "-q", "deps", "assets"], out).returncode == 0, "installed deps and assets are up to date"
 
 
+@pytest.mark.xdist_group("grade")   # grading runs one at a time: a root grader's children get uids of their own
 def test_gradescope_autograder_grades_without_the_reference(tmp_path):
     zip_path = release.release_gradescope(tmp_path / "autograder.zip")
     files = release.zip_files(zip_path)

@@ -74,6 +74,7 @@ MAX_RESTARTS = 60                          # new children per task after crashes
 GRACE = 5.0                                # seconds a test may outlive its timeout before its child is killed
 UID_BASE = 64000                           # children of a root grader run as UID_BASE, UID_BASE + 1, ...: one
                                            # per running child, so that process limits count per child
+UID_BLOCK = 256                            # uids per grading process (pids are at most 2**22: below 2**31)
 SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")  # world-writable folders swept of a child uid's files after it
 PRELOAD = ("torch", "transformers", "transformers.models.llama.modeling_llama",
            "transformers.models.bert.modeling_bert", "transformers.models.gpt2.modeling_gpt2",
@@ -421,8 +422,11 @@ def _hard_limit(limits: dict) -> float:
 
 
 def child_uids(jobs: int) -> list[int]:
-    """One unprivileged uid per running child, none of them a user of this machine."""
-    found, uid = [], UID_BASE
+    """One unprivileged uid per running child, none of them a user of this machine, in a block of
+    UID_BLOCK that is this grading process's own (it starts at its pid's block): two graders running
+    at once (a test suite's workers, two classes) never share a uid, so one's sweep of its children
+    cannot kill the other's."""
+    found, uid = [], UID_BASE + os.getpid() * UID_BLOCK
     while len(found) < jobs:
         try:
             pwd.getpwuid(uid)
@@ -430,6 +434,11 @@ def child_uids(jobs: int) -> list[int]:
             found.append(uid)
         uid += 1
     return found
+
+
+def is_child_uid(uid: int | None) -> bool:
+    """Whether `uid` is one a root grader gives its children (any grading process's block)."""
+    return uid is not None and UID_BASE <= uid < UID_BASE + (1 << 22) * UID_BLOCK
 
 
 def sweep(uid: int) -> None:

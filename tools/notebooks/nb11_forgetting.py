@@ -107,8 +107,8 @@ missing = open_exercises("lora")
 if missing:
     print(f"LoRA skipped: finish exercises {', '.join(missing)} (notebook 05); full fine-tuning runs alone")
     quick = replace(quick, runs=tuple(r for r in quick.runs if r.method != "lora"))
-live_folder = Path("..", "runs", "forgetting-live") if Path.cwd().name == "notebooks" else Path("runs", "forgetting-live")
-shutil.rmtree(live_folder, ignore_errors=True)       # always a fresh run of your current code
+from labs.files import scratch_folder
+live_folder = scratch_folder("nb11-forgetting-")      # a fresh run of your current code, removed when the kernel stops
 torch.set_num_threads(1)
 record(quick, live_folder)
 live_base, live_runs = load_runs(live_folder)
