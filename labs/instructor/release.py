@@ -274,7 +274,8 @@ def build_gradescope(zip_path: Path, root: Path = ROOT) -> list[str]:
                     if not r.startswith(("torch",) + AUTOGRADER_SKIPS)]
     from labs.instructor.course import is_graded_test
     graded = [p for p in (root / "tests").rglob("*.py") if "__pycache__" not in p.parts
-              and (p.name in ("conftest.py", "__init__.py") or p.name.startswith("test_") and is_graded_test(p))]
+              and (p.name in ("conftest.py", "__init__.py") or p.name.startswith("test_") and is_graded_test(p)
+                   or p.parent == root / "tests" and not p.name.startswith("test_"))]   # helpers graded tests import
     code = [*(root / "labs").glob("*.py"), *(root / "labs" / INSTRUCTOR_PACKAGE).glob("*.py")]
     files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(code) if p.name != "release.py"}
     files.update({str(p.relative_to(root)): p.read_bytes() for p in sorted(graded)})

@@ -511,7 +511,9 @@ def build_tree(task: dict, tree: Path, sandbox=None, uid: int | None = None) -> 
     for name in task["policy"]["techniques"]:  # the submission's technique modules, nothing else
         if (staged / f"{name}.py").is_file():
             shutil.copyfile(staged / f"{name}.py", tree / "labs" / f"{name}.py")
-    extras = ["tests/conftest.py", "tests/__init__.py", "tests/hidden/conftest.py", "tests/hidden/__init__.py"]
+    # conftest, and the helper modules graded tests import (tests/clinic_runs.py): test files only as asked
+    helpers = [f"tests/{p.name}" for p in (base / "tests").glob("*.py") if not p.name.startswith("test_")]
+    extras = [*helpers, "tests/hidden/conftest.py", "tests/hidden/__init__.py"]
     for rel in [*task["tests"], *extras]:
         if (base / rel).is_file():
             (tree / rel).parent.mkdir(parents=True, exist_ok=True)
