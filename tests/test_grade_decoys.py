@@ -228,3 +228,19 @@ def test_the_child_runs_each_test_and_its_decoys_under_the_planned_names(tmp_pat
         got = results[decoys.split_nodeid(p.nodeid)[1]]
         must_pass = p.source.endswith("test_passes") and not p.shift
         assert got["outcome"] == ("passed" if must_pass else "failed"), (p, got)
+
+
+def test_a_forged_plugin_is_named_once_and_the_decoy_that_passed_comes_first_in_grades_csv():
+    """A replaced plugin reports its forgery on every test; repeated, it filled grades.csv's bounded
+    cell and pushed out the decoy, the proof the instructor needs."""
+    from labs.instructor.gradebook import grades_csv
+    course = a_course()
+    graded = Graded(Submission("s", Path("s")))
+    [task] = tasks_for(graded, course, Path("/nonexistent"), _Limits(), {}, random.Random(5))
+    for source, name, shift in task["plan"]:
+        on_event({"task": task["id"], "event": "result", "nodeid": name, "outcome": "passed",
+                  "tampered": "the grading plugin's tables or methods were replaced " + "x" * 200},
+                 {"s": graded})
+    assert len(graded.tampered) == 2 and "must fail" in graded.tampered[0], graded.tampered
+    cell = grades_csv([("s", [], "tampered", {"tampered": "; ".join(graded.tampered)})], course, "NONE")
+    assert "must fail" in cell and cell.count("were replaced") == 1

@@ -299,6 +299,15 @@ def tasks_for(graded: Graded, course: Course, staging: Path, limits: Limits, pol
     return tasks
 
 
+def flag_tampering(graded: Graded, note: str, first: bool = False) -> None:
+    """Record why a submission's verdicts cannot be trusted, each reason once (a forged plugin
+    reports on every test), a decoy that passed first: it is the proof, and grades.csv's cell is
+    bounded, so what comes first is what the instructor reads."""
+    if note in graded.tampered:
+        return
+    graded.tampered.insert(0 if first else len(graded.tampered), note)
+
+
 def on_event(event: dict, by_student: dict[str, Graded]) -> Graded | None:
     """Fold one event into its submission; return the submission when its last task is done.
     Only a pending task's events count, and only for tests that task runs, once each."""
@@ -317,13 +326,13 @@ def on_event(event: dict, by_student: dict[str, Graded]) -> Graded | None:
         if nodeid in graded.hidden_ids:
             graded.hidden_ran.add(task)
         if event.get("tampered"):
-            graded.tampered.append(f"labs/{module}.py: {event['tampered']}")
+            flag_tampering(graded, f"labs/{module}.py: {event['tampered']}")
         if planned is not None and planned.shift:  # a decoy: it must fail
             if outcome == "passed":
                 graded.decoys_passed += 1
                 if graded.decoys_passed == 1:  # the first says how; instructor_report counts them all
-                    graded.tampered.append(f"labs/{module}.py: decoy test {nodeid} (a copy of {planned.source} "
-                                           "that must fail) was reported passed")
+                    flag_tampering(graded, f"labs/{module}.py: decoy test {nodeid} (a copy of {planned.source} "
+                                           "that must fail) was reported passed", first=True)
             elif event.get("error") == "Tampering":  # a library replaced while it ran: its original pays
                 graded.results[planned.source] = {"outcome": "failed", "message": str(event.get("message") or "")}
             return None
