@@ -7,7 +7,8 @@ broken run differs from a healthy one by one mistake (labs/failures.py). Runs ar
 test process (a fraction of a second each) and shared.
 
 The recorded comparison of notebook 12 (notebooks/recorded/compare-*/*/metrics.json, SmolLM2-135M)
-gives the loss detectors real healthy runs of every method: `recorded_loss_records()`.
+gives the loss detectors real healthy runs of every method: `recorded_loss_records()`; the recorded
+quick fine-tunes of notebooks/recorded/clinic-quick give every detector one: `recorded_run_records()`.
 """
 from __future__ import annotations
 
@@ -140,3 +141,12 @@ def recorded_loss_records() -> dict[str, dict]:
             "losses": metrics["history"]["losses"], "eval_loss_before": metrics["eval_before"]["loss"],
             "eval_loss_after": metrics["eval_after"]["loss"]}
     return found
+
+
+RECORDED_RUNS = ROOT / "notebooks" / "recorded" / "clinic-quick"
+
+
+def recorded_run_records() -> dict[str, tuple[dict, dict]]:
+    """method -> (run_record.json, metrics.json) of the recorded healthy SmolLM2-135M quick runs."""
+    return {path.parent.name: (json.loads(path.read_text()), json.loads((path.parent / "metrics.json").read_text()))
+            for path in sorted(RECORDED_RUNS.glob("*/run_record.json"))}

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from clinic_runs import broken, healthy
+from clinic_runs import RECORDED_RUNS, broken, healthy, recorded_run_records
 from labs import cli
 from labs.doctor import DETECTORS, LiveDoctor, diagnose, report
 
@@ -34,6 +34,22 @@ def test_doctor_is_silent_on_a_healthy_run_of_every_method(method):
     alarms = [(d.function, str(diagnosis)) for d, diagnosis in findings.diagnoses if d.function not in TINY_FLAT_EXEMPT]
     assert not alarms, f"false alarm on a healthy {method} run: {alarms}"
     assert len(findings.ran) == len(DETECTORS) and not findings.open
+
+
+def test_doctor_and_the_live_check_are_silent_on_real_runs_of_every_method():
+    """No false alarm where it matters: `labs finetune --preset quick` of SmolLM2-135M, every method,
+    every detector (the loss detectors included), recorded with the command in their README."""
+    records = recorded_run_records()
+    assert sorted(records) == sorted(METHODS), f"{RECORDED_RUNS}: {sorted(records)}"
+    for method, (record, metrics) in records.items():
+        assert record["method"] == metrics["method"] == method and metrics["model"] == "smollm2-135m", metrics["model"]
+        assert metrics["preset"] == "quick" and record["eval_loss_after"] < record["eval_loss_before"]
+        findings = diagnose(record, "solutions")
+        assert len(findings.ran) == len(DETECTORS) and not findings.open
+        assert not findings.diagnoses, f"false alarm on the recorded {method} run: {report(findings, 'solutions')}"
+        lines = []
+        LiveDoctor("solutions", write=lines.append)(at_the_live_check(record))
+        assert lines == [], f"live false alarm on the recorded {method} run: {lines}"
 
 
 def test_the_record_holds_what_the_detectors_read():
